@@ -1,0 +1,167 @@
+"""Training speed, measured side by side in one run and reported as ratios.
+
+(a) microgpt's algorithm (batch 1, float64): the reference engine vs the NumPy engine, same documents.
+(b) the shakespeare-cpu preset (batch 12, block 64, float32): ms per iteration, tokens/s, achieved
+    GFLOP/s as a fraction of this machine's float32 matmul peak, and PyTorch eager on the same model.
+(c) with --converge: the full 2,000-iteration shakespeare-cpu run and its validation loss.
+
+    python benchmarks/train_speed.py [--converge] [--write-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_time, write_readme_section  # noqa: E402
+
+from pocketgpt import reference  # noqa: E402
+from pocketgpt.config import PRESETS  # noqa: E402
+from pocketgpt.data import Batches, load_dataset  # noqa: E402
+from pocketgpt.model import GPT  # noqa: E402
+from pocketgpt.optim import AdamW  # noqa: E402
+from pocketgpt.reproduce import params_from_reference  # noqa: E402
+from pocketgpt.train import TRAIN_DEFAULTS, decay_mask, train, train_step  # noqa: E402
+
+
+def microgpt_engines(steps: int) -> dict:
+    """Seconds per step of microgpt's recipe on both engines over the same first `steps` documents."""
+    rng = random.Random(42)
+    docs = reference.load_docs()
+    rng.shuffle(docs)
+    chars = sorted(set("".join(docs)))
+    bos = len(chars)
+    batches = [[bos] + [chars.index(c) for c in d] + [bos] for d in docs[:steps]]
+    ref_params = reference.init_params(rng, len(chars) + 1)
+    config = PRESETS["microgpt"].replace(vocab_size=len(chars) + 1)
+    model = GPT(config, params_from_reference(ref_params, config), dtype=np.float64)
+
+    ref_opt = reference.Adam(reference.flat_params(ref_params), steps)
+    t = time.perf_counter()
+    for step, tokens in enumerate(batches):
+        loss, _ = reference.document_loss(ref_params, tokens)
+        loss.backward()
+        ref_opt.step(step)
+    ref_s = (time.perf_counter() - t) / steps
+
+    fast_opt = AdamW(model.flat, beta1=reference.BETA1, beta2=reference.BETA2, eps=reference.EPS_ADAM)
+    arrays = [np.array([b[:config.block_size + 1]]) for b in batches]
+    fast_batches = [(a[:, :-1], a[:, 1:], np.ones(a[:, 1:].shape)) for a in arrays]
+
+    def fast_run():
+        for batch in fast_batches:
+            train_step(model, fast_opt, batch, reference.LEARNING_RATE, 0.0)
+
+    fast_s = median_time(fast_run, repeats=9) / steps
+    return {"reference_ms": ref_s * 1e3, "fast_ms": fast_s * 1e3, "ratio": ref_s / fast_s}
+
+
+def matmul_peak_gflops() -> float:
+    a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+    t = median_time(lambda: a @ a, repeats=15)
+    return 2 * 1024**3 / t / 1e9
+
+
+def step_flops(config, tokens: int, T: int) -> float:
+    """Matmul FLOPs of one training step (forward + backward = 3x forward)."""
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    per_token = 2 * 12 * L * C * C + 2 * C * V + 4 * L * T * C
+    return 3 * per_token * tokens
+
+
+def shakespeare_speed(iters: int) -> dict:
+    dataset = load_dataset("shakespeare")
+    config = PRESETS["shakespeare-cpu"].replace(vocab_size=dataset.tokenizer.vocab_size)
+    s = TRAIN_DEFAULTS["shakespeare-cpu"]
+    model = GPT(config)
+    opt = AdamW(model.flat, decay_mask(model), beta1=s.beta1, beta2=s.beta2, weight_decay=s.weight_decay)
+    batches = Batches(dataset, s.batch_size, config.block_size, seed=0)
+    data = [batches.next() for _ in range(iters)]
+    it = iter(range(10**9))
+
+    def ours():
+        train_step(model, opt, data[next(it) % iters], s.lr, s.grad_clip)
+
+    out = {}
+    try:
+        import torch
+        from torch_gpt import make_train_step
+
+        torch.manual_seed(0)
+        tstep = make_train_step(config, s.lr, s.beta1, s.beta2, s.weight_decay, s.grad_clip)
+        tdata = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y, _ in data]
+        tit = iter(range(10**9))
+
+        def theirs():
+            tstep(*tdata[next(tit) % iters])
+
+        # interleave rounds so both see the same machine load
+        ours_t, theirs_t = [], []
+        for _ in range(3):
+            ours_t.append(median_time(ours, repeats=iters))
+            theirs_t.append(median_time(theirs, repeats=iters))
+        out["torch_ms"] = min(theirs_t) * 1e3
+        out["torch_threads"] = torch.get_num_threads()
+        ours_s = min(ours_t)
+    except ImportError:
+        ours_s = median_time(ours, repeats=iters)
+    tokens = s.batch_size * config.block_size
+    peak = matmul_peak_gflops()
+    gflops = step_flops(config, tokens, config.block_size) / ours_s / 1e9
+    out.update({"ms": ours_s * 1e3, "tokens_per_s": tokens / ours_s, "gflops": gflops, "peak_gflops": peak})
+    return out
+
+
+def converge() -> dict:
+    dataset = load_dataset("shakespeare")
+    config = PRESETS["shakespeare-cpu"].replace(vocab_size=dataset.tokenizer.vocab_size)
+    s = TRAIN_DEFAULTS["shakespeare-cpu"]
+    t = time.perf_counter()
+    result = train(GPT(config, seed=s.seed), dataset, s)
+    return {"val_loss": result["val_loss"], "minutes": (time.perf_counter() - t) / 60}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--microgpt-steps", type=int, default=40)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--converge", action="store_true", help="also run the full 2,000-iteration training")
+    ap.add_argument("--write-readme", action="store_true")
+    args = ap.parse_args()
+
+    a = microgpt_engines(args.microgpt_steps)
+    print(f"(a) microgpt recipe: reference {a['reference_ms']:.1f} ms/step, NumPy engine {a['fast_ms']:.3f} "
+          f"ms/step: {a['ratio']:.0f}x")
+    b = shakespeare_speed(args.iters)
+    rows = [
+        "| benchmark | pocketgpt | compared with | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| microgpt recipe, batch 1, float64 ({args.microgpt_steps} steps) | NumPy engine "
+        f"{a['fast_ms']:.3f} ms/step | reference engine {a['reference_ms']:.0f} ms/step | "
+        f"**{a['ratio']:.0f}x** faster |",
+        f"| shakespeare-cpu, batch 12 x 64, float32 | {b['ms']:.1f} ms/iter, {b['tokens_per_s']:,.0f} tokens/s | "
+        f"float32 matmul peak {b['peak_gflops']:.0f} GFLOP/s | {b['gflops'] / b['peak_gflops']:.2f} of peak "
+        f"({b['gflops']:.0f} GFLOP/s) |",
+    ]
+    if "torch_ms" in b:
+        rows.append(f"| shakespeare-cpu, same model and optimizer | {b['ms']:.1f} ms/iter | PyTorch eager "
+                    f"{b['torch_ms']:.1f} ms/iter ({b['torch_threads']} threads) | "
+                    f"**{b['ms'] / b['torch_ms']:.2f}x** the PyTorch time |")
+    if args.converge:
+        c = converge()
+        rows.append(f"| shakespeare-cpu, 2,000 iterations (nanoGPT recipe) | validation loss "
+                    f"**{c['val_loss']:.3f}** in {c['minutes']:.1f} min | goal <= 1.89 | |")
+    table = "\n".join(rows)
+    print(table)
+    if args.write_readme:
+        write_readme_section("train_speed", table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""`pocketgpt <command>`: a thin layer over the library. Flags map one-to-one onto library arguments.
+
+Every bad input ends as one line on stderr, `pocketgpt <command>: error: ...`, and exit code 2.
+Commands that report figures print, with --json, one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from pocketgpt.checkpoint import CheckpointError, load_checkpoint
+from pocketgpt.config import PRESETS
+from pocketgpt.data import BUILTIN, MODES, DataError, load_dataset
+from pocketgpt.generate import generate
+from pocketgpt.model import GPT
+from pocketgpt.optim import SCHEDULES
+from pocketgpt.tokenizer import UnknownCharacterError
+from pocketgpt.train import TRAIN_DEFAULTS, TrainSettings, evaluate, train
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {s})")
+    return v
+
+
+def emit_json(obj: dict) -> None:
+    print(json.dumps(obj))
+
+
+# ----------------------------------------------------------------------------- train
+
+TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainSettings)]
+
+
+def cmd_train(args) -> int:
+    if args.reproduce_microgpt:
+        from pocketgpt.reproduce import reproduce_microgpt
+
+        start = time.perf_counter()
+        losses, samples = reproduce_microgpt(steps=args.steps or 1000, seed=42 if args.seed is None else args.seed,
+                                             log=print if not args.json else lambda s: None)
+        if args.json:
+            emit_json({"steps": len(losses), "final_loss": losses[-1], "samples": samples,
+                       "seconds": time.perf_counter() - start})
+        return 0
+
+    given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, train_state=True)
+        changed = sorted(set(given) - {"steps", "eval_interval"})
+        if changed or args.preset or args.data or args.mode:
+            raise UsageError(f"--resume continues the saved run; only --steps and --eval-interval may change "
+                             f"(got --{(changed or ['preset/--data/--mode'])[0].replace('_', '-')})")
+        try:
+            settings = TrainSettings(**{**ckpt.train_state["settings"], **given})
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{args.resume}/train_state.json is invalid: {e}") from None
+        dataset = load_dataset(ckpt.data.get("data", "names"), ckpt.data.get("mode"), ckpt.tokenizer)
+        model = ckpt.model()
+        out = Path(args.out or args.resume)
+    else:
+        preset_name = args.preset or "microgpt"
+        try:
+            settings = dataclasses.replace(TRAIN_DEFAULTS[preset_name], **given)
+        except ValueError as e:
+            raise UsageError(e) from None
+        dataset = load_dataset(args.data or "names", args.mode)
+        config = PRESETS[preset_name].replace(vocab_size=dataset.tokenizer.vocab_size)
+        model = GPT(config, dtype=settings.dtype, seed=settings.seed)
+        ckpt = None
+        out = Path(args.out or Path("out") / Path(args.data or "names").stem)
+
+    from tqdm import tqdm
+
+    start_step = ckpt.train_state["step"] if ckpt else 0
+    print(f"training {model.num_params:,} parameters on {dataset.name} ({dataset.mode} mode, "
+          f"vocab {dataset.tokenizer.vocab_size}) for {settings.steps} steps -> {out}", file=sys.stderr)
+    bar = tqdm(total=settings.steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=0.25)
+    t0 = time.perf_counter()
+
+    def on_step(info):
+        tok_s = info["tokens"] / max(time.perf_counter() - t0, 1e-9)
+        post = {"loss": f"{info['loss']:.4f}", "tok/s": f"{tok_s:,.0f}"}
+        if "val_loss" in info:
+            post["val"] = f"{info['val_loss']:.4f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    try:
+        result = train(model, dataset, settings, out=out, resume=ckpt, on_step=on_step)
+    finally:
+        bar.close()
+    print(f"validation loss {result['val_loss']:.4f} | {result['tokens_per_s']:,.0f} tokens/s | "
+          f"checkpoint {out}", file=sys.stderr)
+    tok = dataset.tokenizer
+    samples = []
+    for i in range(args.samples):
+        if dataset.mode == "lines":
+            ids = generate(model, [tok.bos], max_new_tokens=model.config.block_size, temperature=0.5,
+                           seed=settings.seed + i, stop_token=tok.bos)
+        else:
+            ids = generate(model, [tok.encode("\n")[0] if "\n" in tok.index else 0], max_new_tokens=256,
+                           temperature=0.8, seed=settings.seed + i, sliding=True)
+        samples.append(tok.decode(ids))
+        if not args.json:
+            print(samples[-1])
+    if args.json:
+        emit_json({**result, "checkpoint": str(out), "samples": samples})
+    return 0
+
+
+# ----------------------------------------------------------------------------- sample, eval
+
+
+def cmd_sample(args) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    model, tok = ckpt.model(), ckpt.tokenizer
+    lines = tok.bos is not None
+    prompt_ids = tok.encode(args.prompt)
+    if not lines and not prompt_ids:
+        prompt_ids = tok.encode("\n") if "\n" in tok.index else [0]
+    prompt = [tok.bos, *prompt_ids] if lines else prompt_ids
+    max_tokens = args.max_tokens or (model.config.block_size if lines else 256)
+    if lines and len(prompt) > model.config.block_size:
+        raise UsageError(f"--prompt is {len(prompt_ids)} characters; this model's context holds "
+                         f"{model.config.block_size - 1} after BOS")
+    for i in range(args.count):
+        seed = None if args.seed is None else args.seed + i
+        print(args.prompt, end="", flush=True)
+        for t in generate(model, prompt, max_new_tokens=max_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=seed, stop_token=tok.bos, sliding=not lines):
+            print(tok.decode([t]), end="", flush=True)
+        print()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    data = args.data or ckpt.data.get("data", "names")
+    dataset = load_dataset(data, args.mode or ckpt.data.get("mode"), ckpt.tokenizer)
+    loss = evaluate(ckpt.model(), dataset)
+    result = {"checkpoint": str(args.checkpoint), "data": data, "mode": dataset.mode, "val_loss": loss,
+              "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2)}
+    print(f"validation loss {loss:.4f} | perplexity {result['perplexity']:.3f} | "
+          f"bits per character {result['bits_per_char']:.4f}")
+    if args.json:
+        emit_json(result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="pocketgpt", description="A GPT you can read, train, sample and evaluate on a CPU.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train a model (default: microgpt-sized on the names data)",
+                       description="Train a GPT; writes a checkpoint folder and prints samples.")
+    t.add_argument("--preset", choices=list(PRESETS), help="architecture and training defaults (default microgpt)")
+    t.add_argument("--data", help=f"{', '.join(BUILTIN)}, or a UTF-8 text file (default names)")
+    t.add_argument("--mode", choices=MODES, help="lines: one document per line; text: continuous text")
+    t.add_argument("--steps", type=positive_int, help="training steps")
+    t.add_argument("--batch-size", dest="batch_size", type=positive_int, help="sequences per step")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--min-lr", dest="min_lr", type=float, help="learning rate at the end of the decay")
+    t.add_argument("--warmup", type=int, help="linear warmup steps")
+    t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate decay after warmup")
+    t.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay on matrices")
+    t.add_argument("--beta1", type=float)
+    t.add_argument("--beta2", type=float)
+    t.add_argument("--eps", type=float)
+    t.add_argument("--grad-clip", dest="grad_clip", type=float, help="max gradient norm (0: off)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--eval-interval", dest="eval_interval", type=int,
+                   help="evaluate and checkpoint every N steps (0: at the end only)")
+    t.add_argument("--dtype", choices=("float32", "float64"))
+    t.add_argument("--workers", type=positive_int, help="threads that split each batch (preset default)")
+    t.add_argument("--out", help="checkpoint folder (default out/<data>)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
+    t.add_argument("--samples", type=int, default=10, help="samples to print after training (default 10)")
+    t.add_argument("--reproduce-microgpt", action="store_true",
+                   help="run microgpt's exact recipe (batch 1, float64, seed 42) on the fast engine")
+    t.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint", description="Generate text; "
+                       "prints tokens as they arrive.")
+    s.add_argument("checkpoint", metavar="DIR")
+    s.add_argument("--count", type=positive_int, default=10, help="samples (default 10)")
+    s.add_argument("--prompt", default="", help="text to continue")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    s.add_argument("--top-k", dest="top_k", type=positive_int)
+    s.add_argument("--top-p", dest="top_p", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--max-tokens", dest="max_tokens", type=positive_int,
+                   help="tokens per sample (default: block_size for documents, 256 for text)")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="validation loss, perplexity and bits per character",
+                       description="Evaluate a checkpoint on the validation split of its data (or --data).")
+    e.add_argument("checkpoint", metavar="DIR")
+    e.add_argument("--data", help="dataset to evaluate on (default: the one it was trained on)")
+    e.add_argument("--mode", choices=MODES)
+    e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def check_args(args) -> None:
+    if args.command == "sample":
+        if args.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0 (got {args.temperature})")
+        if args.top_p is not None and not 0 < args.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1] (got {args.top_p})")
+    if args.command == "train" and args.samples < 0:
+        raise UsageError("--samples must be >= 0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+        return args.func(args)
+    except (UsageError, CheckpointError, DataError, UnknownCharacterError) as e:
+        print(f"pocketgpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pocketgpt {args.command}: interrupted; the last complete checkpoint is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

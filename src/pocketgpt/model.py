@@ -1,0 +1,293 @@
+"""The NumPy GPT: parameters in one flat buffer, an explicit forward and backward, and KV-cache decoding.
+
+Parameter names are GPT-2's checkpoint keys (wte, wpe, h.N.ln_1, h.N.attn.c_attn, ...), with every
+linear weight stored (out, in). The model never branches on its dtype: float32 and float64 run
+the same code. Training loops, sampling and checkpoints live in their own modules.
+Shapes: B batch, T time, C channels, V vocabulary, nh heads, hs head size, L layers.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from pocketgpt import layers
+from pocketgpt.config import GPTConfig
+
+_BLAS = ThreadpoolController()  # to run BLAS single-threaded inside our own worker threads
+
+
+def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in the order they lie in the flat buffer."""
+    C, V = config.n_embd, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (config.block_size, C)}
+
+    def norm(prefix: str) -> None:
+        if config.norm_weights:
+            shapes[f"{prefix}.weight"] = (C,)
+            if config.norm == "layernorm" and config.bias:
+                shapes[f"{prefix}.bias"] = (C,)
+
+    def linear(prefix: str, n_out: int, n_in: int) -> None:
+        shapes[f"{prefix}.weight"] = (n_out, n_in)
+        if config.bias:
+            shapes[f"{prefix}.bias"] = (n_out,)
+
+    if config.embed_norm:
+        norm("ln_e")
+    for i in range(config.n_layer):
+        norm(f"h.{i}.ln_1")
+        linear(f"h.{i}.attn.c_attn", 3 * C, C)
+        linear(f"h.{i}.attn.c_proj", C, C)
+        norm(f"h.{i}.ln_2")
+        linear(f"h.{i}.mlp.c_fc", 4 * C, C)
+        linear(f"h.{i}.mlp.c_proj", C, 4 * C)
+    if config.final_norm:
+        norm("ln_f")
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def views(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Named views into one flat buffer, laid out in the order of `shapes`."""
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        out[name] = flat[offset:offset + n].reshape(shape)
+        offset += n
+    return out
+
+
+def init_params(config: GPTConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """N(0, init_std) matrices (residual projections scaled by 1/sqrt(2L) if asked), zero biases, unit gains."""
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if len(shape) == 1:
+            params[name] = np.zeros(shape) if name.endswith(".bias") else np.ones(shape)
+            continue
+        std = config.init_std
+        if config.scale_residual_init and name.endswith("c_proj.weight"):
+            std /= math.sqrt(2 * config.n_layer)
+        params[name] = rng.normal(0.0, std, size=shape)
+    return params
+
+
+class KVCache:
+    """Keys and values of every layer for up to `size` positions: (L, B, nh, size, hs) each."""
+
+    def __init__(self, config: GPTConfig, batch: int, dtype, size: int | None = None):
+        size = size or config.block_size
+        shape = (config.n_layer, batch, config.n_head, size, config.head_size)
+        self.k = np.zeros(shape, dtype)
+        self.v = np.zeros(shape, dtype)
+        self.length = 0
+
+
+class GPT:
+    """A GPT whose parameters are named views into `self.flat` (one contiguous buffer)."""
+
+    def __init__(self, config: GPTConfig, params: dict[str, np.ndarray] | None = None,
+                 dtype=np.float32, seed: int = 0):
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.shapes = param_shapes(config)
+        self.num_params = sum(math.prod(s) for s in self.shapes.values())
+        self.flat = np.zeros(self.num_params, self.dtype)
+        self.params = views(self.flat, self.shapes)
+        self.load_params(params if params is not None else init_params(config, np.random.default_rng(seed)))
+        self._grad_buffers: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def load_params(self, params: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the flat buffer; names and shapes must match exactly."""
+        missing = sorted(set(self.shapes) - set(params))
+        unexpected = sorted(set(params) - set(self.shapes))
+        if missing or unexpected:
+            raise ValueError(f"parameter names do not match the config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        for name, shape in self.shapes.items():
+            if tuple(params[name].shape) != shape:
+                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, config expects {shape}")
+            self.params[name][...] = params[name]
+
+    def new_grads(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        flat = np.zeros(self.num_params, self.dtype)
+        return flat, views(flat, self.shapes)
+
+    # ------------------------------------------------------------------------- building blocks
+
+    def _norm_forward(self, x, prefix):
+        c = self.config
+        w = self.params.get(f"{prefix}.weight")
+        if c.norm == "rmsnorm":
+            return layers.rmsnorm_forward(x, w, c.norm_eps)
+        return layers.layernorm_forward(x, w, self.params.get(f"{prefix}.bias"), c.norm_eps)
+
+    def _norm_backward(self, dy, cache, prefix, grads):
+        if self.config.norm == "rmsnorm":
+            dx, dw = layers.rmsnorm_backward(dy, cache)
+            db = None
+        else:
+            dx, dw, db = layers.layernorm_backward(dy, cache)
+        if dw is not None:
+            grads[f"{prefix}.weight"][...] = dw
+        if db is not None:
+            grads[f"{prefix}.bias"][...] = db
+        return dx
+
+    def _linear_forward(self, x, prefix):
+        return layers.linear_forward(x, self.params[f"{prefix}.weight"], self.params.get(f"{prefix}.bias"))
+
+    def _linear_backward(self, dy, cache, prefix, grads):
+        dx, dw, db = layers.linear_backward(dy, cache)
+        grads[f"{prefix}.weight"][...] = dw
+        if db is not None:
+            grads[f"{prefix}.bias"][...] = db
+        return dx
+
+    @property
+    def lm_head(self) -> np.ndarray:
+        return self.params["wte.weight" if self.config.tie_embeddings else "lm_head.weight"]
+
+    # ------------------------------------------------------------------------- training forward/backward
+
+    def forward(self, idx, targets=None, weights=None, denom=None):
+        """Logits (B, T, V) for token ids (B, T); with targets, also the mean loss and a cache for backward.
+
+        weights (B, T) masks padded targets (1 = counts); denom defaults to weights.sum().
+        """
+        c = self.config
+        idx = np.asarray(idx)
+        B, T = idx.shape
+        if T > c.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {c.block_size}")
+        act_forward = layers.ACTIVATION[c.activation][0]
+        caches = {}
+        x, caches["emb"] = layers.embedding_forward(idx, self.params["wte.weight"], self.params["wpe.weight"])
+        if c.embed_norm:
+            x, caches["ln_e"] = self._norm_forward(x, "ln_e")
+        for i in range(c.n_layer):
+            p = f"h.{i}"
+            h, caches[f"{p}.ln_1"] = self._norm_forward(x, f"{p}.ln_1")
+            h, caches[f"{p}.attn.c_attn"] = self._linear_forward(h, f"{p}.attn.c_attn")  # (B, T, 3C)
+            h, caches[f"{p}.attn"] = layers.attention_forward(h, c.n_head)  # (B, T, C)
+            h, caches[f"{p}.attn.c_proj"] = self._linear_forward(h, f"{p}.attn.c_proj")
+            x = x + h
+            h, caches[f"{p}.ln_2"] = self._norm_forward(x, f"{p}.ln_2")
+            h, caches[f"{p}.mlp.c_fc"] = self._linear_forward(h, f"{p}.mlp.c_fc")  # (B, T, 4C)
+            h, caches[f"{p}.mlp.act"] = act_forward(h)
+            h, caches[f"{p}.mlp.c_proj"] = self._linear_forward(h, f"{p}.mlp.c_proj")  # (B, T, C)
+            x = x + h
+        if c.final_norm:
+            x, caches["ln_f"] = self._norm_forward(x, "ln_f")
+        logits, caches["lm_head"] = layers.linear_forward(x, self.lm_head, None)  # (B, T, V)
+        if targets is None:
+            return logits, None, None
+        if weights is None:
+            weights = np.ones(idx.shape, self.dtype)
+        denom = float(weights.sum()) if denom is None else denom
+        loss, caches["loss"] = layers.cross_entropy_forward(logits, np.asarray(targets), weights, denom)
+        return logits, loss, caches
+
+    def backward(self, caches, grads: dict[str, np.ndarray]) -> None:
+        """Gradients of the loss of the matching forward, written into `grads` (views of a zeroed buffer)."""
+        c = self.config
+        act_backward = layers.ACTIVATION[c.activation][1]
+        dlogits = layers.cross_entropy_backward(caches["loss"])
+        dx, dw, _ = layers.linear_backward(dlogits, caches["lm_head"])
+        grads["wte.weight" if c.tie_embeddings else "lm_head.weight"][...] += dw
+        if c.final_norm:
+            dx = self._norm_backward(dx, caches["ln_f"], "ln_f", grads)
+        for i in reversed(range(c.n_layer)):
+            p = f"h.{i}"
+            dh = self._linear_backward(dx, caches[f"{p}.mlp.c_proj"], f"{p}.mlp.c_proj", grads)
+            dh = act_backward(dh, caches[f"{p}.mlp.act"])
+            dh = self._linear_backward(dh, caches[f"{p}.mlp.c_fc"], f"{p}.mlp.c_fc", grads)
+            dx = dx + self._norm_backward(dh, caches[f"{p}.ln_2"], f"{p}.ln_2", grads)
+            dh = self._linear_backward(dx, caches[f"{p}.attn.c_proj"], f"{p}.attn.c_proj", grads)
+            dh = layers.attention_backward(dh, caches[f"{p}.attn"])
+            dh = self._linear_backward(dh, caches[f"{p}.attn.c_attn"], f"{p}.attn.c_attn", grads)
+            dx = dx + self._norm_backward(dh, caches[f"{p}.ln_1"], f"{p}.ln_1", grads)
+        if c.embed_norm:
+            dx = self._norm_backward(dx, caches["ln_e"], "ln_e", grads)
+        layers.embedding_backward(dx, caches["emb"], grads["wte.weight"], grads["wpe.weight"])
+
+    def loss_and_grad(self, idx, targets, weights=None, workers: int = 1) -> tuple[float, np.ndarray]:
+        """Mean loss over the batch and its flat gradient (a buffer that the next call reuses).
+
+        With workers > 1 the batch is split into that many slices, each run forward and backward in
+        its own thread with single-threaded BLAS (NumPy and BLAS release the GIL), and the slices'
+        gradients are summed: the same result as one pass, up to float rounding.
+        """
+        idx, targets = np.asarray(idx), np.asarray(targets)
+        weights = np.ones(idx.shape, self.dtype) if weights is None else np.asarray(weights)
+        denom = float(weights.sum())
+        workers = max(1, min(workers, idx.shape[0]))
+        while len(self._grad_buffers) < workers:
+            self._grad_buffers.append(self.new_grads())
+
+        def work(k: int, rows: slice) -> float:
+            flat, grads = self._grad_buffers[k]
+            flat[...] = 0.0
+            _, loss, caches = self.forward(idx[rows], targets[rows], weights[rows], denom)
+            self.backward(caches, grads)
+            return loss
+
+        if workers == 1:
+            return work(0, slice(None)), self._grad_buffers[0][0]
+        bounds = np.linspace(0, idx.shape[0], workers + 1).astype(int)
+        slices = [slice(bounds[k], bounds[k + 1]) for k in range(workers)]
+        if self._pool is None or self._pool._max_workers < workers:
+            self._pool = ThreadPoolExecutor(max_workers=workers)
+        with _BLAS.limit(limits=1, user_api="blas"):
+            losses = list(self._pool.map(work, range(workers), slices))
+        total = self._grad_buffers[0][0]
+        for k in range(1, workers):
+            total += self._grad_buffers[k][0]
+        return sum(losses), total
+
+    # ------------------------------------------------------------------------- inference with a KV cache
+
+    def new_cache(self, batch: int = 1) -> KVCache:
+        return KVCache(self.config, batch, self.dtype)
+
+    def forward_cached(self, idx, cache: KVCache) -> np.ndarray:
+        """Logits (B, T, V) for the T new tokens (B, T) that follow the cache's positions; extends the cache.
+
+        Prefill is one call with the whole prompt; decode is one call per token with T = 1.
+        """
+        c = self.config
+        idx = np.asarray(idx)
+        B, T = idx.shape
+        start, end = cache.length, cache.length + T
+        if end > cache.k.shape[3]:
+            raise ValueError(f"position {end - 1} is beyond the context of {cache.k.shape[3]} tokens")
+        nh, hs = c.n_head, c.head_size
+        act_forward = layers.ACTIVATION[c.activation][0]
+        x = self.params["wte.weight"][idx] + self.params["wpe.weight"][start:end]  # (B, T, C)
+        if c.embed_norm:
+            x = self._norm_forward(x, "ln_e")[0]
+        mask = layers.causal_mask(T, end, self.dtype)  # (T, end)
+        for i in range(c.n_layer):
+            p = f"h.{i}"
+            h = self._norm_forward(x, f"{p}.ln_1")[0]
+            qkv = self._linear_forward(h, f"{p}.attn.c_attn")[0]  # (B, T, 3C)
+            q, k, v = (qkv[..., j * c.n_embd:(j + 1) * c.n_embd].reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
+                       for j in range(3))  # each (B, nh, T, hs)
+            cache.k[i, :, :, start:end] = k
+            cache.v[i, :, :, start:end] = v
+            scores = q @ cache.k[i, :, :, :end].transpose(0, 1, 3, 2) / math.sqrt(hs)  # (B, nh, T, end)
+            att = layers.softmax(scores + mask)
+            h = (att @ cache.v[i, :, :, :end]).transpose(0, 2, 1, 3).reshape(B, T, c.n_embd)
+            x = x + self._linear_forward(h, f"{p}.attn.c_proj")[0]
+            h = self._norm_forward(x, f"{p}.ln_2")[0]
+            h = act_forward(self._linear_forward(h, f"{p}.mlp.c_fc")[0])[0]
+            x = x + self._linear_forward(h, f"{p}.mlp.c_proj")[0]
+        if c.final_norm:
+            x = self._norm_forward(x, "ln_f")[0]
+        cache.length = end
+        return x @ self.lm_head.T  # (B, T, V)

@@ -1,0 +1,47 @@
+"""Shared test helpers: central finite differences in float64, and small model configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pocketgpt.config import PRESETS
+
+FD_EPS = 1e-6  # central difference step; with float64 the truncation + rounding error is ~1e-9 relative
+
+
+def numerical_grad(f, x: np.ndarray, eps: float = FD_EPS) -> np.ndarray:
+    """d f() / d x by central differences, perturbing x in place one element at a time."""
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def assert_close(actual, expected, rtol: float, what: str = "") -> None:
+    """Max-abs error relative to the largest expected magnitude must be below rtol."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = max(np.abs(expected).max(), 1e-12)
+    err = np.abs(actual - expected).max() / scale
+    assert err < rtol, f"{what}: relative error {err:.3e} >= {rtol:.0e}"
+
+
+@pytest.fixture
+def tiny_configs():
+    """Both presets shrunk to a size where finite differences over every parameter are quick."""
+    small = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+    return {
+        "microgpt": PRESETS["microgpt"].replace(**small),
+        "shakespeare-cpu": PRESETS["shakespeare-cpu"].replace(**small),
+        "biased-rmsnorm-weights": PRESETS["microgpt"].replace(**small, bias=True, norm_weights=True,
+                                                               activation="gelu", tie_embeddings=True),
+        "layernorm-bias": PRESETS["shakespeare-cpu"].replace(**small, bias=True, embed_norm=True),
+    }

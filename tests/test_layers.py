@@ -1,0 +1,138 @@
+"""Every layer's backward against central finite differences of its forward, in float64.
+
+Tolerance: 1e-6 relative to the largest gradient entry (finite differences with step 1e-6 in float64
+are accurate to ~1e-9; the margin absorbs the kinks of ReLU, which the inputs avoid).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close, numerical_grad
+
+from pocketgpt import layers
+
+RTOL = 1e-6
+rng = np.random.default_rng(0)
+
+
+def check(forward, backward, inputs: dict, extra=()):
+    """forward(**inputs) -> (out, cache); compare backward(dout, cache) with d sum(out * dout)."""
+    out, cache = forward(**inputs)
+    dout = rng.standard_normal(out.shape)
+    analytic = backward(dout, cache)
+
+    def f():
+        return float((forward(**inputs)[0] * dout).sum())
+
+    for name, grad in analytic.items():
+        assert_close(grad, numerical_grad(f, inputs[name]), RTOL, name)
+
+
+def test_linear_with_bias():
+    def bwd(dy, cache):
+        dx, dw, db = layers.linear_backward(dy, cache)
+        return {"x": dx, "w": dw, "b": db}
+
+    check(layers.linear_forward, bwd, {"x": rng.standard_normal((2, 3, 5)), "w": rng.standard_normal((4, 5)),
+                                       "b": rng.standard_normal(4)})
+
+
+@pytest.mark.parametrize("with_weight", [True, False])
+def test_rmsnorm(with_weight):
+    inputs = {"x": rng.standard_normal((2, 3, 6)), "w": rng.standard_normal(6) if with_weight else None,
+              "eps": 1e-5}
+
+    def bwd(dy, cache):
+        dx, dw = layers.rmsnorm_backward(dy, cache)
+        return {"x": dx, **({"w": dw} if with_weight else {})}
+
+    check(layers.rmsnorm_forward, bwd, inputs)
+
+
+def test_layernorm_with_weight_and_bias():
+    inputs = {"x": rng.standard_normal((2, 3, 6)), "w": rng.standard_normal(6), "b": rng.standard_normal(6),
+              "eps": 1e-5}
+
+    def bwd(dy, cache):
+        dx, dw, db = layers.layernorm_backward(dy, cache)
+        return {"x": dx, "w": dw, "b": db}
+
+    check(layers.layernorm_forward, bwd, inputs)
+
+
+def test_layernorm_without_bias():
+    def bwd(dy, cache):
+        dx, dw, db = layers.layernorm_backward(dy, cache)
+        assert db is None
+        return {"x": dx, "w": dw}
+
+    check(layers.layernorm_forward, bwd, {"x": rng.standard_normal((4, 6)), "w": rng.standard_normal(6),
+                                          "b": None, "eps": 1e-5})
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu"])
+def test_activation(name):
+    fwd, bwd = layers.ACTIVATION[name]
+    x = rng.standard_normal((3, 7))
+    x[np.abs(x) < 1e-3] = 0.5  # keep finite differences away from ReLU's kink
+    check(fwd, lambda dy, cache: {"x": bwd(dy, cache)}, {"x": x})
+
+
+def test_gelu_is_gpt2_tanh_approximation():
+    x = np.linspace(-4, 4, 17)
+    expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    np.testing.assert_allclose(layers.gelu_forward(x)[0], expected, rtol=1e-14)
+
+
+def test_attention():
+    check(lambda qkv: layers.attention_forward(qkv, n_head=2), lambda dy, c: {"qkv": layers.attention_backward(dy, c)},
+          {"qkv": rng.standard_normal((2, 5, 3 * 8))})
+
+
+def test_attention_is_causal():
+    qkv = rng.standard_normal((1, 6, 3 * 4))
+    full, _ = layers.attention_forward(qkv, n_head=2)
+    changed = qkv.copy()
+    changed[:, 4:] += 1.0  # changing positions 4 and 5 must not change outputs 0..3
+    out, _ = layers.attention_forward(changed, n_head=2)
+    np.testing.assert_array_equal(out[:, :4], full[:, :4])
+
+
+def test_embedding():
+    idx = np.array([[0, 2, 2], [1, 0, 3]])
+    wte, wpe = rng.standard_normal((4, 5)), rng.standard_normal((6, 5))
+
+    def bwd(dx, cache):
+        dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+        layers.embedding_backward(dx, cache, dwte, dwpe)
+        return {"wte": dwte, "wpe": dwpe}
+
+    check(lambda wte, wpe: layers.embedding_forward(idx, wte, wpe), bwd, {"wte": wte, "wpe": wpe})
+
+
+def test_embedding_scatter_path_matches_onehot_path():
+    idx = rng.integers(0, 3000, (2, 4))
+    dx = rng.standard_normal((2, 4, 3))
+    big = np.zeros((3000, 3)), np.zeros((4, 3))
+    layers.embedding_backward(dx, (idx, 3000, 4), *big)
+    expected = np.zeros((3000, 3))
+    for (b, t), i in np.ndenumerate(idx):
+        expected[i] += dx[b, t]
+    np.testing.assert_allclose(big[0], expected, rtol=1e-15)
+
+
+def test_cross_entropy_with_padding_weights():
+    logits = rng.standard_normal((2, 3, 5))
+    targets = np.array([[1, 4, 0], [2, 2, 3]])
+    weights = np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+    def fwd(logits):
+        loss, cache = layers.cross_entropy_forward(logits, targets, weights, weights.sum())
+        return np.array(loss), cache
+
+    check(fwd, lambda d, cache: {"logits": layers.cross_entropy_backward(cache) * d}, {"logits": logits})
+    loss, _ = layers.cross_entropy_forward(logits, targets, weights, weights.sum())
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -(logp[0, 0, 1] + logp[0, 1, 4] + logp[1, 0, 2]) / 3
+    assert abs(loss - expected) < 1e-12
