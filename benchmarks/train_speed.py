@@ -27,6 +27,7 @@ from pocketgpt.data import Batches, load_dataset  # noqa: E402
 from pocketgpt.model import GPT  # noqa: E402
 from pocketgpt.optim import AdamW  # noqa: E402
 from pocketgpt.reproduce import params_from_reference  # noqa: E402
+from pocketgpt.runtime import retain_freed_memory  # noqa: E402
 from pocketgpt.train import TRAIN_DEFAULTS, decay_mask, train, train_step  # noqa: E402
 
 
@@ -76,6 +77,7 @@ def step_flops(config, tokens: int, T: int) -> float:
 
 
 def shakespeare_speed(iters: int) -> dict:
+    retain_freed_memory()  # as train() does; it applies to PyTorch in this process too
     dataset = load_dataset("shakespeare")
     config = PRESETS["shakespeare-cpu"].replace(vocab_size=dataset.tokenizer.vocab_size)
     s = TRAIN_DEFAULTS["shakespeare-cpu"]
@@ -86,7 +88,7 @@ def shakespeare_speed(iters: int) -> dict:
     it = iter(range(10**9))
 
     def ours():
-        train_step(model, opt, data[next(it) % iters], s.lr, s.grad_clip)
+        train_step(model, opt, data[next(it) % iters], s.lr, s.grad_clip, s.workers)
 
     out = {}
     try:

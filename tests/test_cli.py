@@ -94,3 +94,10 @@ def test_corrupt_checkpoint_exit_code_through_the_console_script(trained, tmp_pa
     r = subprocess.run([sys.executable, "-m", "pocketgpt", "eval", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "model.safetensors is truncated" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_out_that_is_not_a_checkpoint_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["train", "--steps", "5", "--out", str(tmp_path)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -1,7 +1,7 @@
-"""pocketgpt: a GPT you can read, train, shrink, speed up and guard, in Python, on a CPU."""
+"""pocketgpt: a GPT you can read, train, shrink, speed up and guard, in Python, on a CPU.
 
-from pocketgpt.config import PRESETS, GPTConfig
-from pocketgpt.model import GPT
+Importing the package imports nothing else, so that `python -m pocketgpt.reference` runs on the
+standard library alone. The engine lives in pocketgpt.model, training in pocketgpt.train.
+"""
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "PRESETS", "__version__"]

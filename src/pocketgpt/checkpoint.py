@@ -80,12 +80,18 @@ def _write_json(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
+def check_can_save(path: str | os.PathLike) -> None:
+    """Raise unless `path` is free, an empty folder or a pocketgpt checkpoint (which a save replaces)."""
     path = Path(path)
     _recover(path)
     if path.exists() and not (path.is_dir() and (_is_checkpoint(path) or not any(path.iterdir()))):
         raise CheckpointError(f"{path} exists and is not a pocketgpt checkpoint; refusing to overwrite it "
                               "(choose another --out)")
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
+    path = Path(path)
+    check_can_save(path)
     tmp, old = _siblings(path)
     tmp.mkdir(parents=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION}

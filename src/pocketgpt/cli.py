@@ -244,8 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError, DataError, UnknownCharacterError) as e:
         print(f"pocketgpt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # training diverged
+        print(f"pocketgpt {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"pocketgpt {args.command}: interrupted; the last complete checkpoint is intact", file=sys.stderr)
+        note = "; the last complete checkpoint is intact" if args.command == "train" else ""
+        print(f"pocketgpt {args.command}: interrupted{note}", file=sys.stderr)
         return 130
 
 

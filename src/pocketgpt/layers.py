@@ -67,23 +67,28 @@ def rmsnorm_backward(dy, cache):
 
 def layernorm_forward(x, w, b, eps):
     """y = (x - mean) / sqrt(var + eps) * w + b, over the last axis; w and b may be None."""
-    mu = x.mean(axis=-1, keepdims=True)
-    xc = x - mu
-    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-    xhat = xc * rstd
-    y = xhat * w if w is not None else xhat
+    C = x.shape[-1]
+    mean_vec = np.full(C, 1.0 / C, x.dtype)
+    xhat = x - (x @ mean_vec)[..., None]  # means as a matrix-vector product (BLAS) rather than a reduction
+    rstd = 1.0 / np.sqrt(np.einsum("...c,...c->...", xhat, xhat)[..., None] / C + eps)  # (..., 1)
+    xhat *= rstd
+    y = xhat * w if w is not None else xhat.copy()
     if b is not None:
-        y = y + b
+        y += b
     return y, (xhat, rstd, w, b is not None)
 
 
 def layernorm_backward(dy, cache):
     xhat, rstd, w, has_b = cache
+    C = xhat.shape[-1]
     dw = column_dot(dy, xhat) if w is not None else None
-    db = dy.reshape(-1, dy.shape[-1]).sum(axis=0) if has_b else None
-    g = dy * w if w is not None else dy
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
-    return dx, dw, db
+    db = dy.reshape(-1, C).sum(axis=0) if has_b else None
+    g = dy * w if w is not None else dy.copy()
+    mean_vec = np.full(C, 1.0 / C, g.dtype)
+    g -= (g @ mean_vec)[..., None]
+    g -= xhat * (np.einsum("...c,...c->...", g, xhat)[..., None] / C)  # g's mean is now 0: same projection
+    g *= rstd
+    return g, dw, db
 
 
 # ----------------------------------------------------------------------------- linear
@@ -121,15 +126,33 @@ def relu_backward(dy, cache):
 
 
 def gelu_forward(x):
-    """GELU with the tanh approximation (GPT-2's)."""
-    t = np.tanh(GELU_K * (x + 0.044715 * (x * x * x)))
-    return 0.5 * x * (1.0 + t), (x, t)
+    """GELU with the tanh approximation (GPT-2's): 0.5 x (1 + tanh(k (x + 0.044715 x^3)))."""
+    t = x * x
+    t *= 0.044715 * GELU_K
+    t += GELU_K
+    t *= x
+    np.tanh(t, out=t)  # in-place passes: at this size memory traffic, not arithmetic, is the cost
+    y = t + 1.0
+    y *= x
+    y *= 0.5
+    return y, (x, t)
 
 
 def gelu_backward(dy, cache):
+    """dy * (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2)), t = tanh(...) from the forward."""
     x, t = cache
-    dt = GELU_K * (1.0 + 3 * 0.044715 * x * x)
-    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
+    dx = x * x
+    dx *= 3 * 0.044715 * GELU_K
+    dx += GELU_K
+    sech2 = t * t
+    np.subtract(1.0, sech2, out=sech2)
+    dx *= sech2
+    dx *= x
+    dx += t
+    dx += 1.0
+    dx *= 0.5
+    dx *= dy
+    return dx
 
 
 ACTIVATION = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward)}
@@ -143,27 +166,32 @@ def attention_forward(qkv, n_head):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
-               for i in range(3))  # each (B, nh, T, hs)
+    heads = qkv.reshape(B, T, 3, n_head, hs)
     scale = 1.0 / math.sqrt(hs)
-    scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, nh, T, T)
-    scores += causal_mask(T, T, scores.dtype)
-    att = softmax(scores)
+    q = heads[:, :, 0].transpose(0, 2, 1, 3) * scale  # (B, nh, T, hs), pre-scaled (and contiguous)
+    k = heads[:, :, 1].transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    v = heads[:, :, 2].transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    att = q @ k.transpose(0, 1, 3, 2)  # (B, nh, T, T)
+    att += causal_mask(T, T, att.dtype)
+    softmax_(att)
     y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
     return y, (q, k, v, att, scale)
 
 
 def attention_backward(dy, cache):
-    q, k, v, att, scale = cache
+    q, k, v, att, scale = cache  # q is pre-scaled
     B, nh, T, hs = q.shape
     dy = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, nh, T, hs)
-    datt = dy @ v.transpose(0, 1, 3, 2)  # (B, nh, T, T)
-    dv = att.transpose(0, 1, 3, 2) @ dy  # (B, nh, T, hs)
-    dscores = att * (datt - np.einsum("bhts,bhts->bht", datt, att)[..., None]) * scale
-    dq = dscores @ k  # (B, nh, T, hs)
-    dk = dscores.transpose(0, 1, 3, 2) @ q  # (B, nh, T, hs)
-    dqkv = np.concatenate([d.transpose(0, 2, 1, 3).reshape(B, T, nh * hs) for d in (dq, dk, dv)], axis=-1)
-    return dqkv  # (B, T, 3C)
+    dqkv = np.empty((B, T, 3, nh, hs), dy.dtype)
+    dqkv[:, :, 2] = (att.transpose(0, 1, 3, 2) @ dy).transpose(0, 2, 1, 3)  # dv
+    dscores = dy @ v.transpose(0, 1, 3, 2)  # d att, (B, nh, T, T)
+    dscores -= np.einsum("bhts,bhts->bht", dscores, att)[..., None]
+    dscores *= att  # softmax backward
+    dq = dscores @ k
+    dq *= scale
+    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
+    dqkv[:, :, 1] = (dscores.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)  # dk
+    return dqkv.reshape(B, T, 3 * nh * hs)  # (B, T, 3C)
 
 
 def causal_mask(T_q: int, T_k: int, dtype) -> np.ndarray:
@@ -176,6 +204,14 @@ def causal_mask(T_q: int, T_k: int, dtype) -> np.ndarray:
 def softmax(x, axis=-1):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_(x):
+    """Softmax over the last axis, in place."""
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
 
 
 # ----------------------------------------------------------------------------- loss

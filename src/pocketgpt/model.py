@@ -12,12 +12,10 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from pocketgpt import layers
 from pocketgpt.config import GPTConfig
-
-_BLAS = ThreadpoolController()  # to run BLAS single-threaded inside our own worker threads
+from pocketgpt.runtime import single_threaded_blas
 
 
 def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
@@ -101,6 +99,7 @@ class GPT:
         self.load_params(params if params is not None else init_params(config, np.random.default_rng(seed)))
         self._grad_buffers: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         """Copy arrays into the flat buffer; names and shapes must match exactly."""
@@ -241,9 +240,9 @@ class GPT:
             return work(0, slice(None)), self._grad_buffers[0][0]
         bounds = np.linspace(0, idx.shape[0], workers + 1).astype(int)
         slices = [slice(bounds[k], bounds[k + 1]) for k in range(workers)]
-        if self._pool is None or self._pool._max_workers < workers:
-            self._pool = ThreadPoolExecutor(max_workers=workers)
-        with _BLAS.limit(limits=1, user_api="blas"):
+        if self._pool_size < workers:
+            self._pool, self._pool_size = ThreadPoolExecutor(max_workers=workers), workers
+        with single_threaded_blas():
             losses = list(self._pool.map(work, range(workers), slices))
         total = self._grad_buffers[0][0]
         for k in range(1, workers):

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketgpt.checkpoint import Checkpoint, CheckpointError, save_checkpoint
+from pocketgpt.checkpoint import Checkpoint, CheckpointError, check_can_save, save_checkpoint
 from pocketgpt.data import Batches, Dataset, eval_batches
 from pocketgpt.model import GPT
 from pocketgpt.optim import SCHEDULES, AdamW, clip_grad_norm, lr_at
+from pocketgpt.runtime import retain_freed_memory
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ def train(model: GPT, dataset: Dataset, settings: TrainSettings, *, out: str | P
     on_step receives {step, loss, lr, grad_norm, tokens, val_loss?} after each step (e.g. a progress bar).
     """
     s = settings
+    if out is not None:
+        check_can_save(out)  # fail now, not after the first stretch of training
+    retain_freed_memory()
     batches = Batches(dataset, s.batch_size, model.config.block_size, s.seed)
     optimizer = AdamW(model.flat, decay_mask(model), beta1=s.beta1, beta2=s.beta2, eps=s.eps,
                       weight_decay=s.weight_decay)
