@@ -57,13 +57,17 @@ class TorchGPT(nn.Module):
 
 
 def make_train_step(c: GPTConfig, lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0):
+    """(step(x, y, lr=None) -> loss, evaluate(batches) -> mean loss) for a fresh TorchGPT."""
     model = TorchGPT(c)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(beta1, beta2))
 
-    def step(x, y):
+    def step(x, y, lr=None):
+        if lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,4 +75,12 @@ def make_train_step(c: GPTConfig, lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0
         opt.step()
         return loss.item()
 
-    return step
+    @torch.no_grad()
+    def evaluate(batches):
+        total, count = 0.0, 0
+        for x, y, w in batches:
+            total += model(torch.from_numpy(x), torch.from_numpy(y)).item() * w.sum()
+            count += w.sum()
+        return total / count
+
+    return step, evaluate

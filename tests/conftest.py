@@ -44,4 +44,5 @@ def tiny_configs():
         "biased-rmsnorm-weights": PRESETS["microgpt"].replace(**small, bias=True, norm_weights=True,
                                                                activation="gelu", tie_embeddings=True),
         "layernorm-bias": PRESETS["shakespeare-cpu"].replace(**small, bias=True, embed_norm=True),
+        "gpt2": PRESETS["gpt2"].replace(**small),
     }

@@ -4,6 +4,7 @@ Layout of a checkpoint folder (format version 1):
   config.json              {"format": "pocketgpt", "format_version": 1, "model": GPTConfig fields,
                             "dtype": "float32" | "float64", "tokenizer": {...}, "data": {"data", "mode"}}
   model.safetensors        one tensor per parameter, named as in pocketgpt.model.param_shapes
+  vocab.json, merges.txt   (BPE tokenizer only) GPT-2's tokenizer files
   train_state.json         (training only) step, run settings, data position and RNG state
   train_state.safetensors  (training only) optimizer moments adam.m and adam.v, flat
 
@@ -26,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 
 from pocketgpt.config import GPTConfig
 from pocketgpt.model import GPT, param_shapes
-from pocketgpt.tokenizer import CharTokenizer
+from pocketgpt.tokenizer import CharTokenizer, load_tokenizer
 
 FORMAT, FORMAT_VERSION = "pocketgpt", 1
 DTYPES = ("float32", "float64")
@@ -41,7 +42,7 @@ class CheckpointError(ValueError):
 class Checkpoint:
     config: GPTConfig
     params: dict[str, np.ndarray]
-    tokenizer: CharTokenizer
+    tokenizer: CharTokenizer  # or a pocketgpt.bpe.BPETokenizer
     dtype: str = "float32"
     data: dict = field(default_factory=dict)
     train_state: dict | None = None  # train_state.json
@@ -97,6 +98,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION}
     save_file({k: np.ascontiguousarray(v) for k, v in ckpt.params.items()}, tmp / "model.safetensors",
               metadata={"format": FORMAT})
+    ckpt.tokenizer.save(tmp)
     _write_json(tmp / "config.json", {**meta, "model": ckpt.config.to_dict(), "dtype": ckpt.dtype,
                                       "tokenizer": ckpt.tokenizer.to_dict(), "data": ckpt.data})
     if ckpt.train_state is not None:
@@ -164,15 +166,19 @@ def load_checkpoint(path: str | os.PathLike, train_state: bool = False) -> Check
     cfg = _read_json(path / "config.json")
     try:
         config = GPTConfig.from_dict(cfg["model"])
-        tokenizer = CharTokenizer.from_dict(cfg["tokenizer"])
         dtype = cfg.get("dtype", "float32")
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        tokenizer_spec = cfg["tokenizer"]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'config.json'} is invalid: {e}") from None
-    if tokenizer.vocab_size != config.vocab_size:
-        raise CheckpointError(f"{path / 'config.json'}: the tokenizer has {tokenizer.vocab_size} tokens but the "
-                              f"model expects {config.vocab_size}")
+    try:
+        tokenizer = load_tokenizer(tokenizer_spec, path)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: tokenizer: {e}") from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                              f"{config.vocab_size}")
     params = _read_tensors(path / "model.safetensors")
     for name, shape in param_shapes(config).items():
         if name not in params:

@@ -12,12 +12,15 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from pocketgpt.checkpoint import CheckpointError, load_checkpoint
+from pocketgpt.bpe import BPETokenizer, train_bpe
+from pocketgpt.checkpoint import CheckpointError, check_can_save, load_checkpoint, save_checkpoint
 from pocketgpt.config import PRESETS
-from pocketgpt.data import BUILTIN, MODES, DataError, load_dataset
+from pocketgpt.data import BUILTIN, MODES, DataError, load_dataset, read_text
 from pocketgpt.generate import generate
+from pocketgpt.interop.hf import InteropError
 from pocketgpt.model import GPT
 from pocketgpt.optim import SCHEDULES
 from pocketgpt.tokenizer import UnknownCharacterError
@@ -67,7 +70,7 @@ def cmd_train(args) -> int:
     if args.resume:
         ckpt = load_checkpoint(args.resume, train_state=True)
         changed = sorted(set(given) - {"steps", "eval_interval"})
-        if changed or args.preset or args.data or args.mode:
+        if changed or args.preset or args.data or args.mode or args.tokenizer:
             raise UsageError(f"--resume continues the saved run; only --steps and --eval-interval may change "
                              f"(got --{(changed or ['preset/--data/--mode'])[0].replace('_', '-')})")
         try:
@@ -80,10 +83,16 @@ def cmd_train(args) -> int:
     else:
         preset_name = args.preset or "microgpt"
         try:
-            settings = dataclasses.replace(TRAIN_DEFAULTS[preset_name], **given)
+            settings = dataclasses.replace(TRAIN_DEFAULTS.get(preset_name, TrainSettings()), **given)
         except ValueError as e:
             raise UsageError(e) from None
-        dataset = load_dataset(args.data or "names", args.mode)
+        tokenizer = None
+        if args.tokenizer:
+            try:
+                tokenizer = BPETokenizer.load(Path(args.tokenizer) / "vocab.json", Path(args.tokenizer) / "merges.txt")
+            except ValueError as e:
+                raise UsageError(f"--tokenizer {args.tokenizer}: {e}") from None
+        dataset = load_dataset(args.data or "names", args.mode, tokenizer)
         config = PRESETS[preset_name].replace(vocab_size=dataset.tokenizer.vocab_size)
         model = GPT(config, dtype=settings.dtype, seed=settings.seed)
         ckpt = None
@@ -118,8 +127,8 @@ def cmd_train(args) -> int:
             ids = generate(model, [tok.bos], max_new_tokens=model.config.block_size, temperature=0.5,
                            seed=settings.seed + i, stop_token=tok.bos)
         else:
-            ids = generate(model, [tok.encode("\n")[0] if "\n" in tok.index else 0], max_new_tokens=256,
-                           temperature=0.8, seed=settings.seed + i, sliding=True)
+            ids = generate(model, [start_token(tok)], max_new_tokens=256, temperature=0.8, seed=settings.seed + i,
+                           sliding=True)
         samples.append(tok.decode(ids))
         if not args.json:
             print(samples[-1])
@@ -131,24 +140,48 @@ def cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- sample, eval
 
 
+def start_token(tok) -> int:
+    """What a text-mode sample starts from when there is no prompt: BOS if the tokenizer has one, else a newline."""
+    if tok.bos is not None:
+        return tok.bos
+    try:
+        return tok.encode("\n")[0]
+    except ValueError:
+        return 0
+
+
+def stream_text(tok, ids) -> Iterator[str]:
+    """The text of a stream of token ids, piece by piece, never splitting a multi-byte character."""
+    seen, shown = [], 0
+    for t in ids:
+        seen.append(t)
+        text = tok.decode(seen)
+        if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence decodes to U+FFFD for now
+            yield text[shown:]
+            shown = len(text)
+    yield tok.decode(seen)[shown:]
+
+
 def cmd_sample(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, tok = ckpt.model(), ckpt.tokenizer
-    lines = tok.bos is not None
+    lines = ckpt.data.get("mode", "lines") == "lines"
     prompt_ids = tok.encode(args.prompt)
-    if not lines and not prompt_ids:
-        prompt_ids = tok.encode("\n") if "\n" in tok.index else [0]
-    prompt = [tok.bos, *prompt_ids] if lines else prompt_ids
+    if lines:
+        prompt = [tok.bos, *prompt_ids]
+    else:
+        prompt = prompt_ids or [start_token(tok)]
     max_tokens = args.max_tokens or (model.config.block_size if lines else 256)
     if lines and len(prompt) > model.config.block_size:
-        raise UsageError(f"--prompt is {len(prompt_ids)} characters; this model's context holds "
+        raise UsageError(f"--prompt is {len(prompt_ids)} tokens; this model's context holds "
                          f"{model.config.block_size - 1} after BOS")
     for i in range(args.count):
         seed = None if args.seed is None else args.seed + i
         print(args.prompt, end="", flush=True)
-        for t in generate(model, prompt, max_new_tokens=max_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=seed, stop_token=tok.bos, sliding=not lines):
-            print(tok.decode([t]), end="", flush=True)
+        ids = generate(model, prompt, max_new_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=seed, stop_token=tok.bos, sliding=not lines)
+        for piece in stream_text(tok, ids):
+            print(piece, end="", flush=True)
         print()
     return 0
 
@@ -162,6 +195,48 @@ def cmd_eval(args) -> int:
               "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2)}
     print(f"validation loss {loss:.4f} | perplexity {result['perplexity']:.3f} | "
           f"bits per character {result['bits_per_char']:.4f}")
+    if args.json:
+        emit_json(result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- interop
+
+
+def cmd_export(args) -> int:
+    from pocketgpt.interop.hf import export_hf
+
+    ckpt = load_checkpoint(args.checkpoint)
+    out = export_hf(ckpt, args.out)
+    print(f"exported {args.checkpoint} as a Hugging Face GPT-2 model to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from pocketgpt.interop.hf import import_hf
+
+    ckpt = import_hf(args.source)
+    check_can_save(args.out)
+    save_checkpoint(args.out, ckpt)
+    c = ckpt.config
+    print(f"imported {args.source}: GPT-2 with {c.n_layer} layers, {c.n_embd} channels, vocabulary "
+          f"{c.vocab_size}, context {c.block_size} -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_tokenizer_train(args) -> int:
+    text, _ = read_text(args.data)
+    start = time.perf_counter()
+    tok = train_bpe(text, args.vocab_size)
+    out = Path(args.out)
+    check_can_save(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(out)
+    n_tokens = len(tok.encode(text))
+    result = {"vocab_size": tok.vocab_size, "merges": len(tok.merges), "tokens": n_tokens,
+              "chars_per_token": len(text) / n_tokens, "seconds": time.perf_counter() - start, "out": str(out)}
+    print(f"trained a byte-level BPE of {tok.vocab_size} tokens on {args.data}: {result['chars_per_token']:.2f} "
+          f"characters per token -> {out}/vocab.json, merges.txt")
     if args.json:
         emit_json(result)
     return 0
@@ -195,6 +270,7 @@ def build_parser() -> Parser:
                    help="evaluate and checkpoint every N steps (0: at the end only)")
     t.add_argument("--dtype", choices=("float32", "float64"))
     t.add_argument("--workers", type=positive_int, help="threads that split each batch (preset default)")
+    t.add_argument("--tokenizer", metavar="DIR", help="a BPE tokenizer (vocab.json, merges.txt) instead of characters")
     t.add_argument("--out", help="checkpoint folder (default out/<data>)")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     t.add_argument("--samples", type=int, default=10, help="samples to print after training (default 10)")
@@ -223,6 +299,32 @@ def build_parser() -> Parser:
     e.add_argument("--mode", choices=MODES)
     e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write a checkpoint in another tool's format",
+                       description="Export a checkpoint: --format hf writes a folder that "
+                       "transformers.GPT2LMHeadModel.from_pretrained loads, with its tokenizer.")
+    x.add_argument("checkpoint", metavar="DIR")
+    x.add_argument("out", metavar="OUT")
+    x.add_argument("--format", choices=("hf",), required=True)
+    x.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("import", help="convert a local Hugging Face GPT-2 folder into a checkpoint",
+                       description="Import a GPT-2-family model (model.safetensors or pytorch_model.bin, "
+                       "config.json, vocab.json, merges.txt) from a local folder; nothing is downloaded.")
+    i.add_argument("source", metavar="HF_DIR")
+    i.add_argument("out", metavar="OUT")
+    i.set_defaults(func=cmd_import)
+
+    k = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    ksub = k.add_subparsers(dest="action", required=True, parser_class=Parser)
+    kt = ksub.add_parser("train", help="learn GPT-2-style byte-level BPE merges from a text file",
+                         description="Train a byte-level BPE (GPT-2's format: vocab.json + merges.txt); "
+                         "use it with `pocketgpt train --tokenizer DIR`.")
+    kt.add_argument("data", metavar="FILE", help=f"a UTF-8 text file, or {', '.join(BUILTIN)}")
+    kt.add_argument("--vocab-size", dest="vocab_size", type=positive_int, required=True)
+    kt.add_argument("--out", required=True, help="folder for vocab.json and merges.txt")
+    kt.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    kt.set_defaults(func=cmd_tokenizer_train)
     return p
 
 
@@ -234,6 +336,8 @@ def check_args(args) -> None:
             raise UsageError(f"--top-p must be in (0, 1] (got {args.top_p})")
     if args.command == "train" and args.samples < 0:
         raise UsageError("--samples must be >= 0")
+    if args.command == "tokenizer" and args.vocab_size < 257:
+        raise UsageError("--vocab-size must be at least 257 (256 bytes and <|endoftext|>)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         return args.func(args)
-    except (UsageError, CheckpointError, DataError, UnknownCharacterError) as e:
+    except (UsageError, CheckpointError, DataError, UnknownCharacterError, InteropError) as e:
         print(f"pocketgpt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # training diverged

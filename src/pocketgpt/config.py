@@ -77,6 +77,13 @@ PRESETS: dict[str, GPTConfig] = {
         norm_weights=True, activation="gelu", bias=False, tie_embeddings=True, init_std=0.02,
         scale_residual_init=True, embed_norm=False, final_norm=True,
     ),
+    # GPT-2 (124M) exactly as Hugging Face's GPT2LMHeadModel computes it: LayerNorm with weight and bias,
+    # GELU (tanh), biases everywhere, learned positions, fused QKV, final LayerNorm, tied lm_head.
+    "gpt2": GPTConfig(
+        vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, norm="layernorm",
+        norm_weights=True, activation="gelu", bias=True, tie_embeddings=True, init_std=0.02,
+        scale_residual_init=True, embed_norm=False, final_norm=True,
+    ),
 }
 
 

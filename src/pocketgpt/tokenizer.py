@@ -1,10 +1,14 @@
-"""The character tokenizer: one id per distinct character of the data, plus BOS in document mode.
+"""The character tokenizer (one id per distinct character of the data, plus BOS in document mode),
+and `load_tokenizer`, which rebuilds whichever tokenizer a checkpoint names.
 
-Ids are the sorted unique characters (as microgpt numbers them); BOS, when present, is the last id.
-It is saved inside config.json of every checkpoint.
+Character ids are the sorted unique characters (as microgpt numbers them); BOS, when present, is the
+last id. A character tokenizer lives inside config.json; a BPE tokenizer (pocketgpt.bpe) in vocab.json
+and merges.txt beside it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class UnknownCharacterError(ValueError):
@@ -40,8 +44,21 @@ class CharTokenizer:
     def to_dict(self) -> dict:
         return {"type": "char", "chars": "".join(self.chars), "bos": self.bos is not None}
 
+    def save(self, folder: str | Path) -> None:
+        """Nothing to write: the whole vocabulary is in to_dict()."""
+
     @classmethod
     def from_dict(cls, d: dict) -> CharTokenizer:
         if d.get("type") != "char" or not isinstance(d.get("chars"), str):
             raise ValueError(f"unsupported tokenizer {d.get('type')!r} (expected a character tokenizer)")
         return cls(list(d["chars"]), bool(d.get("bos")))
+
+
+def load_tokenizer(d: dict, folder: str | Path):
+    """The tokenizer described by d (config.json's "tokenizer"), reading any files it names from folder."""
+    if d.get("type") == "bpe":
+        from pocketgpt.bpe import BPETokenizer
+
+        folder = Path(folder)
+        return BPETokenizer.load(folder / d.get("vocab", "vocab.json"), folder / d.get("merges", "merges.txt"))
+    return CharTokenizer.from_dict(d)

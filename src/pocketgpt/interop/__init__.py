@@ -1,0 +1,1 @@
+"""Formats other tools read and write: Hugging Face GPT-2 checkpoints (hf)."""

@@ -1,0 +1,191 @@
+"""Hugging Face GPT-2 checkpoints in and out: a name-for-name copy with one list of transposed weights.
+
+pocketgpt names parameters after GPT-2's checkpoint keys and stores every linear weight (out, in);
+GPT-2's Conv1D stores (in, out), so exactly the weights in TRANSPOSED flip on the way in and out.
+A model whose architecture GPT-2 cannot express (RMSNorm, ReLU, no final norm) is refused by name.
+Export needs nothing beyond the core; import of pytorch_model.bin and the character tokenizer's
+tokenizer.json need the `interop` extra (torch, tokenizers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from pocketgpt.bpe import BPETokenizer
+from pocketgpt.checkpoint import Checkpoint
+from pocketgpt.config import GPTConfig
+from pocketgpt.model import param_shapes
+from pocketgpt.tokenizer import CharTokenizer
+
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names for GPT-2's tanh GELU
+BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers that old checkpoints carry
+BOS_TOKEN = "<bos>"  # how a character tokenizer's BOS is spelled in tokenizer.json
+
+
+class InteropError(ValueError):
+    pass
+
+
+def _is_transposed(name: str) -> bool:
+    return name.endswith(TRANSPOSED)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def gpt2_expressible(config: GPTConfig) -> None:
+    """Raise unless GPT2LMHeadModel computes exactly what this config computes (missing biases become zeros)."""
+    problems = []
+    if config.norm != "layernorm" or not config.norm_weights:
+        problems.append(f"norm {config.norm}{'' if config.norm_weights else ' without weights'} (GPT-2: LayerNorm)")
+    if config.activation != "gelu":
+        problems.append(f"activation {config.activation} (GPT-2: GELU)")
+    if config.embed_norm:
+        problems.append("a norm after the embedding")
+    if not config.final_norm:
+        problems.append("no final norm")
+    if problems:
+        raise InteropError("GPT-2 cannot express this model: " + "; ".join(problems))
+
+
+def export_hf(ckpt: Checkpoint, out: str | Path) -> Path:
+    """Write config.json, model.safetensors and tokenizer files that transformers loads as GPT2LMHeadModel."""
+    config = ckpt.config
+    gpt2_expressible(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    C = config.n_embd
+    tensors = {}
+    for name in param_shapes(GPTConfig(**{**config.to_dict(), "bias": True, "tie_embeddings": True})):
+        if name in ckpt.params:
+            w = np.asarray(ckpt.params[name], np.float32)
+        else:  # a bias this model does not have: zero is the same computation
+            w = np.zeros(3 * C if "c_attn" in name else 4 * C if "c_fc" in name else C, np.float32)
+        tensors[f"transformer.{name}"] = np.ascontiguousarray(w.T if _is_transposed(name) else w)
+    if not config.tie_embeddings:
+        tensors["lm_head.weight"] = np.ascontiguousarray(ckpt.params["lm_head.weight"], np.float32)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    bos = ckpt.tokenizer.bos
+    hf = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+        "n_positions": config.block_size, "n_embd": C, "n_layer": config.n_layer, "n_head": config.n_head,
+        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": config.init_std,
+        "tie_word_embeddings": config.tie_embeddings, "bos_token_id": bos, "eos_token_id": bos,
+        "scale_attn_weights": True, "use_cache": True,
+    }
+    (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
+    if isinstance(ckpt.tokenizer, BPETokenizer):
+        ckpt.tokenizer.save(out)
+        special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+        (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **special,
+                                                               "model_max_length": config.block_size}, indent=2))
+    else:
+        _export_char_tokenizer(ckpt.tokenizer, out, config.block_size)
+    return out
+
+
+def _export_char_tokenizer(tok: CharTokenizer, out: Path, max_length: int) -> None:
+    """tokenizer.json for PreTrainedTokenizerFast: one token per character, ids as pocketgpt's."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(tok.chars)}
+    if tok.bos is not None:
+        vocab[BOS_TOKEN] = tok.bos
+    t = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    t.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
+    t.decoder = decoders.Fuse()  # join without spaces
+    if tok.bos is not None:
+        t.add_special_tokens([BOS_TOKEN])
+    t.save(str(out / "tokenizer.json"))
+    special = {"bos_token": BOS_TOKEN, "eos_token": BOS_TOKEN} if tok.bos is not None else {}
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **special,
+                                                           "model_max_length": max_length}, indent=2))
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _read_weights(src: Path) -> dict[str, np.ndarray]:
+    if (src / "model.safetensors").is_file():
+        try:
+            return load_file(src / "model.safetensors")
+        except (SafetensorError, OSError) as e:
+            raise InteropError(f"{src / 'model.safetensors'} is corrupt: {e}") from None
+    if (src / "pytorch_model.bin").is_file():
+        try:
+            import torch
+        except ImportError:
+            raise InteropError(f"{src / 'pytorch_model.bin'} needs torch: pip install 'pocketgpt[interop]'") from None
+        try:
+            state = torch.load(src / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a bad pickle
+            raise InteropError(f"{src / 'pytorch_model.bin'} could not be read: {e}") from None
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise InteropError(f"{src}: no model.safetensors or pytorch_model.bin")
+
+
+def config_from_hf(hf: dict, source: str) -> GPTConfig:
+    if hf.get("model_type") != "gpt2":
+        raise InteropError(f"{source}: model_type {hf.get('model_type')!r} is not supported (only gpt2 and its "
+                           "family, such as distilgpt2)")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in GELU_TANH:
+        raise InteropError(f"{source}: activation_function {act!r} is not GPT-2's tanh GELU")
+    C = hf["n_embd"]
+    if hf.get("n_inner") not in (None, 4 * C):
+        raise InteropError(f"{source}: n_inner {hf['n_inner']} is not 4 * n_embd")
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
+        raise InteropError(f"{source}: attention scaling other than 1/sqrt(head size) is not supported")
+    try:
+        return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                         n_head=hf["n_head"], n_embd=C, norm="layernorm", norm_weights=True,
+                         norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation="gelu", bias=True,
+                         tie_embeddings=hf.get("tie_word_embeddings", True),
+                         init_std=hf.get("initializer_range", 0.02), scale_residual_init=True,
+                         embed_norm=False, final_norm=True)
+    except (KeyError, TypeError) as e:
+        raise InteropError(f"{source}: missing or bad field {e}") from None
+
+
+def import_hf(src: str | Path) -> Checkpoint:
+    """A pocketgpt checkpoint (float32) from a local Hugging Face GPT-2 folder with vocab.json + merges.txt."""
+    src = Path(src)
+    if not src.is_dir():
+        raise InteropError(f"{src}: no such folder")
+    try:
+        hf = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InteropError(f"{src / 'config.json'} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InteropError(f"{src / 'config.json'} is not valid JSON: {e}") from None
+    config = config_from_hf(hf, str(src / "config.json"))
+    raw = _read_weights(src)
+    params = {}
+    for key, w in raw.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith(BUFFERS) or (name == "lm_head.weight" and config.tie_embeddings):
+            continue
+        params[name] = np.ascontiguousarray(w.T if _is_transposed(name) else w, np.float32)
+    expected = param_shapes(config)
+    missing, unexpected = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+    if missing or unexpected:
+        raise InteropError(f"{src}: weights do not match a GPT-2 of this config.json (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    for name, shape in expected.items():
+        if params[name].shape != shape:
+            raise InteropError(f"{src}: {name} has shape {params[name].shape}, config.json implies {shape}")
+    try:
+        tokenizer = BPETokenizer.load(src / "vocab.json", src / "merges.txt")
+    except ValueError as e:
+        raise InteropError(f"{src}: tokenizer: {e}") from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise InteropError(f"{src}: the tokenizer has {tokenizer.vocab_size} tokens but the weights only "
+                           f"{config.vocab_size}: they do not belong together")
+    return Checkpoint(config, params, tokenizer, "float32", {"mode": "text"})
