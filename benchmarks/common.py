@@ -30,3 +30,11 @@ def write_readme_section(name: str, markdown: str) -> None:
         raise SystemExit(f"README.md has no <!-- bench:{name} --> section")
     README.write_text(pattern.sub(lambda m: m.group(1) + markdown.rstrip() + "\n" + m.group(2), text),
                       encoding="utf-8")
+
+
+def report(name: str, rows: list[str], write_readme: bool) -> None:
+    """Print a Markdown table and, if asked, put it into README.md's bench:NAME section."""
+    table = "\n".join(rows)
+    print(table)
+    if write_readme:
+        write_readme_section(name, table)

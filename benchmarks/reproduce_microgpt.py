@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_readme_section  # noqa: E402
+from common import report  # noqa: E402
 
 from pocketgpt import reference  # noqa: E402
 from pocketgpt.reproduce import reproduce_microgpt  # noqa: E402
@@ -48,10 +48,7 @@ def main() -> None:
     rows += [f"| {name} | {'identical' if ok else '**differs**'} | {sec:.1f} s |" for name, ok, sec in results]
     if len(results) == 2:
         rows.append(f"| ratio | | NumPy engine **{results[1][2] / results[0][2]:.0f}x** faster |")
-    table = "\n".join(rows)
-    print(table)
-    if args.write_readme:
-        write_readme_section("reproduce", table)
+    report("reproduce", rows, args.write_readme)
     if not all(ok for _, ok, _ in results):
         raise SystemExit(1)
 

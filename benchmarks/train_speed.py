@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_time, write_readme_section  # noqa: E402
+from common import median_time, report  # noqa: E402
 
 from pocketgpt import reference  # noqa: E402
 from pocketgpt.config import PRESETS  # noqa: E402
@@ -177,10 +177,7 @@ def main() -> None:
                       if "torch_val_loss" in c else "goal <= 1.89")
         rows.append(f"| shakespeare-cpu, 2,000 iterations (nanoGPT recipe) | validation loss "
                     f"**{c['val_loss']:.3f}** in {c['minutes']:.1f} min | {torch_cell} | |")
-    table = "\n".join(rows)
-    print(table)
-    if args.write_readme:
-        write_readme_section("train_speed", table)
+    report("train_speed", rows, args.write_readme)
 
 
 if __name__ == "__main__":

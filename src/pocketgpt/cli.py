@@ -204,11 +204,21 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pocketgpt.interop.hf import export_hf
-
     ckpt = load_checkpoint(args.checkpoint)
-    out = export_hf(ckpt, args.out)
-    print(f"exported {args.checkpoint} as a Hugging Face GPT-2 model to {out}", file=sys.stderr)
+    if args.format == "hf":
+        from pocketgpt.interop.hf import export_hf
+
+        if args.type != "f32":
+            raise UsageError("--type applies to --format gguf only")
+        export_hf(ckpt, args.out)
+        print(f"exported {args.checkpoint} as a Hugging Face GPT-2 model to {args.out}", file=sys.stderr)
+        return 0
+    from pocketgpt.interop.gguf import export_gguf
+
+    report = export_gguf(ckpt, args.out, args.type)
+    total = sum(nbytes for _, nbytes in report.values())
+    print(f"exported {args.checkpoint} to {args.out}: {len(report)} tensors, {total / 1e6:.2f} MB of weights "
+          f"({args.type}, vectors f32)", file=sys.stderr)
     return 0
 
 
@@ -302,10 +312,13 @@ def build_parser() -> Parser:
 
     x = sub.add_parser("export", help="write a checkpoint in another tool's format",
                        description="Export a checkpoint: --format hf writes a folder that "
-                       "transformers.GPT2LMHeadModel.from_pretrained loads, with its tokenizer.")
+                       "transformers.GPT2LMHeadModel.from_pretrained loads, with its tokenizer; --format gguf "
+                       "writes one file that llama.cpp runs (architecture gpt2).")
     x.add_argument("checkpoint", metavar="DIR")
-    x.add_argument("out", metavar="OUT")
-    x.add_argument("--format", choices=("hf",), required=True)
+    x.add_argument("out", metavar="OUT", help="a folder (hf) or a .gguf file (gguf)")
+    x.add_argument("--format", choices=("hf", "gguf"), required=True)
+    x.add_argument("--type", choices=("f32", "f16", "q8_0", "q4_0"), default="f32",
+                   help="gguf weight type for matrices (default f32)")
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("import", help="convert a local Hugging Face GPT-2 folder into a checkpoint",

@@ -1,0 +1,1 @@
+"""Quantization: block formats that other tools read (ggml), and later the methods that fill them."""
