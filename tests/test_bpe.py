@@ -85,3 +85,22 @@ def test_bad_files_are_clear_errors(tmp_path):
         BPETokenizer.load(tmp_path / "vocab.json", tmp_path / "merges.txt")
     with pytest.raises(ValueError, match="missing"):
         BPETokenizer.load(tmp_path / "nope.json", tmp_path / "merges.txt")
+
+
+def test_cli_trains_a_tokenizer_and_a_model_that_uses_it(tmp_path, capsys):
+    import json
+
+    from pocketgpt.cli import main
+
+    text = tmp_path / "corpus.txt"
+    text.write_text(SHAKESPEARE[:20_000], encoding="utf-8")
+    assert main(["tokenizer", "train", str(text), "--vocab-size", "300", "--out", str(tmp_path / "tok"),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["vocab_size"] == 300 and summary["chars_per_token"] > 1.3
+    assert main(["train", "--data", str(text), "--mode", "text", "--preset", "shakespeare-cpu", "--tokenizer",
+                 str(tmp_path / "tok"), "--steps", "3", "--batch-size", "2", "--out", str(tmp_path / "m"),
+                 "--samples", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 3
+    assert main(["sample", str(tmp_path / "m"), "--prompt", "KING", "--max-tokens", "4", "--count", "1"]) == 0
+    assert main(["tokenizer", "train", str(text), "--vocab-size", "100", "--out", str(tmp_path / "t2")]) == 2

@@ -5,6 +5,9 @@ Layout of a checkpoint folder (format version 1):
                             "dtype": "float32" | "float64", "tokenizer": {...}, "data": {"data", "mode"}}
   model.safetensors        one tensor per parameter, named as in pocketgpt.model.param_shapes
   vocab.json, merges.txt   (BPE tokenizer only) GPT-2's tokenizer files
+A quantized checkpoint's config.json also holds "quantization" (the QuantRecipe); each quantized weight
+NAME is then stored as NAME.qweight (packed codes), NAME.scales (float16) and, if asymmetric, NAME.zeros
+(see pocketgpt.quant.formats for the layout).
   train_state.json         (training only) step, run settings, data position and RNG state
   train_state.safetensors  (training only) optimizer moments adam.m and adam.v, flat
 
@@ -27,6 +30,8 @@ from safetensors.numpy import load_file, save_file
 
 from pocketgpt.config import GPTConfig
 from pocketgpt.model import GPT, param_shapes
+from pocketgpt.quant.formats import GroupQuantized
+from pocketgpt.quant.model import QuantizedGPT, QuantRecipe, quantized_names
 from pocketgpt.tokenizer import CharTokenizer, load_tokenizer
 
 FORMAT, FORMAT_VERSION = "pocketgpt", 1
@@ -47,9 +52,24 @@ class Checkpoint:
     data: dict = field(default_factory=dict)
     train_state: dict | None = None  # train_state.json
     train_arrays: dict[str, np.ndarray] | None = None  # train_state.safetensors
+    qweights: dict[str, GroupQuantized] | None = None  # quantized weights (then absent from params)
+    recipe: QuantRecipe | None = None
 
     def model(self) -> GPT:
+        if self.qweights:
+            return QuantizedGPT(self.config, self.params, self.qweights, self.recipe, dtype=self.dtype)
         return GPT(self.config, self.params, dtype=self.dtype)
+
+    def float_params(self) -> dict[str, np.ndarray]:
+        """Every parameter as a float array (quantized weights dequantized)."""
+        return {**self.params, **{k: q.dequantize() for k, q in (self.qweights or {}).items()}}
+
+    @classmethod
+    def of(cls, model: GPT, tokenizer, data: dict | None = None) -> Checkpoint:
+        """A checkpoint of a model as it is (float or quantized), without training state."""
+        quantized = isinstance(model, QuantizedGPT)
+        return cls(model.config, model.params, tokenizer, model.dtype.name, data or {},
+                   qweights=model.qweights if quantized else None, recipe=model.recipe if quantized else None)
 
 
 def _siblings(path: Path) -> tuple[Path, Path]:
@@ -96,11 +116,17 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     tmp, old = _siblings(path)
     tmp.mkdir(parents=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION}
-    save_file({k: np.ascontiguousarray(v) for k, v in ckpt.params.items()}, tmp / "model.safetensors",
+    tensors = dict(ckpt.params)
+    for name, q in (ckpt.qweights or {}).items():
+        tensors[f"{name}.qweight"], tensors[f"{name}.scales"] = q.packed, q.scales
+        if q.zeros is not None:
+            tensors[f"{name}.zeros"] = q.zeros
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp / "model.safetensors",
               metadata={"format": FORMAT})
     ckpt.tokenizer.save(tmp)
+    quant = {"quantization": ckpt.recipe.to_dict()} if ckpt.qweights else {}
     _write_json(tmp / "config.json", {**meta, "model": ckpt.config.to_dict(), "dtype": ckpt.dtype,
-                                      "tokenizer": ckpt.tokenizer.to_dict(), "data": ckpt.data})
+                                      "tokenizer": ckpt.tokenizer.to_dict(), "data": ckpt.data, **quant})
     if ckpt.train_state is not None:
         save_file({k: np.ascontiguousarray(v) for k, v in ckpt.train_arrays.items()},
                   tmp / "train_state.safetensors", metadata={"format": FORMAT})
@@ -158,6 +184,24 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path} is corrupt: {e}") from None
 
 
+def _read_quantized(tensors: dict, name: str, shape: tuple[int, int], recipe: QuantRecipe,
+                    path: Path) -> GroupQuantized:
+    """Take `name`'s packed codes, scales and zero points out of `tensors`, checking their shapes."""
+    out, n = shape
+    groups = n // recipe.group_size
+    expected = {"qweight": (out, n * recipe.bits // 8), "scales": (out, groups)}
+    if not recipe.symmetric:
+        expected["zeros"] = (out, groups)
+    got = {}
+    for part, want in expected.items():
+        t = tensors.pop(f"{name}.{part}", None)
+        if t is None or t.shape != want:
+            found = "missing" if t is None else f"shape {t.shape}"
+            raise CheckpointError(f"{path / 'model.safetensors'}: {name}.{part} is {found}, the recipe implies {want}")
+        got[part] = t
+    return GroupQuantized(got["qweight"], got["scales"], got.get("zeros"), shape, recipe.bits, recipe.group_size)
+
+
 def load_checkpoint(path: str | os.PathLike, train_state: bool = False) -> Checkpoint:
     path = Path(path)
     _recover(path)
@@ -180,13 +224,23 @@ def load_checkpoint(path: str | os.PathLike, train_state: bool = False) -> Check
         raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                               f"{config.vocab_size}")
     params = _read_tensors(path / "model.safetensors")
+    recipe, qweights = None, None
+    if "quantization" in cfg:
+        try:
+            recipe = QuantRecipe(**cfg["quantization"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / 'config.json'}: invalid quantization recipe: {e}") from None
+        qweights = {name: _read_quantized(params, name, param_shapes(config)[name], recipe, path)
+                    for name in quantized_names(config)}
     for name, shape in param_shapes(config).items():
+        if qweights and name in qweights:
+            continue
         if name not in params:
             raise CheckpointError(f"{path / 'model.safetensors'} lacks tensor {name}")
         if params[name].shape != shape:
             raise CheckpointError(f"{path / 'model.safetensors'}: {name} has shape {params[name].shape}, "
                                   f"config.json implies {shape}")
-    ckpt = Checkpoint(config, params, tokenizer, dtype, cfg.get("data") or {})
+    ckpt = Checkpoint(config, params, tokenizer, dtype, cfg.get("data") or {}, qweights=qweights, recipe=recipe)
     if train_state:
         ckpt.train_state = _read_json(path / "train_state.json")
         ckpt.train_arrays = _read_tensors(path / "train_state.safetensors")

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pocketgpt.bpe import BPETokenizer, train_bpe
-from pocketgpt.checkpoint import CheckpointError, check_can_save, load_checkpoint, save_checkpoint
+from pocketgpt.checkpoint import Checkpoint, CheckpointError, check_can_save, load_checkpoint, save_checkpoint
 from pocketgpt.config import PRESETS
-from pocketgpt.data import BUILTIN, MODES, DataError, load_dataset, read_text
+from pocketgpt.data import BUILTIN, MODES, Batches, DataError, load_dataset, read_text
 from pocketgpt.generate import generate
 from pocketgpt.interop.hf import InteropError
 from pocketgpt.model import GPT
@@ -252,6 +252,47 @@ def cmd_tokenizer_train(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- quantization
+
+
+def cmd_quantize(args) -> int:
+    from pocketgpt.quant.model import QuantRecipe, quantize_model
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.qweights:
+        raise UsageError(f"{args.checkpoint} is already quantized; quantize its float checkpoint")
+    check_can_save(args.out)
+    try:
+        recipe = QuantRecipe(args.method, args.bits, args.group_size, not args.asym, args.act_order, args.damp)
+    except ValueError as e:
+        raise UsageError(e) from None
+    dataset = load_dataset(ckpt.data.get("data", "names"), ckpt.data.get("mode"), ckpt.tokenizer)
+    model = ckpt.model()
+    calib = None
+    if args.method == "gptq":
+        batches = Batches(dataset, min(16, args.calib), model.config.block_size, seed=args.seed)
+        calib = [batches.next() for _ in range(-(-args.calib // batches.batch_size))]
+    start = time.perf_counter()
+    try:
+        quantized = quantize_model(model, recipe, calib)
+    except ValueError as e:
+        raise UsageError(e) from None
+    seconds = time.perf_counter() - start
+    save_checkpoint(args.out, Checkpoint.of(quantized, ckpt.tokenizer, ckpt.data))
+    before, after = evaluate(model, dataset), evaluate(quantized, dataset)
+    result = {"method": args.method, "bits": args.bits, "group_size": args.group_size,
+              "val_loss_float": before, "val_loss": after, "relative_increase": (after - before) / before,
+              "weight_bytes_float": model.flat.nbytes, "weight_bytes": quantized.weight_bytes, "seconds": seconds,
+              "out": str(args.out)}
+    print(f"{args.method} {args.bits}-bit, group {args.group_size}: validation loss {before:.4f} -> {after:.4f} "
+          f"({100 * result['relative_increase']:+.2f}%), weights {model.flat.nbytes / 1e6:.2f} MB -> "
+          f"{quantized.weight_bytes / 1e6:.2f} MB ({quantized.weight_bytes / model.flat.nbytes:.2f}x), "
+          f"{seconds:.1f} s -> {args.out}")
+    if args.json:
+        emit_json(result)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -327,6 +368,22 @@ def build_parser() -> Parser:
     i.add_argument("source", metavar="HF_DIR")
     i.add_argument("out", metavar="OUT")
     i.set_defaults(func=cmd_import)
+
+    q = sub.add_parser("quantize", help="quantize a checkpoint's block linears (RTN or GPTQ)",
+                       description="Quantize the attention and MLP weights to 2, 3, 4 or 8 bits with per-group "
+                       "scales; prints the validation loss before and after and the weight bytes.")
+    q.add_argument("checkpoint", metavar="DIR")
+    q.add_argument("out", metavar="OUT")
+    q.add_argument("--method", choices=("rtn", "gptq"), default="gptq")
+    q.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4)
+    q.add_argument("--group-size", dest="group_size", type=int, choices=(32, 64, 128), default=64)
+    q.add_argument("--asym", action="store_true", help="asymmetric groups (scale and zero point)")
+    q.add_argument("--act-order", dest="act_order", action="store_true", help="GPTQ: columns by decreasing activation")
+    q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of the mean diagonal")
+    q.add_argument("--calib", type=positive_int, default=128, help="GPTQ calibration sequences (default 128)")
+    q.add_argument("--seed", type=int, default=0, help="which training sequences calibrate")
+    q.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    q.set_defaults(func=cmd_quantize)
 
     k = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     ksub = k.add_subparsers(dest="action", required=True, parser_class=Parser)

@@ -92,7 +92,7 @@ class GPT:
                  dtype=np.float32, seed: int = 0):
         self.config = config
         self.dtype = np.dtype(dtype)
-        self.shapes = param_shapes(config)
+        self.shapes = self.float_shapes(config)
         self.num_params = sum(math.prod(s) for s in self.shapes.values())
         self.flat = np.zeros(self.num_params, self.dtype)
         self.params = views(self.flat, self.shapes)
@@ -100,6 +100,14 @@ class GPT:
         self._grad_buffers: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
+
+    def float_shapes(self, config: GPTConfig) -> dict[str, tuple[int, ...]]:
+        """The parameters held in float in self.flat: all of them here (a quantized model holds fewer)."""
+        return param_shapes(config)
+
+    def weight(self, name: str) -> np.ndarray:
+        """A linear layer's weight (out, in) as an array, whatever form it is stored in."""
+        return self.params[name]
 
     def load_params(self, params: dict[str, np.ndarray]) -> None:
         """Copy arrays into the flat buffer; names and shapes must match exactly."""
@@ -139,7 +147,7 @@ class GPT:
         return dx
 
     def _linear_forward(self, x, prefix):
-        return layers.linear_forward(x, self.params[f"{prefix}.weight"], self.params.get(f"{prefix}.bias"))
+        return layers.linear_forward(x, self.weight(f"{prefix}.weight"), self.params.get(f"{prefix}.bias"))
 
     def _linear_backward(self, dy, cache, prefix, grads):
         dx, dw, db = layers.linear_backward(dy, cache)

@@ -102,8 +102,9 @@ def export_gguf(ckpt: Checkpoint, out: str | Path, qtype: str = "f32") -> dict:
         writer.add_eos_token_id(eos)
         writer.add_add_bos_token(not isinstance(ckpt.tokenizer, BPETokenizer))  # documents start with BOS
     report = {}
+    params = ckpt.float_params()  # a quantized checkpoint exports its dequantized weights
     gpt2_shapes = param_shapes(config.replace(bias=True))  # what GPT-2 has; biases this model lacks are zeros
-    full = {**{n: np.zeros(s, np.float32) for n, s in gpt2_shapes.items()}, **ckpt.params}
+    full = {**{n: np.zeros(s, np.float32) for n, s in gpt2_shapes.items()}, **params}
     if config.tie_embeddings:  # llama.cpp builds before 2025-03 require output.weight even when tied
         full["lm_head.weight"] = full["wte.weight"]
     for name, w in full.items():

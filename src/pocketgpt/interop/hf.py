@@ -60,16 +60,17 @@ def export_hf(ckpt: Checkpoint, out: str | Path) -> Path:
     gpt2_expressible(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    params = ckpt.float_params()  # a quantized checkpoint exports its dequantized weights
     C = config.n_embd
     tensors = {}
     for name in param_shapes(GPTConfig(**{**config.to_dict(), "bias": True, "tie_embeddings": True})):
-        if name in ckpt.params:
-            w = np.asarray(ckpt.params[name], np.float32)
+        if name in params:
+            w = np.asarray(params[name], np.float32)
         else:  # a bias this model does not have: zero is the same computation
             w = np.zeros(3 * C if "c_attn" in name else 4 * C if "c_fc" in name else C, np.float32)
         tensors[f"transformer.{name}"] = np.ascontiguousarray(w.T if _is_transposed(name) else w)
     if not config.tie_embeddings:
-        tensors["lm_head.weight"] = np.ascontiguousarray(ckpt.params["lm_head.weight"], np.float32)
+        tensors["lm_head.weight"] = np.ascontiguousarray(params["lm_head.weight"], np.float32)
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     bos = ckpt.tokenizer.bos
     hf = {

@@ -1,0 +1,93 @@
+"""Quantized models: RTN and GPTQ on a trained model, packed execution, checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from pocketgpt.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from pocketgpt.cli import main
+from pocketgpt.config import PRESETS
+from pocketgpt.data import Batches, load_dataset
+from pocketgpt.model import GPT
+from pocketgpt.quant.model import QuantizedGPT, QuantRecipe, quantize_model
+from pocketgpt.train import TRAIN_DEFAULTS, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def trained():
+    ds = load_dataset("shakespeare")
+    config = PRESETS["shakespeare-cpu"].replace(vocab_size=ds.tokenizer.vocab_size, n_layer=2, n_embd=64)
+    model = GPT(config, seed=0)
+    train(model, ds, dataclasses.replace(TRAIN_DEFAULTS["shakespeare-cpu"], steps=200, eval_interval=0, warmup=20))
+    calib = Batches(ds, 16, config.block_size, seed=1)
+    return model, ds, [calib.next() for _ in range(4)], evaluate(model, ds)
+
+
+def test_quantized_loss_is_finite_and_close_to_float(trained):
+    model, ds, _, base = trained
+    q = quantize_model(model, QuantRecipe("rtn", bits=8, group_size=64))
+    assert abs(evaluate(q, ds) - base) / base < 0.002  # 8-bit: within 0.2%
+    q4 = quantize_model(model, QuantRecipe("rtn", bits=4, group_size=32))
+    assert np.isfinite(evaluate(q4, ds)) and abs(evaluate(q4, ds) - base) / base < 0.05  # 4-bit: within 5%
+
+
+def test_gptq_removes_most_of_rtns_loss_increase(trained):
+    model, ds, calib, base = trained
+    rtn = evaluate(quantize_model(model, QuantRecipe("rtn", bits=3, group_size=64)), ds) - base
+    gptq = evaluate(quantize_model(model, QuantRecipe("gptq", bits=3, group_size=64), calib), ds) - base
+    assert rtn > 0 and gptq < 0.5 * rtn
+
+
+def test_quantized_model_holds_packed_weights_and_decodes_like_its_forward(trained):
+    model, _, _, _ = trained
+    q = quantize_model(model, QuantRecipe("rtn", bits=4, group_size=32))
+    assert isinstance(q, QuantizedGPT) and "h.0.mlp.c_fc.weight" not in q.params
+    assert q.weight_bytes < 0.3 * model.flat.nbytes
+    tokens = np.random.default_rng(0).integers(0, 65, (1, 20))
+    full, _, _ = q.forward(tokens)
+    cache = q.new_cache(1)
+    steps = [q.forward_cached(tokens[:, :8], cache)] + [q.forward_cached(tokens[:, t:t + 1], cache)
+                                                        for t in range(8, 20)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=1e-4)
+    with pytest.raises(NotImplementedError):
+        q.loss_and_grad(tokens, tokens)
+
+
+def test_quantized_checkpoint_round_trip(trained, tmp_path):
+    model, ds, _, _ = trained
+    q = quantize_model(model, QuantRecipe("rtn", bits=3, group_size=64, symmetric=False))
+    save_checkpoint(tmp_path / "q", Checkpoint.of(q, ds.tokenizer, ds.spec()))
+    back = load_checkpoint(tmp_path / "q").model()
+    tokens = np.arange(30)[None] % 65
+    np.testing.assert_array_equal(back.forward(tokens)[0], q.forward(tokens)[0])
+    assert back.recipe == q.recipe and back.weight_bytes == q.weight_bytes
+
+
+def test_quantized_checkpoint_with_wrong_shapes_is_a_clear_error(trained, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    model, ds, _, _ = trained
+    save_checkpoint(tmp_path / "q", Checkpoint.of(quantize_model(model, QuantRecipe("rtn")), ds.tokenizer))
+    tensors = load_file(tmp_path / "q" / "model.safetensors")
+    tensors["h.1.mlp.c_proj.weight.scales"] = tensors["h.1.mlp.c_proj.weight.scales"][:, :1].copy()
+    save_file(tensors, tmp_path / "q" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"h.1.mlp.c_proj.weight.scales is shape \(64, 1\), the recipe implies"):
+        load_checkpoint(tmp_path / "q")
+
+
+def test_cli_quantize_then_sample_and_eval(trained, tmp_path, capsys):
+    model, ds, _, base = trained
+    save_checkpoint(tmp_path / "f", Checkpoint.of(model, ds.tokenizer, ds.spec()))
+    assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "q"), "--method", "gptq", "--bits", "4",
+                 "--calib", "32", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert r["weight_bytes"] < 0.3 * r["weight_bytes_float"] and r["relative_increase"] < 0.02
+    assert main(["eval", str(tmp_path / "q"), "--json"]) == 0
+    assert abs(json.loads(capsys.readouterr().out.splitlines()[-1])["val_loss"] - r["val_loss"]) < 1e-9
+    assert main(["sample", str(tmp_path / "q"), "--count", "1", "--max-tokens", "10", "--seed", "0"]) == 0
+    assert main(["quantize", str(tmp_path / "q"), str(tmp_path / "qq")]) == 2
+    assert "already quantized" in capsys.readouterr().err
