@@ -49,6 +49,14 @@ def emit_json(obj: dict) -> None:
     print(json.dumps(obj))
 
 
+def finish(line: str, result: dict, as_json: bool) -> int:
+    """Print the human-readable summary and, with --json, the result as the last line."""
+    print(line)
+    if as_json:
+        emit_json(result)
+    return 0
+
+
 # ----------------------------------------------------------------------------- train
 
 TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainSettings)]
@@ -193,11 +201,8 @@ def cmd_eval(args) -> int:
     loss = evaluate(ckpt.model(), dataset)
     result = {"checkpoint": str(args.checkpoint), "data": data, "mode": dataset.mode, "val_loss": loss,
               "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2)}
-    print(f"validation loss {loss:.4f} | perplexity {result['perplexity']:.3f} | "
-          f"bits per character {result['bits_per_char']:.4f}")
-    if args.json:
-        emit_json(result)
-    return 0
+    return finish(f"validation loss {loss:.4f} | perplexity {result['perplexity']:.3f} | "
+                  f"bits per character {result['bits_per_char']:.4f}", result, args.json)
 
 
 # ----------------------------------------------------------------------------- interop
@@ -245,11 +250,9 @@ def cmd_tokenizer_train(args) -> int:
     n_tokens = len(tok.encode(text))
     result = {"vocab_size": tok.vocab_size, "merges": len(tok.merges), "tokens": n_tokens,
               "chars_per_token": len(text) / n_tokens, "seconds": time.perf_counter() - start, "out": str(out)}
-    print(f"trained a byte-level BPE of {tok.vocab_size} tokens on {args.data}: {result['chars_per_token']:.2f} "
-          f"characters per token -> {out}/vocab.json, merges.txt")
-    if args.json:
-        emit_json(result)
-    return 0
+    return finish(f"trained a byte-level BPE of {tok.vocab_size} tokens on {args.data}: "
+                  f"{result['chars_per_token']:.2f} characters per token -> {out}/vocab.json, merges.txt",
+                  result, args.json)
 
 
 # ----------------------------------------------------------------------------- quantization
@@ -268,15 +271,28 @@ def cmd_quantize(args) -> int:
         raise UsageError(e) from None
     dataset = load_dataset(ckpt.data.get("data", "names"), ckpt.data.get("mode"), ckpt.tokenizer)
     model = ckpt.model()
-    calib = None
-    if args.method == "gptq":
-        batches = Batches(dataset, min(16, args.calib), model.config.block_size, seed=args.seed)
-        calib = [batches.next() for _ in range(-(-args.calib // batches.batch_size))]
     start = time.perf_counter()
-    try:
-        quantized = quantize_model(model, recipe, calib)
-    except ValueError as e:
-        raise UsageError(e) from None
+    if args.method == "qat":
+        from pocketgpt.quant.qat import qat
+
+        lr = args.lr or 1e-4
+        settings = TrainSettings(steps=args.steps, batch_size=16, lr=lr, min_lr=lr / 10,
+                                 warmup=min(10, args.steps - 1), schedule="cosine", seed=args.seed,
+                                 workers=2 if model.num_params >= 500_000 else 1)
+        quantized = qat(model, recipe, dataset, settings)
+    elif args.method == "zeroqat":
+        from pocketgpt.quant.qat import zeroqat
+
+        quantized = zeroqat(model, recipe, dataset, steps=args.steps, lr=args.lr or 1e-5, seed=args.seed)
+    else:
+        calib = None
+        if args.method in ("gptq", "awq"):
+            batches = Batches(dataset, min(16, args.calib), model.config.block_size, seed=args.seed)
+            calib = [batches.next() for _ in range(-(-args.calib // batches.batch_size))]
+        try:
+            quantized = quantize_model(model, recipe, calib)
+        except ValueError as e:
+            raise UsageError(e) from None
     seconds = time.perf_counter() - start
     save_checkpoint(args.out, Checkpoint.of(quantized, ckpt.tokenizer, ckpt.data))
     before, after = evaluate(model, dataset), evaluate(quantized, dataset)
@@ -284,13 +300,10 @@ def cmd_quantize(args) -> int:
               "val_loss_float": before, "val_loss": after, "relative_increase": (after - before) / before,
               "weight_bytes_float": model.flat.nbytes, "weight_bytes": quantized.weight_bytes, "seconds": seconds,
               "out": str(args.out)}
-    print(f"{args.method} {args.bits}-bit, group {args.group_size}: validation loss {before:.4f} -> {after:.4f} "
-          f"({100 * result['relative_increase']:+.2f}%), weights {model.flat.nbytes / 1e6:.2f} MB -> "
-          f"{quantized.weight_bytes / 1e6:.2f} MB ({quantized.weight_bytes / model.flat.nbytes:.2f}x), "
-          f"{seconds:.1f} s -> {args.out}")
-    if args.json:
-        emit_json(result)
-    return 0
+    return finish(f"{args.method} {args.bits}-bit, group {args.group_size}: validation loss {before:.4f} -> "
+                  f"{after:.4f} ({100 * result['relative_increase']:+.2f}%), weights {model.flat.nbytes / 1e6:.2f} MB "
+                  f"-> {quantized.weight_bytes / 1e6:.2f} MB ({quantized.weight_bytes / model.flat.nbytes:.2f}x), "
+                  f"{seconds:.1f} s -> {args.out}", result, args.json)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -369,19 +382,22 @@ def build_parser() -> Parser:
     i.add_argument("out", metavar="OUT")
     i.set_defaults(func=cmd_import)
 
-    q = sub.add_parser("quantize", help="quantize a checkpoint's block linears (RTN or GPTQ)",
+    q = sub.add_parser("quantize", help="quantize a checkpoint's block linears (RTN, GPTQ, AWQ, QAT, ZeroQAT)",
                        description="Quantize the attention and MLP weights to 2, 3, 4 or 8 bits with per-group "
                        "scales; prints the validation loss before and after and the weight bytes.")
     q.add_argument("checkpoint", metavar="DIR")
     q.add_argument("out", metavar="OUT")
-    q.add_argument("--method", choices=("rtn", "gptq"), default="gptq")
+    q.add_argument("--method", choices=("rtn", "gptq", "awq", "qat", "zeroqat"), default="gptq",
+                   help="qat: backprop with a straight-through estimator; zeroqat: forward passes only")
     q.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4)
     q.add_argument("--group-size", dest="group_size", type=int, choices=(32, 64, 128), default=64)
     q.add_argument("--asym", action="store_true", help="asymmetric groups (scale and zero point)")
     q.add_argument("--act-order", dest="act_order", action="store_true", help="GPTQ: columns by decreasing activation")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of the mean diagonal")
-    q.add_argument("--calib", type=positive_int, default=128, help="GPTQ calibration sequences (default 128)")
-    q.add_argument("--seed", type=int, default=0, help="which training sequences calibrate")
+    q.add_argument("--calib", type=positive_int, default=128, help="GPTQ/AWQ calibration sequences (default 128)")
+    q.add_argument("--steps", type=positive_int, default=200, help="qat/zeroqat: fine-tuning steps")
+    q.add_argument("--lr", type=float, help="qat/zeroqat: learning rate (default 1e-4 for qat, 1e-5 for zeroqat)")
+    q.add_argument("--seed", type=int, default=0, help="which training sequences calibrate or fine-tune")
     q.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     q.set_defaults(func=cmd_quantize)
 

@@ -83,12 +83,15 @@ def float16_up(x: np.ndarray) -> np.ndarray:
     return np.where(h.astype(np.float32) < x, np.nextafter(h, np.float16(np.inf)), h)
 
 
-def group_params(w: np.ndarray, bits: int, group_size: int, symmetric: bool):
-    """Float16 scales and zero points (None if symmetric) of each (row, group) of w (out, in)."""
+def group_params(w: np.ndarray, bits: int, group_size: int, symmetric: bool, clip=1.0):
+    """Float16 scales and zero points (None if symmetric) of each (row, group) of w (out, in).
+
+    clip (a number or an (out, G) array) shrinks each group's range first; values beyond it saturate.
+    """
     g = np.asarray(w, np.float32).reshape(w.shape[0], -1, group_size)
     if symmetric:
-        return float16_up(np.abs(g).max(axis=2) / (2 ** (bits - 1) - 1)), None
-    lo, hi = np.minimum(g.min(axis=2), 0), np.maximum(g.max(axis=2), 0)  # the range always holds 0
+        return float16_up(np.abs(g).max(axis=2) * clip / (2 ** (bits - 1) - 1)), None
+    lo, hi = np.minimum(g.min(axis=2), 0) * clip, np.maximum(g.max(axis=2), 0) * clip  # the range holds 0
     scales = float16_up((hi - lo) / (2**bits - 1))
     safe = np.where(scales == 0, 1, scales).astype(np.float32)
     zeros = np.clip(np.round(-lo / safe), 0, 2**bits - 1).astype(np.uint8)
@@ -109,10 +112,11 @@ def quantize_codes(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, 
     return np.where(s == 0, 0 if zeros is not None else 2 ** (bits - 1), q).reshape(out, n).astype(np.uint8)
 
 
-def quantize_groups(w: np.ndarray, bits: int = 4, group_size: int = 64, symmetric: bool = True) -> GroupQuantized:
-    """Round-to-nearest group quantization of an (out, in) matrix."""
+def quantize_groups(w: np.ndarray, bits: int = 4, group_size: int = 64, symmetric: bool = True,
+                    clip=1.0) -> GroupQuantized:
+    """Round-to-nearest group quantization of an (out, in) matrix (optionally with clipped ranges)."""
     w = np.asarray(w, np.float32)
     check_format(bits, group_size, w.shape[1])
-    scales, zeros = group_params(w, bits, group_size, symmetric)
+    scales, zeros = group_params(w, bits, group_size, symmetric, clip)
     codes = quantize_codes(w, scales, zeros, bits)
     return GroupQuantized(pack_bits(codes, bits), scales, zeros, tuple(w.shape), bits, group_size)

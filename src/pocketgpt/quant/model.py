@@ -1,4 +1,4 @@
-"""Quantized models: which weights are quantized, how (RTN or GPTQ), and running them without ever
+"""Quantized models: which weights are quantized, how (RTN, GPTQ or AWQ), and running them without ever
 holding the whole model in float.
 
 The four linear layers of every block (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) are quantized;
@@ -14,10 +14,11 @@ import numpy as np
 
 from pocketgpt.config import GPTConfig
 from pocketgpt.model import GPT, param_shapes
+from pocketgpt.quant.awq import awq_quantize, search_scales
 from pocketgpt.quant.formats import GroupQuantized, check_format, quantize_groups
 from pocketgpt.quant.gptq import gptq_quantize, hessian
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "awq", "qat", "zeroqat")  # the last two train first (pocketgpt.quant.qat)
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # in the order a block uses them
 
 
@@ -66,15 +67,36 @@ class QuantizedGPT(GPT):
         raise NotImplementedError("a quantized model runs forward only; fine-tune the float model instead")
 
 
-def calibration_hessians(model: GPT, batches, prefix: str) -> np.ndarray:
-    """H = 2 X X^T / N of the inputs that layer `prefix` sees on the calibration batches."""
-    h, n = None, 0
+def calibration_inputs(model: GPT, batches, prefix: str) -> np.ndarray:
+    """The inputs (N, in) that layer `prefix` sees on the calibration batches (padding excluded)."""
+    parts = []
     for x, _, w in batches:
         _, _, caches = model.forward(x, np.zeros_like(x), w)
-        inputs = caches[prefix][0].reshape(-1, caches[prefix][0].shape[-1])[w.reshape(-1) > 0]
-        part = hessian(inputs) * len(inputs)
-        h, n = (part if h is None else h + part), n + len(inputs)
-    return h / n
+        inputs = caches[prefix][0]
+        parts.append(inputs.reshape(-1, inputs.shape[-1])[w.reshape(-1) > 0])
+    return np.concatenate(parts)
+
+
+def awq_fold_scales(work: GPT, layer: int, calib, recipe: QuantRecipe) -> None:
+    """Search AWQ scales for the block's linears and fold them in: W[:, j] *= s_j, producer / s_j."""
+    c, p = work.config, f"h.{layer}"
+    args = (recipe.bits, recipe.group_size, recipe.symmetric)
+
+    def fold_into(producer: str, rows: slice, lin: str) -> None:
+        s, _ = search_scales(work.params[f"{p}.{lin}.weight"], calibration_inputs(work, calib, f"{p}.{lin}"), *args)
+        work.params[f"{p}.{lin}.weight"][...] *= s
+        for kind in ("weight", "bias"):
+            t = work.params.get(f"{producer}.{kind}")
+            if t is not None:
+                t[rows] /= s if t.ndim == 1 else s[:, None]
+
+    if c.norm_weights:  # a norm without a gain has nothing to absorb 1/s
+        fold_into(f"{p}.ln_1", slice(None), "attn.c_attn")
+    fold_into(f"{p}.attn.c_attn", slice(2 * c.n_embd, 3 * c.n_embd), "attn.c_proj")  # through the values
+    if c.norm_weights:
+        fold_into(f"{p}.ln_2", slice(None), "mlp.c_fc")
+    if c.activation == "relu":  # relu(z) / s = relu(z / s) for s > 0; GELU has no such identity
+        fold_into(f"{p}.mlp.c_fc", slice(None), "mlp.c_proj")
 
 
 def quantize_model(model: GPT, recipe: QuantRecipe, calib=None) -> QuantizedGPT:
@@ -84,19 +106,28 @@ def quantize_model(model: GPT, recipe: QuantRecipe, calib=None) -> QuantizedGPT:
     config = model.config
     for name in quantized_names(config):
         check_format(recipe.bits, recipe.group_size, model.params[name].shape[1])
-    if recipe.method == "gptq" and not calib:
-        raise ValueError("GPTQ needs calibration batches")
+    if recipe.method not in ("rtn", "gptq", "awq"):
+        raise ValueError(f"{recipe.method} trains the model first: use pocketgpt.quant.qat")
+    if recipe.method in ("gptq", "awq") and not calib:
+        raise ValueError(f"{recipe.method.upper()} needs calibration batches")
     work = GPT(config, {k: v.copy() for k, v in model.params.items()}, dtype=np.float32)
     qweights = {}
     for name in quantized_names(config):
         prefix = name.removesuffix(".weight")
+        layer = int(name.split(".")[1])
         if recipe.method == "rtn":
             q = quantize_groups(work.params[name], recipe.bits, recipe.group_size, recipe.symmetric)
-        else:
-            h = calibration_hessians(work, calib, prefix)
+        elif recipe.method == "gptq":
+            h = hessian(calibration_inputs(work, calib, prefix))
             q = gptq_quantize(work.params[name], h, recipe.bits, recipe.group_size, recipe.symmetric,
                               recipe.damp, recipe.act_order)
+        else:
+            if prefix.endswith("attn.c_attn"):  # a new block: fold its scales in before quantizing any of it
+                awq_fold_scales(work, layer, calib, recipe)
+            ones = np.ones(work.params[name].shape[1], np.float32)  # the scales are folded in already
+            q, _ = awq_quantize(work.params[name], calibration_inputs(work, calib, prefix), recipe.bits,
+                                recipe.group_size, recipe.symmetric, scales=ones)
         qweights[name] = q
         work.params[name][...] = q.dequantize()  # later layers calibrate on the quantized earlier ones
-    floats = {k: v for k, v in model.params.items() if k not in qweights}
+    floats = {k: v for k, v in work.params.items() if k not in qweights}  # AWQ changed norms and biases
     return QuantizedGPT(config, floats, qweights, recipe, dtype=model.dtype)
