@@ -19,8 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 from pocketgpt.checkpoint import load_checkpoint  # noqa: E402
-from pocketgpt.data import Batches, load_dataset  # noqa: E402
+from pocketgpt.data import Batches, eval_batches, load_dataset  # noqa: E402
 from pocketgpt.generate import generate  # noqa: E402
+from pocketgpt.layers import cross_entropy_forward  # noqa: E402
+from pocketgpt.model import KVCache  # noqa: E402
+from pocketgpt.quant.kvcache import QuantizedKVCache  # noqa: E402
 from pocketgpt.quant.model import QuantRecipe, quantize_model  # noqa: E402
 from pocketgpt.quant.qat import qat, zeroqat  # noqa: E402
 from pocketgpt.train import TRAIN_DEFAULTS, evaluate  # noqa: E402
@@ -75,7 +78,24 @@ def main() -> None:
     matrices = sum(q.nbytes for q in g32.qweights.values()) / sum(4 * np.prod(q.shape) for q in g32.qweights.values())
     rows.append(f"| rtn, group 32 | 4 | {evaluate(g32, ds):.4f} | | {g32.weight_bytes / float_bytes:.4f}x "
                 f"(the quantized matrices alone: {matrices:.4f}x) | | |")
+    rows += ["", kv_cache_row(model, ds)]
     report("quant", rows, args.write_readme)
+
+
+def kv_cache_row(model, ds) -> str:
+    """Decode 64 validation windows token by token with the float and the 4-bit KV cache: loss and bytes."""
+    x, y, w = next(eval_batches(ds, model.config.block_size, batch_size=64))
+
+    def decode_loss(cache):
+        out = [model.forward_cached(x[:, :1], cache)]
+        out += [model.forward_cached(x[:, t:t + 1], cache) for t in range(1, x.shape[1])]
+        return cross_entropy_forward(np.concatenate(out, axis=1), y, w, w.sum())[0], cache.nbytes
+
+    exact, exact_bytes = decode_loss(KVCache(model.config, len(x), np.float32))
+    approx, approx_bytes = decode_loss(QuantizedKVCache(model.config, len(x)))
+    return (f"4-bit KV cache (keys per channel in groups of 8 tokens, values per token, the open group in "
+            f"float16), decoding {len(x)} validation windows: loss {exact:.4f} -> {approx:.4f} "
+            f"({100 * (approx - exact) / exact:+.2f}%), cache bytes {approx_bytes / exact_bytes:.3f}x of float32.")
 
 
 if __name__ == "__main__":

@@ -186,8 +186,13 @@ def cmd_sample(args) -> int:
     for i in range(args.count):
         seed = None if args.seed is None else args.seed + i
         print(args.prompt, end="", flush=True)
+        cache = None
+        if args.kv_cache == "q4":
+            from pocketgpt.quant.kvcache import QuantizedKVCache
+
+            cache = QuantizedKVCache(model.config, 1, model.dtype)
         ids = generate(model, prompt, max_new_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=seed, stop_token=tok.bos, sliding=not lines)
+                       top_p=args.top_p, seed=seed, stop_token=tok.bos, sliding=not lines, cache=cache)
         for piece in stream_text(tok, ids):
             print(piece, end="", flush=True)
         print()
@@ -354,6 +359,8 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=int)
     s.add_argument("--max-tokens", dest="max_tokens", type=positive_int,
                    help="tokens per sample (default: block_size for documents, 256 for text)")
+    s.add_argument("--kv-cache", dest="kv_cache", choices=("float", "q4"), default="float",
+                   help="q4: keys and values stored in 4 bits (KIVI-style)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="validation loss, perplexity and bits per character",

@@ -52,11 +52,12 @@ def draw(probs: np.ndarray, rng: np.random.Generator | random.Random) -> int:
 def generate(model: GPT, prompt: list[int], *, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              rng: np.random.Generator | random.Random | None = None,
-             stop_token: int | None = None, sliding: bool = False) -> Iterator[int]:
+             stop_token: int | None = None, sliding: bool = False, cache=None) -> Iterator[int]:
     """Yield up to max_new_tokens sampled ids after `prompt`, stopping early at stop_token (not yielded).
 
     When the context (block_size) is full, generation stops, or with sliding=True goes on with the
     last block_size tokens as context (re-prefilled each step, as an uncached model that crops would).
+    `cache` is an empty cache with write/read (e.g. a 4-bit one); by default a float KVCache.
     """
     if not prompt:
         raise ValueError("prompt must hold at least one token")
@@ -67,7 +68,7 @@ def generate(model: GPT, prompt: list[int], *, max_new_tokens: int, temperature:
         raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {block} tokens")
     context = list(prompt[-block:])
     rng = rng if rng is not None else np.random.default_rng(seed)
-    cache = model.new_cache(1)
+    cache = cache if cache is not None else model.new_cache(1)
     logits = model.forward_cached(np.array([context]), cache)[0, -1]  # prefill -> (V,)
     for _ in range(max_new_tokens):
         token = draw(probs_from_logits(logits, temperature, top_k, top_p), rng)

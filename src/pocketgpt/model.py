@@ -75,14 +75,31 @@ def init_params(config: GPTConfig, rng: np.random.Generator) -> dict[str, np.nda
 
 
 class KVCache:
-    """Keys and values of every layer for up to `size` positions: (L, B, nh, size, hs) each."""
+    """Keys and values of every layer for up to `size` positions: (L, B, nh, size, hs) each.
+
+    The model talks to a cache only through write() and read(), so a cache that stores its entries in
+    another form (pocketgpt.quant.kvcache) can stand in for this one.
+    """
 
     def __init__(self, config: GPTConfig, batch: int, dtype, size: int | None = None):
-        size = size or config.block_size
-        shape = (config.n_layer, batch, config.n_head, size, config.head_size)
+        self.size = size or config.block_size
+        shape = (config.n_layer, batch, config.n_head, self.size, config.head_size)
         self.k = np.zeros(shape, dtype)
         self.v = np.zeros(shape, dtype)
-        self.length = 0
+        self.length = 0  # positions filled in every layer
+
+    def write(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store keys and values (B, nh, T, hs) of positions start .. start + T - 1."""
+        self.k[layer, :, :, start:start + k.shape[2]] = k
+        self.v[layer, :, :, start:start + v.shape[2]] = v
+
+    def read(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values (B, nh, end, hs) of positions 0 .. end - 1."""
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
 
 
 class GPT:
@@ -271,8 +288,8 @@ class GPT:
         idx = np.asarray(idx)
         B, T = idx.shape
         start, end = cache.length, cache.length + T
-        if end > cache.k.shape[3]:
-            raise ValueError(f"position {end - 1} is beyond the context of {cache.k.shape[3]} tokens")
+        if end > cache.size:
+            raise ValueError(f"position {end - 1} is beyond the context of {cache.size} tokens")
         nh, hs = c.n_head, c.head_size
         act_forward = layers.ACTIVATION[c.activation][0]
         x = self.params["wte.weight"][idx] + self.params["wpe.weight"][start:end]  # (B, T, C)
@@ -285,11 +302,11 @@ class GPT:
             qkv = self._linear_forward(h, f"{p}.attn.c_attn")[0]  # (B, T, 3C)
             q, k, v = (qkv[..., j * c.n_embd:(j + 1) * c.n_embd].reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
                        for j in range(3))  # each (B, nh, T, hs)
-            cache.k[i, :, :, start:end] = k
-            cache.v[i, :, :, start:end] = v
-            scores = q @ cache.k[i, :, :, :end].transpose(0, 1, 3, 2) / math.sqrt(hs)  # (B, nh, T, end)
+            cache.write(i, start, k, v)
+            keys, values = cache.read(i, end)  # (B, nh, end, hs) each
+            scores = q @ keys.transpose(0, 1, 3, 2) / math.sqrt(hs)  # (B, nh, T, end)
             att = layers.softmax(scores + mask)
-            h = (att @ cache.v[i, :, :, :end]).transpose(0, 2, 1, 3).reshape(B, T, c.n_embd)
+            h = (att @ values).transpose(0, 2, 1, 3).reshape(B, T, c.n_embd)
             x = x + self._linear_forward(h, f"{p}.attn.c_proj")[0]
             h = self._norm_forward(x, f"{p}.ln_2")[0]
             h = act_forward(self._linear_forward(h, f"{p}.mlp.c_fc")[0])[0]

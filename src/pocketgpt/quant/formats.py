@@ -36,7 +36,7 @@ def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
     if 8 % bits == 0:  # whole codes per byte: shift them out directly (the fast path for 2, 4, 8 bits)
         shifts = np.arange(0, 8, bits, dtype=np.uint8)
         codes = (packed[..., None] >> shifts) & np.uint8(2**bits - 1)  # (rows, nbytes, 8 / bits)
-        return codes.reshape(packed.shape[0], -1)[:, :n]
+        return codes.reshape(packed.shape[0], packed.shape[1] * (8 // bits))[:, :n]
     planes = np.unpackbits(packed, axis=1, count=n * bits, bitorder="little").reshape(packed.shape[0], n, bits)
     return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
 

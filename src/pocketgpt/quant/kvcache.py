@@ -1,0 +1,102 @@
+"""A 4-bit KV cache in the manner of KIVI: keys quantized per channel, values per token, recent tokens float.
+
+Keys have outlier channels, so each channel gets its own range over a group of `group` consecutive tokens;
+values are quantized per token (over its head's channels). Both are asymmetric 4-bit (float16 scale,
+uint8 zero point, codes packed two per byte along the channels). The tokens of the group still being
+filled stay in float16 until the group is complete. Reads dequantize, so attention itself is unchanged.
+
+Per layer, storage for a full context of S tokens with head size hs (nh heads, batch B):
+  keys    codes (B, nh, S, hs/2) uint8 + per (group, channel) float16 scale and uint8 zero
+  values  codes (B, nh, S, hs/2) uint8 + per token float16 scale and uint8 zero
+  float16 (B, nh, group, hs) each for keys and values (the group being filled)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pocketgpt.config import GPTConfig
+from pocketgpt.quant.formats import float16_up, pack_bits, unpack_bits
+
+BITS = 4
+LEVELS = 2**BITS - 1
+
+
+def _quantize(x: np.ndarray, axis: int):
+    """Asymmetric 4-bit codes of x with one range per slice along `axis` (the axis the range spans)."""
+    lo = np.minimum(x.min(axis=axis, keepdims=True), 0)
+    hi = np.maximum(x.max(axis=axis, keepdims=True), 0)
+    scale = float16_up((hi - lo) / LEVELS)
+    safe = np.where(scale == 0, 1, scale).astype(np.float32)
+    zero = np.clip(np.round(-lo / safe), 0, LEVELS).astype(np.uint8)
+    codes = np.clip(np.round(x / safe) + zero, 0, LEVELS).astype(np.uint8)
+    return codes, scale, zero
+
+
+def _dequantize(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    return (codes.astype(np.float32) - zero) * scale.astype(np.float32)
+
+
+def _pack(codes: np.ndarray) -> np.ndarray:
+    """(..., hs) codes -> (..., hs / 2) bytes."""
+    return pack_bits(codes.reshape(-1, codes.shape[-1]), BITS).reshape(*codes.shape[:-1], -1)
+
+
+def _unpack(packed: np.ndarray, hs: int) -> np.ndarray:
+    return unpack_bits(packed.reshape(-1, packed.shape[-1]), BITS, hs).reshape(*packed.shape[:-1], hs)
+
+
+class QuantizedKVCache:
+    """Drop-in for pocketgpt.model.KVCache (write / read / length / size) that stores 4-bit entries."""
+
+    def __init__(self, config: GPTConfig, batch: int, dtype=np.float32, size: int | None = None, group: int = 8):
+        self.size, self.group, self.dtype = size or config.block_size, group, dtype
+        self.length = 0
+        L, B, nh, hs = config.n_layer, batch, config.n_head, config.head_size
+        n_groups = -(-self.size // group)
+        self.hs = hs
+        self.k_codes = np.zeros((L, B, nh, n_groups * group, hs // 2), np.uint8)
+        self.k_scale = np.zeros((L, B, nh, n_groups, 1, hs), np.float16)
+        self.k_zero = np.zeros((L, B, nh, n_groups, 1, hs), np.uint8)
+        self.v_codes = np.zeros((L, B, nh, n_groups * group, hs // 2), np.uint8)
+        self.v_scale = np.zeros((L, B, nh, n_groups * group, 1), np.float16)
+        self.v_zero = np.zeros((L, B, nh, n_groups * group, 1), np.uint8)
+        self.k_float = np.zeros((L, B, nh, group, hs), np.float16)  # the group being filled
+        self.v_float = np.zeros((L, B, nh, group, hs), np.float16)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.k_codes, self.k_scale, self.k_zero, self.v_codes, self.v_scale,
+                                      self.v_zero, self.k_float, self.v_float))
+
+    def write(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        G, end = self.group, start + k.shape[2]
+        first = start // G  # the group that position `start` falls in
+        # tokens of that group written earlier are still float: put them in front of the new ones
+        k = np.concatenate([self.k_float[layer, :, :, :start - first * G], k], axis=2)
+        v = np.concatenate([self.v_float[layer, :, :, :start - first * G], v], axis=2)
+        full = (end // G) - first  # groups completed by this write
+        if full > 0:
+            kg = k[:, :, :full * G].reshape(*k.shape[:2], full, G, self.hs)  # (B, nh, groups, G, hs)
+            codes, scale, zero = _quantize(kg, axis=3)  # per channel over the group's tokens
+            rows = slice(first * G, (first + full) * G)
+            self.k_codes[layer, :, :, rows] = _pack(codes).reshape(*k.shape[:2], full * G, -1)
+            self.k_scale[layer, :, :, first:first + full], self.k_zero[layer, :, :, first:first + full] = scale, zero
+            codes, scale, zero = _quantize(v[:, :, :full * G], axis=3)  # per token over its channels
+            self.v_codes[layer, :, :, rows] = _pack(codes)
+            self.v_scale[layer, :, :, rows], self.v_zero[layer, :, :, rows] = scale, zero
+        rest = k.shape[2] - full * G
+        self.k_float[layer, :, :, :rest] = k[:, :, full * G:]
+        self.v_float[layer, :, :, :rest] = v[:, :, full * G:]
+
+    def read(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        G = self.group
+        n = end // G  # complete groups
+        codes = _unpack(self.k_codes[layer, :, :, :n * G], self.hs).reshape(*self.k_codes.shape[1:3], n, G, self.hs)
+        keys = _dequantize(codes, self.k_scale[layer, :, :, :n], self.k_zero[layer, :, :, :n])
+        keys = keys.reshape(*keys.shape[:2], n * G, self.hs)
+        values = _dequantize(_unpack(self.v_codes[layer, :, :, :n * G], self.hs), self.v_scale[layer, :, :, :n * G],
+                             self.v_zero[layer, :, :, :n * G])
+        keys = np.concatenate([keys, self.k_float[layer, :, :, :end - n * G]], axis=2).astype(self.dtype)
+        values = np.concatenate([values, self.v_float[layer, :, :, :end - n * G]], axis=2).astype(self.dtype)
+        return keys, values
