@@ -64,7 +64,7 @@ class QuantizedGPT(GPT):
         return self.flat.nbytes + sum(q.nbytes for q in self.qweights.values())
 
     def backward(self, caches, grads) -> None:
-        raise NotImplementedError("a quantized model runs forward only; fine-tune the float model instead")
+        raise TypeError("a quantized model runs forward only; fine-tune the float model instead (see quant.qat)")
 
 
 def calibration_inputs(model: GPT, batches, prefix: str) -> np.ndarray:
