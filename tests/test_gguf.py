@@ -95,3 +95,15 @@ def test_cli_export_gguf_and_its_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "GPT-2 cannot express this model" in err and len(err.strip().splitlines()) == 1
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "hf", "--type", "q4_0"]) == 2
+
+
+def test_export_to_a_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    from pocketgpt.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", checkpoint())
+    (tmp_path / "taken").write_text("a file")
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "taken"), "--format", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert "File exists" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "taken").read_text() == "a file"

@@ -134,3 +134,15 @@ def test_zeroqat_lowers_the_loss_with_forward_passes_only(trained, monkeypatch):
     weights = fake.flat.nbytes  # inference holds these; zeroqat's own copy of them is inside `step`
     print(f"inference {inference + weights:,} bytes, one ZeroQAT step {step:,} bytes")
     assert step <= 1.2 * (inference + weights)
+
+
+def test_quantize_refuses_a_group_size_that_does_not_divide_the_rows(trained, tmp_path, capsys):
+    model, ds, _, _ = trained
+    config = model.config.replace(n_embd=48, n_head=4)  # rows of 48 values
+    save_checkpoint(tmp_path / "f", Checkpoint.of(GPT(config), ds.tokenizer, ds.spec()))
+    capsys.readouterr()
+    assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "q"), "--method", "qat",
+                 "--group-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "does not divide the 48 input columns" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()  # refused before any training

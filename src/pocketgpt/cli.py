@@ -264,7 +264,7 @@ def cmd_tokenizer_train(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from pocketgpt.quant.model import QuantRecipe, quantize_model
+    from pocketgpt.quant.model import QuantRecipe, check_recipe, quantize_model
 
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.qweights:
@@ -272,9 +272,11 @@ def cmd_quantize(args) -> int:
     check_can_save(args.out)
     try:
         recipe = QuantRecipe(args.method, args.bits, args.group_size, not args.asym, args.act_order, args.damp)
+        check_recipe(ckpt.config, recipe)
     except ValueError as e:
         raise UsageError(e) from None
-    dataset = load_dataset(ckpt.data.get("data", "names"), ckpt.data.get("mode"), ckpt.tokenizer)
+    data = args.data or ckpt.data.get("data", "names")
+    dataset = load_dataset(data, args.mode or ckpt.data.get("mode"), ckpt.tokenizer)
     model = ckpt.model()
     start = time.perf_counter()
     if args.method == "qat":
@@ -405,6 +407,8 @@ def build_parser() -> Parser:
     q.add_argument("--steps", type=positive_int, default=200, help="qat/zeroqat: fine-tuning steps")
     q.add_argument("--lr", type=float, help="qat/zeroqat: learning rate (default 1e-4 for qat, 1e-5 for zeroqat)")
     q.add_argument("--seed", type=int, default=0, help="which training sequences calibrate or fine-tune")
+    q.add_argument("--data", help="data to calibrate, fine-tune and evaluate on (default: the checkpoint's)")
+    q.add_argument("--mode", choices=MODES)
     q.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     q.set_defaults(func=cmd_quantize)
 
@@ -440,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (UsageError, CheckpointError, DataError, UnknownCharacterError, InteropError) as e:
         print(f"pocketgpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written (a file where a folder goes, permissions)
+        print(f"pocketgpt {args.command}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # training diverged
         print(f"pocketgpt {args.command}: error: {e}", file=sys.stderr)

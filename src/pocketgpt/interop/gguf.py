@@ -21,7 +21,7 @@ import numpy as np
 
 from pocketgpt.bpe import EOT, BPETokenizer, byte_alphabet
 from pocketgpt.checkpoint import Checkpoint
-from pocketgpt.interop.hf import gpt2_expressible
+from pocketgpt.interop.hf import InteropError, gpt2_expressible
 from pocketgpt.model import param_shapes
 from pocketgpt.quant.ggml import QK, QUANTIZE
 
@@ -75,12 +75,12 @@ def export_gguf(ckpt: Checkpoint, out: str | Path, qtype: str = "f32") -> dict:
     import gguf
 
     if qtype not in TYPES:
-        raise ValueError(f"--type must be one of {', '.join(TYPES)} (got {qtype!r})")
+        raise InteropError(f"--type must be one of {', '.join(TYPES)} (got {qtype!r})")
     config = ckpt.config
     gpt2_expressible(config)
     tokens, types, merges, order, eos = vocabulary(ckpt.tokenizer)
     if len(tokens) != config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokens)} tokens but the model {config.vocab_size}; "
+        raise InteropError(f"the tokenizer has {len(tokens)} tokens but the model {config.vocab_size}; "
                          "GGUF needs one string per embedding row")
     C = config.n_embd
     writer = gguf.GGUFWriter(str(out), arch="gpt2")

@@ -43,6 +43,13 @@ def quantized_names(config: GPTConfig) -> list[str]:
     return [f"h.{i}.{lin}.weight" for i in range(config.n_layer) for lin in LINEARS]
 
 
+def check_recipe(config: GPTConfig, recipe: QuantRecipe) -> None:
+    """Raise ValueError unless every quantized matrix of this architecture fits the recipe's format."""
+    shapes = param_shapes(config)
+    for name in quantized_names(config):
+        check_format(recipe.bits, recipe.group_size, shapes[name][1])
+
+
 class QuantizedGPT(GPT):
     """A GPT whose block linears are GroupQuantized; everything else is float in self.flat."""
 
@@ -104,8 +111,7 @@ def quantize_model(model: GPT, recipe: QuantRecipe, calib=None) -> QuantizedGPT:
     batches; its layers are done in forward order, each calibrated on the outputs of the already-quantized
     layers before it."""
     config = model.config
-    for name in quantized_names(config):
-        check_format(recipe.bits, recipe.group_size, model.params[name].shape[1])
+    check_recipe(config, recipe)
     if recipe.method not in ("rtn", "gptq", "awq"):
         raise ValueError(f"{recipe.method} trains the model first: use pocketgpt.quant.qat")
     if recipe.method in ("gptq", "awq") and not calib:
