@@ -28,8 +28,8 @@ from pocketgpt.quant.model import QuantRecipe, quantize_model  # noqa: E402
 from pocketgpt.quant.qat import qat, zeroqat  # noqa: E402
 from pocketgpt.train import TRAIN_DEFAULTS, evaluate  # noqa: E402
 
-RUNS = [("rtn", 8), ("rtn", 4), ("gptq", 4), ("awq", 4), ("rtn", 3), ("gptq", 3), ("awq", 3), ("qat", 3),
-        ("zeroqat", 3)]
+RUNS = [("rtn", 8), ("smoothquant", 8), ("rtn", 4), ("gptq", 4), ("awq", 4), ("rtn", 3), ("gptq", 3), ("awq", 3),
+        ("qat", 3), ("zeroqat", 3)]
 
 
 def decode_rate(model, tokens: int = 63, rounds: int = 3) -> float:

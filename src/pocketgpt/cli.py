@@ -293,7 +293,7 @@ def cmd_quantize(args) -> int:
         quantized = zeroqat(model, recipe, dataset, steps=args.steps, lr=args.lr or 1e-5, seed=args.seed)
     else:
         calib = None
-        if args.method in ("gptq", "awq"):
+        if args.method in ("gptq", "awq", "smoothquant"):
             batches = Batches(dataset, min(16, args.calib), model.config.block_size, seed=args.seed)
             calib = [batches.next() for _ in range(-(-args.calib // batches.batch_size))]
         try:
@@ -391,19 +391,22 @@ def build_parser() -> Parser:
     i.add_argument("out", metavar="OUT")
     i.set_defaults(func=cmd_import)
 
-    q = sub.add_parser("quantize", help="quantize a checkpoint's block linears (RTN, GPTQ, AWQ, QAT, ZeroQAT)",
+    q = sub.add_parser("quantize", help="quantize a checkpoint's block linears (RTN, GPTQ, AWQ, SmoothQuant, QAT, "
+                       "ZeroQAT)",
                        description="Quantize the attention and MLP weights to 2, 3, 4 or 8 bits with per-group "
                        "scales; prints the validation loss before and after and the weight bytes.")
     q.add_argument("checkpoint", metavar="DIR")
     q.add_argument("out", metavar="OUT")
-    q.add_argument("--method", choices=("rtn", "gptq", "awq", "qat", "zeroqat"), default="gptq",
-                   help="qat: backprop with a straight-through estimator; zeroqat: forward passes only")
+    q.add_argument("--method", choices=("rtn", "gptq", "awq", "smoothquant", "qat", "zeroqat"), default="gptq",
+                   help="smoothquant: W8A8 (use --bits 8); qat: backprop with a straight-through estimator; "
+                   "zeroqat: forward passes only")
     q.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4)
     q.add_argument("--group-size", dest="group_size", type=int, choices=(32, 64, 128), default=64)
     q.add_argument("--asym", action="store_true", help="asymmetric groups (scale and zero point)")
     q.add_argument("--act-order", dest="act_order", action="store_true", help="GPTQ: columns by decreasing activation")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of the mean diagonal")
-    q.add_argument("--calib", type=positive_int, default=128, help="GPTQ/AWQ calibration sequences (default 128)")
+    q.add_argument("--calib", type=positive_int, default=128,
+                   help="GPTQ/AWQ/SmoothQuant calibration sequences (default 128)")
     q.add_argument("--steps", type=positive_int, default=200, help="qat/zeroqat: fine-tuning steps")
     q.add_argument("--lr", type=float, help="qat/zeroqat: learning rate (default 1e-4 for qat, 1e-5 for zeroqat)")
     q.add_argument("--seed", type=int, default=0, help="which training sequences calibrate or fine-tune")

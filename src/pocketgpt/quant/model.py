@@ -18,7 +18,7 @@ from pocketgpt.quant.awq import awq_quantize, search_scales
 from pocketgpt.quant.formats import GroupQuantized, check_format, quantize_groups
 from pocketgpt.quant.gptq import gptq_quantize, hessian
 
-METHODS = ("rtn", "gptq", "awq", "qat", "zeroqat")  # the last two train first (pocketgpt.quant.qat)
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "qat", "zeroqat")  # the last two train first (quant.qat)
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # in the order a block uses them
 
 
@@ -65,6 +65,11 @@ class QuantizedGPT(GPT):
         q = self.qweights.get(name)
         return self.params[name] if q is None else q.dequantize(self.dtype)
 
+    def _linear_forward(self, x, prefix):
+        if self.recipe.method == "smoothquant":  # W8A8: the inputs of quantized layers go to int8 per token
+            x = quantize_per_token(x).astype(x.dtype, copy=False)
+        return super()._linear_forward(x, prefix)
+
     @property
     def weight_bytes(self) -> int:
         """Bytes of resident weights: packed codes, scales and the float remainder."""
@@ -84,18 +89,24 @@ def calibration_inputs(model: GPT, batches, prefix: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def fold_scales(work: GPT, producer: str, rows: slice, consumer: str, s: np.ndarray) -> None:
+    """W[:, j] *= s_j for the consumer's weight and divide the producer's output channel j by s_j
+    (its gain and bias, or the rows of a linear layer): the float model computes the same thing."""
+    work.params[f"{consumer}.weight"][...] *= s
+    for kind in ("weight", "bias"):
+        t = work.params.get(f"{producer}.{kind}")
+        if t is not None:
+            t[rows] /= s if t.ndim == 1 else s[:, None]
+
+
 def awq_fold_scales(work: GPT, layer: int, calib, recipe: QuantRecipe) -> None:
-    """Search AWQ scales for the block's linears and fold them in: W[:, j] *= s_j, producer / s_j."""
+    """Search AWQ scales for the block's linears and fold them in."""
     c, p = work.config, f"h.{layer}"
     args = (recipe.bits, recipe.group_size, recipe.symmetric)
 
     def fold_into(producer: str, rows: slice, lin: str) -> None:
         s, _ = search_scales(work.params[f"{p}.{lin}.weight"], calibration_inputs(work, calib, f"{p}.{lin}"), *args)
-        work.params[f"{p}.{lin}.weight"][...] *= s
-        for kind in ("weight", "bias"):
-            t = work.params.get(f"{producer}.{kind}")
-            if t is not None:
-                t[rows] /= s if t.ndim == 1 else s[:, None]
+        fold_scales(work, producer, rows, f"{p}.{lin}", s)
 
     if c.norm_weights:  # a norm without a gain has nothing to absorb 1/s
         fold_into(f"{p}.ln_1", slice(None), "attn.c_attn")
@@ -106,22 +117,45 @@ def awq_fold_scales(work: GPT, layer: int, calib, recipe: QuantRecipe) -> None:
         fold_into(f"{p}.mlp.c_fc", slice(None), "mlp.c_proj")
 
 
+def smooth_fold_scales(work: GPT, layer: int, calib, alpha: float = 0.5) -> None:
+    """SmoothQuant: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), folded into the norms before QKV and MLP,
+    moving activation outliers into the weights (which quantize per group)."""
+    if not work.config.norm_weights:
+        raise ValueError("SmoothQuant folds its scales into the norms' gains; this model's norms have none")
+    p = f"h.{layer}"
+    for norm, lin in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc")):
+        x_max = np.abs(calibration_inputs(work, calib, f"{p}.{lin}")).max(axis=0)
+        w_max = np.abs(work.params[f"{p}.{lin}.weight"]).max(axis=0)
+        s = np.maximum(x_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+        fold_scales(work, f"{p}.{norm}", slice(None), f"{p}.{lin}", s.astype(np.float32))
+
+
+def quantize_per_token(x: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Dynamic symmetric per-token quantization of activations (..., C), returned dequantized."""
+    levels = 2 ** (bits - 1) - 1
+    scale = np.abs(x).max(axis=-1, keepdims=True) / levels
+    safe = np.where(scale == 0, 1, scale)
+    return np.clip(np.round(x / safe), -levels, levels) * safe
+
+
 def quantize_model(model: GPT, recipe: QuantRecipe, calib=None) -> QuantizedGPT:
     """Quantize the block linears of a float model. GPTQ needs `calib`, a list of (inputs, targets, weights)
     batches; its layers are done in forward order, each calibrated on the outputs of the already-quantized
     layers before it."""
     config = model.config
     check_recipe(config, recipe)
-    if recipe.method not in ("rtn", "gptq", "awq"):
+    if recipe.method not in ("rtn", "gptq", "awq", "smoothquant"):
         raise ValueError(f"{recipe.method} trains the model first: use pocketgpt.quant.qat")
-    if recipe.method in ("gptq", "awq") and not calib:
+    if recipe.method in ("gptq", "awq", "smoothquant") and not calib:
         raise ValueError(f"{recipe.method.upper()} needs calibration batches")
     work = GPT(config, {k: v.copy() for k, v in model.params.items()}, dtype=np.float32)
     qweights = {}
     for name in quantized_names(config):
         prefix = name.removesuffix(".weight")
         layer = int(name.split(".")[1])
-        if recipe.method == "rtn":
+        if recipe.method in ("rtn", "smoothquant"):
+            if recipe.method == "smoothquant" and prefix.endswith("attn.c_attn"):
+                smooth_fold_scales(work, layer, calib)
             q = quantize_groups(work.params[name], recipe.bits, recipe.group_size, recipe.symmetric)
         elif recipe.method == "gptq":
             h = hessian(calibration_inputs(work, calib, prefix))
