@@ -1,11 +1,17 @@
-"""Shared test helpers: central finite differences in float64, and small model configurations."""
+"""Shared test helpers: central finite differences in float64, small model configurations, a small trained
+model."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
 from pocketgpt.config import PRESETS
+from pocketgpt.data import Batches, load_dataset
+from pocketgpt.model import GPT
+from pocketgpt.train import TRAIN_DEFAULTS, evaluate, train
 
 FD_EPS = 1e-6  # central difference step; with float64 the truncation + rounding error is ~1e-9 relative
 
@@ -46,3 +52,14 @@ def tiny_configs():
         "layernorm-bias": PRESETS["shakespeare-cpu"].replace(**small, bias=True, embed_norm=True),
         "gpt2": PRESETS["gpt2"].replace(**small),
     }
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """A small shakespeare-cpu model trained for 200 steps, 4 calibration batches, its validation loss."""
+    ds = load_dataset("shakespeare")
+    config = PRESETS["shakespeare-cpu"].replace(vocab_size=ds.tokenizer.vocab_size, n_layer=2, n_embd=64)
+    model = GPT(config, seed=0)
+    train(model, ds, dataclasses.replace(TRAIN_DEFAULTS["shakespeare-cpu"], steps=200, eval_interval=0, warmup=20))
+    calib = Batches(ds, 16, config.block_size, seed=1)
+    return model, ds, [calib.next() for _ in range(4)], evaluate(model, ds)

@@ -3,8 +3,6 @@ that loses less than with RTN."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -14,7 +12,7 @@ from pocketgpt.model import GPT
 from pocketgpt.quant.awq import awq_quantize, search_scales
 from pocketgpt.quant.formats import quantize_groups
 from pocketgpt.quant.model import QuantRecipe, awq_fold_scales, quantize_model
-from pocketgpt.train import TRAIN_DEFAULTS, evaluate, train
+from pocketgpt.train import evaluate
 
 
 def test_awq_beats_rtn_on_a_layer_with_outlier_input_channels():
@@ -56,13 +54,8 @@ def test_folding_the_scales_leaves_the_float_model_unchanged(preset):
     np.testing.assert_allclose(work.forward(x)[0], model.forward(x)[0], rtol=1e-4, atol=1e-4)
 
 
-def test_awq_model_loses_less_than_rtn():
-    ds = load_dataset("shakespeare")
-    config = PRESETS["shakespeare-cpu"].replace(vocab_size=65, n_layer=2, n_embd=64)
-    model = GPT(config, seed=0)
-    train(model, ds, dataclasses.replace(TRAIN_DEFAULTS["shakespeare-cpu"], steps=150, eval_interval=0, warmup=15))
-    base = evaluate(model, ds)
-    calib = [Batches(ds, 16, 64, seed=1).next() for _ in range(2)]
+def test_awq_model_loses_less_than_rtn(trained):
+    model, ds, calib, base = trained
     rtn = evaluate(quantize_model(model, QuantRecipe("rtn", 3, 32)), ds) - base
     awq = evaluate(quantize_model(model, QuantRecipe("awq", 3, 32), calib), ds) - base
     assert rtn > 0 and awq < rtn

@@ -10,21 +10,10 @@ import pytest
 
 from pocketgpt.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pocketgpt.cli import main
-from pocketgpt.config import PRESETS
-from pocketgpt.data import Batches, load_dataset
+from pocketgpt.data import Batches
 from pocketgpt.model import GPT
 from pocketgpt.quant.model import QuantizedGPT, QuantRecipe, quantize_model
-from pocketgpt.train import TRAIN_DEFAULTS, evaluate, train
-
-
-@pytest.fixture(scope="module")
-def trained():
-    ds = load_dataset("shakespeare")
-    config = PRESETS["shakespeare-cpu"].replace(vocab_size=ds.tokenizer.vocab_size, n_layer=2, n_embd=64)
-    model = GPT(config, seed=0)
-    train(model, ds, dataclasses.replace(TRAIN_DEFAULTS["shakespeare-cpu"], steps=200, eval_interval=0, warmup=20))
-    calib = Batches(ds, 16, config.block_size, seed=1)
-    return model, ds, [calib.next() for _ in range(4)], evaluate(model, ds)
+from pocketgpt.train import TRAIN_DEFAULTS, evaluate
 
 
 def test_quantized_loss_is_finite_and_close_to_float(trained):

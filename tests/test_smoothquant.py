@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from pocketgpt.config import PRESETS
@@ -11,7 +9,7 @@ from pocketgpt.data import Batches, load_dataset
 from pocketgpt.model import GPT
 from pocketgpt.quant.formats import quantize_groups
 from pocketgpt.quant.model import QuantRecipe, quantize_model, quantize_per_token, smooth_fold_scales
-from pocketgpt.train import TRAIN_DEFAULTS, evaluate, train
+from pocketgpt.train import evaluate
 
 
 def test_smoothing_lowers_w8a8_error_on_activation_outliers():
@@ -48,12 +46,7 @@ def test_smoothing_leaves_the_float_model_unchanged():
     np.testing.assert_allclose(work.forward(calib[0][0])[0], model.forward(calib[0][0])[0], rtol=1e-4, atol=1e-4)
 
 
-def test_w8a8_model_loses_under_one_percent():
-    ds = load_dataset("shakespeare")
-    config = PRESETS["shakespeare-cpu"].replace(vocab_size=65, n_layer=2, n_embd=64)
-    model = GPT(config, seed=0)
-    train(model, ds, dataclasses.replace(TRAIN_DEFAULTS["shakespeare-cpu"], steps=100, eval_interval=0, warmup=10))
-    base = evaluate(model, ds)
-    calib = [Batches(ds, 16, 64, seed=1).next() for _ in range(2)]
+def test_w8a8_model_loses_under_one_percent(trained):
+    model, ds, calib, base = trained
     q = quantize_model(model, QuantRecipe("smoothquant", 8, 64), calib)
     assert abs(evaluate(q, ds) - base) / base < 0.01
