@@ -135,3 +135,17 @@ def test_quantize_refuses_a_group_size_that_does_not_divide_the_rows(trained, tm
     err = capsys.readouterr().err
     assert "does not divide the 48 input columns" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists()  # refused before any training
+
+
+def test_quant_report_writes_a_table_and_a_plot(trained, tmp_path, capsys):
+    model, ds, _, _ = trained
+    save_checkpoint(tmp_path / "f", Checkpoint.of(model, ds.tokenizer, ds.spec()))
+    assert main(["quant-report", str(tmp_path / "f"), "--steps", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    rows = {(r["method"], r["bits"]): r for r in result["rows"]}
+    assert len(rows) == 10 and rows[("gptq", 3)]["val_loss"] < rows[("rtn", 3)]["val_loss"]
+    bpw = [rows[("rtn", b)]["bits_per_weight"] for b in (3, 4, 8)]
+    assert bpw == sorted(bpw) and bpw[2] < 32
+    out = tmp_path / "f-quant-report"
+    assert (out / "quant-report.md").read_text().count("\n| ") == 12  # header, separator, 10 rows
+    assert (out / "quant-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -313,6 +313,25 @@ def cmd_quantize(args) -> int:
                   f"{seconds:.1f} s -> {args.out}", result, args.json)
 
 
+def cmd_quant_report(args) -> int:
+    from pocketgpt.quant.report import write_report
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.qweights:
+        raise UsageError(f"{args.checkpoint} is already quantized; report on its float checkpoint")
+    out = Path(args.out or f"{Path(args.checkpoint)}-quant-report")
+    dataset = load_dataset(args.data or ckpt.data.get("data", "names"), ckpt.data.get("mode"), ckpt.tokenizer)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("the plot needs matplotlib: pip install 'pocketgpt[report]'") from None
+    base, rows = write_report(ckpt.model(), dataset, out, group_size=args.group_size,
+                              fine_tune_steps=args.steps)
+    result = {"val_loss_float": base, "rows": [vars(r) for r in rows], "out": str(out)}
+    print((out / "quant-report.md").read_text(encoding="utf-8"))
+    return finish(f"wrote {out / 'quant-report.md'} and {out / 'quant-report.png'}", result, args.json)
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -414,6 +433,17 @@ def build_parser() -> Parser:
     q.add_argument("--mode", choices=MODES)
     q.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     q.set_defaults(func=cmd_quantize)
+
+    r = sub.add_parser("quant-report", help="every quantization method at 8, 4 and 3 bits: table and plot",
+                       description="Quantize a float checkpoint with every method (RTN, SmoothQuant, GPTQ, AWQ, "
+                       "QAT, ZeroQAT), evaluate each, and write quant-report.md and quant-report.png.")
+    r.add_argument("checkpoint", metavar="DIR")
+    r.add_argument("--out", help="folder for the report (default DIR-quant-report)")
+    r.add_argument("--group-size", dest="group_size", type=int, choices=(32, 64, 128), default=64)
+    r.add_argument("--steps", type=positive_int, default=100, help="QAT steps (ZeroQAT gets 1.5x as many)")
+    r.add_argument("--data", help="data to calibrate and evaluate on (default: the checkpoint's)")
+    r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    r.set_defaults(func=cmd_quant_report)
 
     k = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     ksub = k.add_subparsers(dest="action", required=True, parser_class=Parser)
