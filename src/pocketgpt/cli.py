@@ -85,7 +85,7 @@ def cmd_train(args) -> int:
             settings = TrainSettings(**{**ckpt.train_state["settings"], **given})
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{args.resume}/train_state.json is invalid: {e}") from None
-        dataset = load_dataset(ckpt.data.get("data", "names"), ckpt.data.get("mode"), ckpt.tokenizer)
+        dataset = checkpoint_dataset(ckpt)
         model = ckpt.model()
         out = Path(args.out or args.resume)
     else:
@@ -170,6 +170,18 @@ def stream_text(tok, ids) -> Iterator[str]:
     yield tok.decode(seen)[shown:]
 
 
+def checkpoint_dataset(ckpt, data: str | None = None, mode: str | None = None):
+    """The dataset a checkpoint was trained on (or `data`), tokenized with the checkpoint's tokenizer."""
+    return load_dataset(data or ckpt.data.get("data", "names"), mode or ckpt.data.get("mode"), ckpt.tokenizer)
+
+
+def load_float_checkpoint(path: str, verb: str):
+    ckpt = load_checkpoint(path)
+    if ckpt.qweights:
+        raise UsageError(f"{path} is already quantized; {verb} its float checkpoint")
+    return ckpt
+
+
 def cmd_sample(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, tok = ckpt.model(), ckpt.tokenizer
@@ -201,10 +213,9 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
-    data = args.data or ckpt.data.get("data", "names")
-    dataset = load_dataset(data, args.mode or ckpt.data.get("mode"), ckpt.tokenizer)
+    dataset = checkpoint_dataset(ckpt, args.data, args.mode)
     loss = evaluate(ckpt.model(), dataset)
-    result = {"checkpoint": str(args.checkpoint), "data": data, "mode": dataset.mode, "val_loss": loss,
+    result = {"checkpoint": str(args.checkpoint), "data": dataset.name, "mode": dataset.mode, "val_loss": loss,
               "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2)}
     return finish(f"validation loss {loss:.4f} | perplexity {result['perplexity']:.3f} | "
                   f"bits per character {result['bits_per_char']:.4f}", result, args.json)
@@ -266,27 +277,21 @@ def cmd_tokenizer_train(args) -> int:
 def cmd_quantize(args) -> int:
     from pocketgpt.quant.model import QuantRecipe, check_recipe, quantize_model
 
-    ckpt = load_checkpoint(args.checkpoint)
-    if ckpt.qweights:
-        raise UsageError(f"{args.checkpoint} is already quantized; quantize its float checkpoint")
+    ckpt = load_float_checkpoint(args.checkpoint, "quantize")
     check_can_save(args.out)
     try:
         recipe = QuantRecipe(args.method, args.bits, args.group_size, not args.asym, args.act_order, args.damp)
         check_recipe(ckpt.config, recipe)
     except ValueError as e:
         raise UsageError(e) from None
-    data = args.data or ckpt.data.get("data", "names")
-    dataset = load_dataset(data, args.mode or ckpt.data.get("mode"), ckpt.tokenizer)
+    dataset = checkpoint_dataset(ckpt, args.data, args.mode)
     model = ckpt.model()
     start = time.perf_counter()
     if args.method == "qat":
-        from pocketgpt.quant.qat import qat
+        from pocketgpt.quant.qat import qat, qat_settings
 
-        lr = args.lr or 1e-4
-        settings = TrainSettings(steps=args.steps, batch_size=16, lr=lr, min_lr=lr / 10,
-                                 warmup=min(10, args.steps - 1), schedule="cosine", seed=args.seed,
-                                 workers=2 if model.num_params >= 500_000 else 1)
-        quantized = qat(model, recipe, dataset, settings)
+        workers = 2 if model.num_params >= 500_000 else 1
+        quantized = qat(model, recipe, dataset, qat_settings(args.steps, args.lr or 1e-4, args.seed, workers))
     elif args.method == "zeroqat":
         from pocketgpt.quant.qat import zeroqat
 
@@ -316,11 +321,9 @@ def cmd_quantize(args) -> int:
 def cmd_quant_report(args) -> int:
     from pocketgpt.quant.report import write_report
 
-    ckpt = load_checkpoint(args.checkpoint)
-    if ckpt.qweights:
-        raise UsageError(f"{args.checkpoint} is already quantized; report on its float checkpoint")
+    ckpt = load_float_checkpoint(args.checkpoint, "report on")
     out = Path(args.out or f"{Path(args.checkpoint)}-quant-report")
-    dataset = load_dataset(args.data or ckpt.data.get("data", "names"), ckpt.data.get("mode"), ckpt.tokenizer)
+    dataset = checkpoint_dataset(ckpt, args.data)
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -12,8 +12,8 @@ from pocketgpt.data import Batches, Dataset
 from pocketgpt.generate import generate
 from pocketgpt.model import GPT
 from pocketgpt.quant.model import QuantRecipe, quantize_model
-from pocketgpt.quant.qat import qat, zeroqat
-from pocketgpt.train import TrainSettings, evaluate
+from pocketgpt.quant.qat import qat, qat_settings, zeroqat
+from pocketgpt.train import evaluate
 
 RUNS = [("rtn", 8), ("smoothquant", 8), ("rtn", 4), ("gptq", 4), ("awq", 4), ("rtn", 3), ("gptq", 3),
         ("awq", 3), ("qat", 3), ("zeroqat", 3)]
@@ -52,9 +52,7 @@ def quantization_report(model: GPT, dataset: Dataset, group_size: int = 64, cali
         recipe = QuantRecipe(method, bits, group_size)
         t = time.perf_counter()
         if method == "qat":
-            settings = TrainSettings(steps=fine_tune_steps, batch_size=16, lr=1e-4, min_lr=1e-5,
-                                     warmup=max(1, fine_tune_steps // 10), schedule="cosine", beta1=0.9)
-            q = qat(model, recipe, dataset, settings)
+            q = qat(model, recipe, dataset, qat_settings(fine_tune_steps))
         elif method == "zeroqat":
             q = zeroqat(model, recipe, dataset, steps=int(fine_tune_steps * 1.5))
         else:
