@@ -39,7 +39,7 @@ class FakeQuantGPT(GPT):
         return quantize_groups(w, r.bits, r.group_size, r.symmetric).dequantize(self.dtype)
 
 
-def qat_settings(steps: int, lr: float = 1e-4, seed: int = 0, workers: int = 1) -> TrainSettings:
+def qat_settings(steps: int, lr: float = 1e-4, seed: int = 42, workers: int = 1) -> TrainSettings:
     """A short fine-tune: batch 16, 10% warmup, cosine to lr / 10, no weight decay."""
     return TrainSettings(steps=steps, batch_size=16, lr=lr, min_lr=lr / 10, warmup=max(1, steps // 10),
                          schedule="cosine", beta1=0.9, seed=seed, workers=workers)
