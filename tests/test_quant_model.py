@@ -143,9 +143,9 @@ def test_quant_report_writes_a_table_and_a_plot(trained, tmp_path, capsys):
     assert main(["quant-report", str(tmp_path / "f"), "--steps", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     rows = {(r["method"], r["bits"]): r for r in result["rows"]}
-    assert len(rows) == 10 and rows[("gptq", 3)]["val_loss"] < rows[("rtn", 3)]["val_loss"]
+    assert len(rows) == 15 and rows[("gptq", 3)]["val_loss"] < rows[("rtn", 3)]["val_loss"]
     bpw = [rows[("rtn", b)]["bits_per_weight"] for b in (3, 4, 8)]
     assert bpw == sorted(bpw) and bpw[2] < 32
     out = tmp_path / "f-quant-report"
-    assert (out / "quant-report.md").read_text().count("\n| ") == 12  # header, separator, 10 rows
+    assert (out / "quant-report.md").read_text().count("\n| ") == 17  # header, separator, 15 rows
     assert (out / "quant-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -280,7 +280,8 @@ def cmd_quantize(args) -> int:
     ckpt = load_float_checkpoint(args.checkpoint, "quantize")
     check_can_save(args.out)
     try:
-        recipe = QuantRecipe(args.method, args.bits, args.group_size, not args.asym, args.act_order, args.damp)
+        recipe = QuantRecipe(args.method, args.bits, args.group_size, not args.asym, args.act_order, args.damp,
+                             args.rotate)
         check_recipe(ckpt.config, recipe)
     except ValueError as e:
         raise UsageError(e) from None
@@ -298,21 +299,21 @@ def cmd_quantize(args) -> int:
         quantized = zeroqat(model, recipe, dataset, steps=args.steps, lr=args.lr or 1e-5, seed=args.seed)
     else:
         calib = None
-        if args.method in ("gptq", "awq", "smoothquant"):
+        if args.method in ("gptq", "awq", "smoothquant") or args.rotate == "learned":
             batches = Batches(dataset, min(16, args.calib), model.config.block_size, seed=args.seed)
             calib = [batches.next() for _ in range(-(-args.calib // batches.batch_size))]
         try:
-            quantized = quantize_model(model, recipe, calib)
+            quantized = quantize_model(model, recipe, calib, rotation_steps=args.steps)
         except ValueError as e:
             raise UsageError(e) from None
     seconds = time.perf_counter() - start
     save_checkpoint(args.out, Checkpoint.of(quantized, ckpt.tokenizer, ckpt.data))
     before, after = evaluate(model, dataset), evaluate(quantized, dataset)
-    result = {"method": args.method, "bits": args.bits, "group_size": args.group_size,
+    result = {"method": args.method, "rotation": args.rotate, "bits": args.bits, "group_size": args.group_size,
               "val_loss_float": before, "val_loss": after, "relative_increase": (after - before) / before,
               "weight_bytes_float": model.flat.nbytes, "weight_bytes": quantized.weight_bytes, "seconds": seconds,
               "out": str(args.out)}
-    return finish(f"{args.method} {args.bits}-bit, group {args.group_size}: validation loss {before:.4f} -> "
+    return finish(f"{recipe.label} {args.bits}-bit, group {args.group_size}: validation loss {before:.4f} -> "
                   f"{after:.4f} ({100 * result['relative_increase']:+.2f}%), weights {model.flat.nbytes / 1e6:.2f} MB "
                   f"-> {quantized.weight_bytes / 1e6:.2f} MB ({quantized.weight_bytes / model.flat.nbytes:.2f}x), "
                   f"{seconds:.1f} s -> {args.out}", result, args.json)
@@ -427,9 +428,13 @@ def build_parser() -> Parser:
     q.add_argument("--asym", action="store_true", help="asymmetric groups (scale and zero point)")
     q.add_argument("--act-order", dest="act_order", action="store_true", help="GPTQ: columns by decreasing activation")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of the mean diagonal")
+    q.add_argument("--rotate", choices=("none", "hadamard", "learned"), default="none",
+                   help="rtn/gptq: rotate the residual stream first, by a random Hadamard matrix (QuaRot) or one "
+                   "learned on the calibration loss (SpinQuant)")
     q.add_argument("--calib", type=positive_int, default=128,
-                   help="GPTQ/AWQ/SmoothQuant calibration sequences (default 128)")
-    q.add_argument("--steps", type=positive_int, default=200, help="qat/zeroqat: fine-tuning steps")
+                   help="GPTQ/AWQ/SmoothQuant/learned-rotation calibration sequences (default 128)")
+    q.add_argument("--steps", type=positive_int, default=200,
+                   help="qat/zeroqat: fine-tuning steps; learned rotation: Cayley SGD steps")
     q.add_argument("--lr", type=float, help="qat/zeroqat: learning rate (default 1e-4 for qat, 1e-5 for zeroqat)")
     q.add_argument("--seed", type=int, default=0, help="which training sequences calibrate or fine-tune")
     q.add_argument("--data", help="data to calibrate, fine-tune and evaluate on (default: the checkpoint's)")

@@ -17,8 +17,10 @@ from pocketgpt.model import GPT, param_shapes
 from pocketgpt.quant.awq import awq_quantize, search_scales
 from pocketgpt.quant.formats import GroupQuantized, check_format, quantize_groups
 from pocketgpt.quant.gptq import gptq_quantize, hessian
+from pocketgpt.quant.rotation import check_rotatable, hadamard_rotate, learn_rotation
 
 METHODS = ("rtn", "gptq", "awq", "smoothquant", "qat", "zeroqat")  # the last two train first (quant.qat)
+ROTATIONS = ("none", "hadamard", "learned")  # QuaRot, SpinQuant (quant.rotation); with rtn and gptq
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # in the order a block uses them
 
 
@@ -30,10 +32,20 @@ class QuantRecipe:
     symmetric: bool = True
     act_order: bool = False  # GPTQ only
     damp: float = 0.01  # GPTQ only: dampening as a fraction of the mean Hessian diagonal
+    rotation: str = "none"  # rotate the residual stream first: hadamard (QuaRot) or learned (SpinQuant)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if self.rotation not in ROTATIONS:
+            raise ValueError(f"rotation must be one of {', '.join(ROTATIONS)} (got {self.rotation!r})")
+        if self.rotation != "none" and self.method not in ("rtn", "gptq"):
+            raise ValueError(f"rotation works with rtn and gptq (got {self.method}): the others fold scales into "
+                             "norm gains, which a rotated model no longer has")
+
+    @property
+    def label(self) -> str:
+        return self.method if self.rotation == "none" else f"{self.method}+{self.rotation}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +57,8 @@ def quantized_names(config: GPTConfig) -> list[str]:
 
 def check_recipe(config: GPTConfig, recipe: QuantRecipe) -> None:
     """Raise ValueError unless every quantized matrix of this architecture fits the recipe's format."""
+    if recipe.rotation != "none":
+        check_rotatable(config)
     shapes = param_shapes(config)
     for name in quantized_names(config):
         check_format(recipe.bits, recipe.group_size, shapes[name][1])
@@ -138,16 +152,21 @@ def quantize_per_token(x: np.ndarray, bits: int = 8) -> np.ndarray:
     return np.clip(np.round(x / safe), -levels, levels) * safe
 
 
-def quantize_model(model: GPT, recipe: QuantRecipe, calib=None) -> QuantizedGPT:
+def quantize_model(model: GPT, recipe: QuantRecipe, calib=None, rotation_steps: int = 100) -> QuantizedGPT:
     """Quantize the block linears of a float model. GPTQ needs `calib`, a list of (inputs, targets, weights)
     batches; its layers are done in forward order, each calibrated on the outputs of the already-quantized
-    layers before it."""
-    config = model.config
-    check_recipe(config, recipe)
+    layers before it. With a rotation the model is rotated first (quant.rotation); the quantized model then
+    has the rotated architecture (gain-free RMSNorm, untied lm_head), which computes the same function."""
+    check_recipe(model.config, recipe)
     if recipe.method not in ("rtn", "gptq", "awq", "smoothquant"):
         raise ValueError(f"{recipe.method} trains the model first: use pocketgpt.quant.qat")
-    if recipe.method in ("gptq", "awq", "smoothquant") and not calib:
-        raise ValueError(f"{recipe.method.upper()} needs calibration batches")
+    if (recipe.method in ("gptq", "awq", "smoothquant") or recipe.rotation == "learned") and not calib:
+        raise ValueError(f"{recipe.label.upper()} needs calibration batches")
+    if recipe.rotation == "hadamard":
+        model = hadamard_rotate(model)[0]
+    elif recipe.rotation == "learned":
+        model = learn_rotation(model, recipe, calib, steps=rotation_steps)[0]
+    config = model.config
     work = GPT(config, {k: v.copy() for k, v in model.params.items()}, dtype=np.float32)
     qweights = {}
     for name in quantized_names(config):

@@ -15,13 +15,14 @@ from pocketgpt.quant.model import QuantRecipe, quantize_model
 from pocketgpt.quant.qat import qat, qat_settings, zeroqat
 from pocketgpt.train import evaluate
 
-RUNS = [("rtn", 8), ("smoothquant", 8), ("rtn", 4), ("gptq", 4), ("awq", 4), ("rtn", 3), ("gptq", 3),
-        ("awq", 3), ("qat", 3), ("zeroqat", 3)]
+RUNS = [("rtn", 8), ("smoothquant", 8), ("rtn", 4), ("gptq", 4), ("awq", 4), ("rtn", 4, "hadamard"),
+        ("gptq", 4, "hadamard"), ("rtn", 3), ("gptq", 3), ("awq", 3), ("rtn", 3, "hadamard"), ("rtn", 3, "learned"),
+        ("gptq", 3, "learned"), ("qat", 3), ("zeroqat", 3)]  # (method, bits[, rotation])
 
 
 @dataclass
 class Row:
-    method: str
+    method: str  # with its rotation, e.g. gptq+hadamard
     bits: int
     val_loss: float
     increase: float  # relative to float32
@@ -48,18 +49,18 @@ def quantization_report(model: GPT, dataset: Dataset, group_size: int = 64, cali
     calib = [batches.next() for _ in range(calib_batches)]
     float_rate = decode_rate(model)
     rows = []
-    for method, bits in runs:
-        recipe = QuantRecipe(method, bits, group_size)
+    for method, bits, *rotation in runs:
+        recipe = QuantRecipe(method, bits, group_size, rotation=rotation[0] if rotation else "none")
         t = time.perf_counter()
         if method == "qat":
             q = qat(model, recipe, dataset, qat_settings(fine_tune_steps))
         elif method == "zeroqat":
             q = zeroqat(model, recipe, dataset, steps=int(fine_tune_steps * 1.5))
         else:
-            q = quantize_model(model, recipe, calib)
+            q = quantize_model(model, recipe, calib, rotation_steps=fine_tune_steps)
         seconds = time.perf_counter() - t
         loss = evaluate(q, dataset)
-        rows.append(Row(method, bits, loss, (loss - base) / base, q.weight_bytes / model.flat.nbytes,
+        rows.append(Row(recipe.label, bits, loss, (loss - base) / base, q.weight_bytes / model.flat.nbytes,
                         8 * q.weight_bytes / model.num_params, seconds, decode_rate(q) / float_rate))
     return base, rows
 
