@@ -10,19 +10,20 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from pocketgpt.bpe import BPETokenizer, train_bpe
 from pocketgpt.checkpoint import Checkpoint, CheckpointError, check_can_save, load_checkpoint, save_checkpoint
 from pocketgpt.config import PRESETS
 from pocketgpt.data import BUILTIN, MODES, Batches, DataError, load_dataset, read_text
-from pocketgpt.generate import generate
+from pocketgpt.generate import TextStream, encode_prompt, generate
 from pocketgpt.interop.hf import InteropError
 from pocketgpt.model import GPT
 from pocketgpt.optim import SCHEDULES
+from pocketgpt.speculative import NGramDraft, SpecStats, speculative_generate
 from pocketgpt.tokenizer import UnknownCharacterError
 from pocketgpt.train import TRAIN_DEFAULTS, TrainSettings, evaluate, train
 
@@ -60,6 +61,7 @@ def finish(line: str, result: dict, as_json: bool) -> int:
 # ----------------------------------------------------------------------------- train
 
 TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainSettings)]
+ARCH_FLAGS = ("n_layer", "n_head", "n_embd", "block_size")  # override the preset's architecture
 
 
 def cmd_train(args) -> int:
@@ -77,7 +79,7 @@ def cmd_train(args) -> int:
     given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     if args.resume:
         ckpt = load_checkpoint(args.resume, train_state=True)
-        changed = sorted(set(given) - {"steps", "eval_interval"})
+        changed = sorted(set(given) - {"steps", "eval_interval"}) + [a for a in ARCH_FLAGS if getattr(args, a)]
         if changed or args.preset or args.data or args.mode or args.tokenizer:
             raise UsageError(f"--resume continues the saved run; only --steps and --eval-interval may change "
                              f"(got --{(changed or ['preset/--data/--mode'])[0].replace('_', '-')})")
@@ -101,7 +103,11 @@ def cmd_train(args) -> int:
             except ValueError as e:
                 raise UsageError(f"--tokenizer {args.tokenizer}: {e}") from None
         dataset = load_dataset(args.data or "names", args.mode, tokenizer)
-        config = PRESETS[preset_name].replace(vocab_size=dataset.tokenizer.vocab_size)
+        arch = {a: getattr(args, a) for a in ARCH_FLAGS if getattr(args, a)}
+        try:
+            config = PRESETS[preset_name].replace(vocab_size=dataset.tokenizer.vocab_size, **arch)
+        except ValueError as e:
+            raise UsageError(e) from None
         model = GPT(config, dtype=settings.dtype, seed=settings.seed)
         ckpt = None
         out = Path(args.out or Path("out") / Path(args.data or "names").stem)
@@ -131,12 +137,10 @@ def cmd_train(args) -> int:
     tok = dataset.tokenizer
     samples = []
     for i in range(args.samples):
-        if dataset.mode == "lines":
-            ids = generate(model, [tok.bos], max_new_tokens=model.config.block_size, temperature=0.5,
-                           seed=settings.seed + i, stop_token=tok.bos)
-        else:
-            ids = generate(model, [start_token(tok)], max_new_tokens=256, temperature=0.8, seed=settings.seed + i,
-                           sliding=True)
+        lines = dataset.mode == "lines"
+        ids = generate(model, encode_prompt(tok, "", documents=lines),
+                       max_new_tokens=model.config.block_size if lines else 256, temperature=0.5 if lines else 0.8,
+                       seed=settings.seed + i, stop_token=tok.bos, sliding=not lines)
         samples.append(tok.decode(ids))
         if not args.json:
             print(samples[-1])
@@ -148,26 +152,9 @@ def cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- sample, eval
 
 
-def start_token(tok) -> int:
-    """What a text-mode sample starts from when there is no prompt: BOS if the tokenizer has one, else a newline."""
-    if tok.bos is not None:
-        return tok.bos
-    try:
-        return tok.encode("\n")[0]
-    except ValueError:
-        return 0
-
-
-def stream_text(tok, ids) -> Iterator[str]:
-    """The text of a stream of token ids, piece by piece, never splitting a multi-byte character."""
-    seen, shown = [], 0
-    for t in ids:
-        seen.append(t)
-        text = tok.decode(seen)
-        if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence decodes to U+FFFD for now
-            yield text[shown:]
-            shown = len(text)
-    yield tok.decode(seen)[shown:]
+def unescape(text: str) -> str:
+    r"""'\n', '\t' and '\\' typed on a command line as the characters they name."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def checkpoint_dataset(ckpt, data: str | None = None, mode: str | None = None):
@@ -186,29 +173,71 @@ def cmd_sample(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, tok = ckpt.model(), ckpt.tokenizer
     lines = ckpt.data.get("mode", "lines") == "lines"
-    prompt_ids = tok.encode(args.prompt)
-    if lines:
-        prompt = [tok.bos, *prompt_ids]
-    else:
-        prompt = prompt_ids or [start_token(tok)]
+    prompt = encode_prompt(tok, args.prompt, documents=lines)
     max_tokens = args.max_tokens or (model.config.block_size if lines else 256)
-    if lines and len(prompt) > model.config.block_size:
-        raise UsageError(f"--prompt is {len(prompt_ids)} tokens; this model's context holds "
-                         f"{model.config.block_size - 1} after BOS")
-    for i in range(args.count):
-        seed = None if args.seed is None else args.seed + i
-        print(args.prompt, end="", flush=True)
+    if len(prompt) > model.config.block_size and (lines or args.draft_kind):
+        raise UsageError(f"--prompt is {len(prompt) - lines} tokens; this model's context holds "
+                         f"{model.config.block_size - lines}{' after BOS' if lines else ''}")
+    draft = load_draft(args, ckpt)
+    stats = SpecStats()
+
+    def run(seed, sliding):
+        if draft is not None:
+            return speculative_generate(model, prompt, max_new_tokens=max_tokens, draft=draft, k=args.draft_k,
+                                        adaptive=args.adaptive, temperature=args.temperature, top_k=args.top_k,
+                                        top_p=args.top_p, seed=seed, stop_token=tok.bos, stats=stats)
         cache = None
         if args.kv_cache == "q4":
             from pocketgpt.quant.kvcache import QuantizedKVCache
 
             cache = QuantizedKVCache(model.config, 1, model.dtype)
-        ids = generate(model, prompt, max_new_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=seed, stop_token=tok.bos, sliding=not lines, cache=cache)
-        for piece in stream_text(tok, ids):
-            print(piece, end="", flush=True)
-        print()
+        return generate(model, prompt, max_new_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=seed, stop_token=tok.bos, sliding=sliding, cache=cache)
+
+    seeds = [None if args.seed is None else args.seed + i for i in range(args.count)]
+    start = time.perf_counter()
+    for seed in seeds:
+        print(args.prompt, end="", flush=True)
+        stream = TextStream(tok.decode, [unescape(s) for s in args.stop])
+        for token in run(seed, sliding=not lines):
+            print(stream.push(token), end="", flush=True)
+            if stream.stopped:
+                break
+        print(stream.flush())
+    if draft is not None:
+        spec_rate = stats.tokens / (time.perf_counter() - start)
+        start = time.perf_counter()
+        plain = sum(len(list(generate(model, prompt, max_new_tokens=max_tokens, temperature=args.temperature,
+                                      top_k=args.top_k, top_p=args.top_p, seed=seed, stop_token=tok.bos)))
+                    for seed in seeds)
+        speedup = spec_rate / (plain / (time.perf_counter() - start))
+        per_position = " ".join(f"{a:.2f}" for a in stats.per_position)
+        print(f"speculative ({args.draft_kind}, k={args.draft_k}{', adaptive' if args.adaptive else ''}): "
+              f"acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_forward:.2f} tokens per target forward, "
+              f"per position [{per_position}], {speedup:.2f}x the tokens/s of plain decoding (measured after it)",
+              file=sys.stderr)
     return 0
+
+
+def load_draft(args, ckpt):
+    """The draft that --draft, --draft-quantized or --draft-ngram asks for (None without one)."""
+    if args.draft_kind is None:
+        return None
+    if getattr(args, "kv_cache", "float") != "float":
+        raise UsageError("--kv-cache q4 applies to plain decoding, not to speculative decoding")
+    if args.draft_kind == "ngram":
+        return NGramDraft()
+    if args.draft_kind == "quantized":
+        from pocketgpt.quant.model import QuantRecipe, quantize_model
+
+        if ckpt.qweights:
+            raise UsageError("--draft-quantized needs a float checkpoint to quantize")
+        group = next(g for g in (128, 64, 32, 16, 8, 4, 2, 1) if ckpt.config.n_embd % g == 0)
+        return quantize_model(ckpt.model(), QuantRecipe("rtn", 4, min(group, 64)))
+    draft = load_checkpoint(args.draft)
+    if draft.tokenizer.to_dict() != ckpt.tokenizer.to_dict():
+        raise UsageError(f"--draft {args.draft} has another tokenizer than {args.checkpoint}")
+    return draft.model()
 
 
 def cmd_eval(args) -> int:
@@ -219,6 +248,28 @@ def cmd_eval(args) -> int:
               "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2)}
     return finish(f"validation loss {loss:.4f} | perplexity {result['perplexity']:.3f} | "
                   f"bits per character {result['bits_per_char']:.4f}", result, args.json)
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from pocketgpt.server import Engine, create_app
+    except ImportError as e:
+        raise UsageError(f"serving needs the serve extra (pip install 'pocketgpt[serve]'): {e}") from None
+    from pocketgpt.speculative import SpeculativeBatcher
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.model()
+    draft = load_draft(args, ckpt)
+    batcher = SpeculativeBatcher(model, draft, args.draft_k, args.adaptive, args.slots) if draft is not None else None
+    name = args.name or Path(args.checkpoint).resolve().name
+    engine = Engine(model, ckpt.tokenizer, name, ckpt.data.get("mode", "lines") == "lines", args.slots,
+                    args.max_queue, batcher)
+    print(f"serving {name} ({model.num_params:,} parameters{', ' + args.draft_kind + ' draft' if draft else ''}) "
+          f"at http://{args.host}:{args.port}/v1 with {args.slots} slots", file=sys.stderr)
+    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 # ----------------------------------------------------------------------------- interop
@@ -339,6 +390,19 @@ def cmd_quant_report(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def add_draft_args(p) -> None:
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--draft", metavar="DRAFT_DIR",
+                   help="speculative decoding with a smaller model of the same tokenizer")
+    d.add_argument("--draft-quantized", dest="draft_quantized", action="store_true",
+                   help="speculative decoding with a 4-bit copy of the model itself")
+    d.add_argument("--draft-ngram", dest="draft_ngram", action="store_true",
+                   help="speculative decoding with n-gram lookup in the context (no draft model)")
+    p.add_argument("--draft-k", dest="draft_k", type=positive_int, default=4,
+                   help="tokens drafted per round (default 4)")
+    p.add_argument("--adaptive", action="store_true", help="grow k after a fully accepted round, shrink it otherwise")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="pocketgpt", description="A GPT you can read, train, sample and evaluate on a CPU.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -347,6 +411,9 @@ def build_parser() -> Parser:
                        description="Train a GPT; writes a checkpoint folder and prints samples.")
     t.add_argument("--preset", choices=list(PRESETS), help="architecture and training defaults (default microgpt)")
     t.add_argument("--data", help=f"{', '.join(BUILTIN)}, or a UTF-8 text file (default names)")
+    for flag, what in (("n-layer", "blocks"), ("n-head", "attention heads"), ("n-embd", "channels"),
+                       ("block-size", "context length in tokens")):
+        t.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=positive_int, help=f"{what} (preset default)")
     t.add_argument("--mode", choices=MODES, help="lines: one document per line; text: continuous text")
     t.add_argument("--steps", type=positive_int, help="training steps")
     t.add_argument("--batch-size", dest="batch_size", type=positive_int, help="sequences per step")
@@ -386,7 +453,23 @@ def build_parser() -> Parser:
                    help="tokens per sample (default: block_size for documents, 256 for text)")
     s.add_argument("--kv-cache", dest="kv_cache", choices=("float", "q4"), default="float",
                    help="q4: keys and values stored in 4 bits (KIVI-style)")
+    s.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample at this text (repeatable; \\n for a newline)")
+    add_draft_args(s)
     s.set_defaults(func=cmd_sample)
+
+    v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching",
+                       description="Serve a checkpoint over an OpenAI-compatible API (/v1/models, /v1/completions, "
+                       "/v1/chat/completions, /health); needs the serve extra.")
+    v.add_argument("checkpoint", metavar="DIR")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--name", help="the model id clients ask for (default: the checkpoint folder's name)")
+    v.add_argument("--slots", type=positive_int, default=32, help="sequences decoded together (default 32)")
+    v.add_argument("--max-queue", dest="max_queue", type=int, default=64,
+                   help="requests that may wait for a slot before the server answers 429 (default 64)")
+    add_draft_args(v)
+    v.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("eval", help="validation loss, perplexity and bits per character",
                        description="Evaluate a checkpoint on the validation split of its data (or --data).")
@@ -467,6 +550,9 @@ def build_parser() -> Parser:
 
 
 def check_args(args) -> None:
+    if args.command in ("sample", "serve"):
+        args.draft_kind = ("model" if args.draft else "quantized" if args.draft_quantized
+                           else "ngram" if args.draft_ngram else None)
     if args.command == "sample":
         if args.temperature < 0:
             raise UsageError(f"--temperature must be >= 0 (got {args.temperature})")

@@ -41,6 +41,32 @@ def probs_from_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int |
     return probs
 
 
+def encode_prompt(tokenizer, text: str, documents: bool) -> list[int]:
+    """The ids a sample starts from: BOS + text for a model of documents (lines mode); for continuous text,
+    the text, or when it is empty BOS if the tokenizer has one, else a newline."""
+    ids = tokenizer.encode(text)
+    if documents:
+        return [tokenizer.bos, *ids]
+    if ids:
+        return ids
+    if tokenizer.bos is not None:
+        return [tokenizer.bos]
+    try:
+        return tokenizer.encode("\n")
+    except ValueError:
+        return [0]
+
+
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Raise ValueError for sampling settings that mean nothing."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (got {temperature})")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (got {top_k})")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (got {top_p})")
+
+
 def draw(probs: np.ndarray, rng: np.random.Generator | random.Random) -> int:
     """One index drawn from probs: inverse CDF for NumPy, random.choices for Python (microgpt's way)."""
     if isinstance(rng, random.Random):
@@ -61,8 +87,7 @@ def generate(model: GPT, prompt: list[int], *, max_new_tokens: int, temperature:
     """
     if not prompt:
         raise ValueError("prompt must hold at least one token")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (got {temperature})")
+    check_sampling(temperature, top_k, top_p)
     block = model.config.block_size
     if len(prompt) > block and not sliding:
         raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {block} tokens")
@@ -84,3 +109,45 @@ def generate(model: GPT, prompt: list[int], *, max_new_tokens: int, temperature:
             logits = model.forward_cached(np.array([context]), cache)[0, -1]
         else:
             return
+
+
+class TextStream:
+    """Token ids in, text pieces out, ending at the first stop string (which is not sent).
+
+    Text that could still turn out to be the start of a stop string is held back until it cannot, so a
+    client never receives part of a stop string. The ids are decoded whole each time, so a multi-byte
+    character split over BPE tokens comes out once complete.
+    """
+
+    def __init__(self, decode, stops: list[str] | tuple[str, ...] = ()):
+        self.decode, self.stops = decode, [s for s in stops if s]
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already handed out
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """The text that is now safe to send after this token ('' while held back or after a stop)."""
+        if self.stopped:
+            return ""
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        hits = [i for i in (text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._send(text, min(hits))
+        hold = 1 if text.endswith("\ufffd") else 0  # an incomplete multi-byte character
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), hold, -1):
+                if text.endswith(stop[:n]):
+                    hold = n
+                    break
+        return self._send(text, len(text) - hold)
+
+    def flush(self) -> str:
+        """What is left once generation has ended without a stop string."""
+        return "" if self.stopped else self._send(self.decode(self.ids), None)
+
+    def _send(self, text: str, end: int | None) -> str:
+        piece = text[self.sent:end]
+        self.sent += len(piece)
+        return piece

@@ -88,6 +88,13 @@ class KVCache:
         self.v = np.zeros(shape, dtype)
         self.length = 0  # positions filled in every layer
 
+    @classmethod
+    def over(cls, k: np.ndarray, v: np.ndarray, length: int = 0) -> KVCache:
+        """A cache that stores into existing arrays (L, B, nh, size, hs), e.g. one slot of a SlotCache."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.size, cache.length = k, v, k.shape[3], length
+        return cache
+
     def write(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store keys and values (B, nh, T, hs) of positions start .. start + T - 1."""
         self.k[layer, :, :, start:start + k.shape[2]] = k
@@ -96,6 +103,28 @@ class KVCache:
     def read(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values (B, nh, end, hs) of positions 0 .. end - 1."""
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+class SlotCache:
+    """Keys and values of `slots` independent sequences, each with its own length: (L, S, nh, size, hs) each.
+
+    Continuous batching keeps one sequence per slot: a slot is prefilled on its own (through slot(), a
+    KVCache over that slot's rows), then every active slot decodes together in one GPT.decode_slots call.
+    """
+
+    def __init__(self, config: GPTConfig, slots: int, dtype, size: int | None = None):
+        self.size = size or config.block_size
+        shape = (config.n_layer, slots, config.n_head, self.size, config.head_size)
+        self.k = np.zeros(shape, dtype)
+        self.v = np.zeros(shape, dtype)
+        self.lengths = np.zeros(slots, dtype=np.int64)
+
+    def slot(self, s: int) -> KVCache:
+        return KVCache.over(self.k[:, s:s + 1], self.v[:, s:s + 1], int(self.lengths[s]))
 
     @property
     def nbytes(self) -> int:
@@ -284,26 +313,60 @@ class GPT:
 
         Prefill is one call with the whole prompt; decode is one call per token with T = 1.
         """
-        c = self.config
         idx = np.asarray(idx)
-        B, T = idx.shape
+        T = idx.shape[1]
         start, end = cache.length, cache.length + T
         if end > cache.size:
             raise ValueError(f"position {end - 1} is beyond the context of {cache.size} tokens")
+        mask = layers.causal_mask(T, end, self.dtype)  # (T, end)
+
+        def attend(i, q, k, v):
+            cache.write(i, start, k, v)
+            keys, values = cache.read(i, end)  # (B, nh, end, hs) each
+            return keys, values, mask
+
+        logits = self._cached_layers(idx, np.arange(start, end), attend)
+        cache.length = end
+        return logits
+
+    def decode_slots(self, tokens, slots, cache: SlotCache) -> np.ndarray:
+        """Logits (B, V) for one new token (B,) in each of the sequences in `slots` (B,); extends each slot.
+
+        Each slot has its own length; keys beyond a slot's own positions are masked out.
+        """
+        tokens, slots = np.asarray(tokens), np.asarray(slots)
+        pos = cache.lengths[slots]  # (B,)
+        if (pos >= cache.size).any():
+            raise ValueError(f"a slot is full: the context holds {cache.size} tokens")
+        end = int(pos.max()) + 1
+        mask = np.where(np.arange(end) <= pos[:, None], 0.0, -np.inf).astype(self.dtype)[:, None, None, :]
+
+        def attend(i, q, k, v):
+            cache.k[i][slots, :, pos] = k[:, :, 0]  # (B, nh, hs) at each slot's own position
+            cache.v[i][slots, :, pos] = v[:, :, 0]
+            return cache.k[i][slots, :, :end], cache.v[i][slots, :, :end], mask  # (B, nh, end, hs)
+
+        logits = self._cached_layers(tokens[:, None], pos[:, None], attend)
+        cache.lengths[slots] = pos + 1
+        return logits[:, 0]
+
+    def _cached_layers(self, idx, positions, attend) -> np.ndarray:
+        """The inference forward over new tokens idx (B, T) at positions (T,) or (B, T). attend(layer, q, k, v)
+        stores the new keys and values and returns every key and value to attend to, with an additive mask."""
+        c = self.config
+        B, T = idx.shape
         nh, hs = c.n_head, c.head_size
         act_forward = layers.ACTIVATION[c.activation][0]
-        x = self.params["wte.weight"][idx] + self.params["wpe.weight"][start:end]  # (B, T, C)
+        x = self.params["wte.weight"][idx] + self.params["wpe.weight"][positions]  # (B, T, C)
         if c.embed_norm:
             x = self._norm_forward(x, "ln_e")[0]
-        mask = layers.causal_mask(T, end, self.dtype)  # (T, end)
         for i in range(c.n_layer):
             p = f"h.{i}"
             h = self._norm_forward(x, f"{p}.ln_1")[0]
             qkv = self._linear_forward(h, f"{p}.attn.c_attn")[0]  # (B, T, 3C)
             q, k, v = (qkv[..., j * c.n_embd:(j + 1) * c.n_embd].reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
                        for j in range(3))  # each (B, nh, T, hs)
-            cache.write(i, start, k, v)
-            keys, values = cache.read(i, end)  # (B, nh, end, hs) each
+            keys, values, mask = attend(i, q, k, v)
             scores = q @ keys.transpose(0, 1, 3, 2) / math.sqrt(hs)  # (B, nh, T, end)
             att = layers.softmax(scores + mask)
             h = (att @ values).transpose(0, 2, 1, 3).reshape(B, T, c.n_embd)
@@ -313,5 +376,4 @@ class GPT:
             x = x + self._linear_forward(h, f"{p}.mlp.c_proj")[0]
         if c.final_norm:
             x = self._norm_forward(x, "ln_f")[0]
-        cache.length = end
         return x @ self.lm_head.T  # (B, T, V)

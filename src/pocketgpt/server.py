@@ -1,0 +1,290 @@
+"""An OpenAI-compatible HTTP server (Starlette + uvicorn, the `serve` extra) with continuous batching.
+
+Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with "stream": true
+for server-sent events that end with `data: [DONE]`. One thread runs the batcher (pocketgpt.batching, or
+pocketgpt.speculative with a draft) step after step while there is work; requests join at the next step
+and leave when done, and a client that disconnects has its sequence cancelled, which frees its slot.
+
+Chat template: each message becomes "ROLE:\\n<content>\\n\\n" with the role in capitals (SYSTEM, USER,
+ASSISTANT), and the prompt ends with "ASSISTANT:\\n" -- the layout of a speech in tinyshakespeare. A blank
+line ("\\n\\n") ends the reply unless the request gives its own stop strings.
+
+Errors are OpenAI-shaped ({"error": {"message", "type", "param", "code"}}): 400 for malformed JSON and bad
+parameters (max_tokens beyond the context, temperature < 0, characters outside the vocabulary), 404 for an
+unknown model, 429 when the running and waiting requests already fill the slots and the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from pocketgpt.batching import Batcher, Sequence
+from pocketgpt.generate import TextStream, encode_prompt
+
+CHAT_STOP = "\n\n"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+def chat_prompt(messages) -> str:
+    """The text a chat becomes (see the module docstring)."""
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "messages must be a non-empty list", "messages")
+    parts = []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise APIError(400, "each message needs a string role and a string content", "messages")
+        parts.append(f"{m['role'].upper()}:\n{m['content']}\n\n")
+    return "".join(parts) + "ASSISTANT:\n"
+
+
+@dataclass
+class Params:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int | None
+    stops: list[str]
+    stream: bool
+
+
+class Engine:
+    """A batcher, the thread that steps it, and what the HTTP handlers need to know about the model."""
+
+    def __init__(self, model, tokenizer, name: str, documents: bool, slots: int = 32, max_queue: int = 64,
+                 batcher=None):
+        self.model, self.tokenizer, self.name, self.documents = model, tokenizer, name, documents
+        self.slots, self.max_queue = slots, max_queue
+        self.batcher = batcher if batcher is not None else Batcher(model, slots)
+        self.created = int(time.time())
+        self.wake = threading.Event()
+        self.stopping = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="pocketgpt-batcher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            if self.batcher.busy:
+                self.batcher.step()
+            else:
+                self.wake.wait(0.5)
+                self.wake.clear()
+
+    def submit(self, seq: Sequence) -> None:
+        if self.batcher.load() >= self.slots + self.max_queue:
+            raise APIError(429, f"the server is at capacity ({self.slots} running, {self.max_queue} waiting); "
+                           "retry later", code="rate_limit_exceeded", kind="rate_limit_error")
+        self.batcher.submit(seq)
+        self.wake.set()
+
+
+def _body_field(body: dict, name: str, kinds, default=None):
+    value = body.get(name, default)
+    if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+        raise APIError(400, f"{name} must be {' or '.join(k.__name__ for k in kinds)}", name)
+    return value
+
+
+def parse(engine: Engine, body: dict, chat: bool) -> Params:
+    """Validate a request body into generation parameters (APIError 400/404 otherwise)."""
+    model = body.get("model")
+    if model != engine.name:
+        raise APIError(404, f"the model {model!r} does not exist; this server has {engine.name!r}", "model",
+                       "model_not_found")
+    if chat:
+        text = chat_prompt(body.get("messages"))
+    else:
+        text = body.get("prompt", "")
+        if isinstance(text, list) and len(text) == 1 and isinstance(text[0], str):
+            text = text[0]
+        if not isinstance(text, str):
+            raise APIError(400, "prompt must be a string (or a list of one string)", "prompt")
+    if _body_field(body, "n", (int,), 1) != 1:
+        raise APIError(400, "n must be 1", "n")
+    try:
+        prompt = encode_prompt(engine.tokenizer, text, engine.documents)
+    except ValueError as e:
+        raise APIError(400, f"{'messages' if chat else 'prompt'}: {e}", "messages" if chat else "prompt") from None
+    block = engine.model.config.block_size
+    room = block - len(prompt)
+    if room < 1:
+        raise APIError(400, f"this model's maximum context length is {block} tokens; the prompt has {len(prompt)}",
+                       "messages" if chat else "prompt", "context_length_exceeded")
+    max_tokens = _body_field(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
+                             (int,), room if chat else 16)
+    if max_tokens < 1 or max_tokens > room:
+        raise APIError(400, f"max_tokens must be between 1 and {room}: this model's maximum context length is "
+                       f"{block} tokens and the prompt has {len(prompt)}", "max_tokens", "context_length_exceeded")
+    temperature = float(_body_field(body, "temperature", (int, float), 1.0))
+    if not 0 <= temperature <= 2:
+        raise APIError(400, f"temperature must be between 0 and 2 (got {temperature})", "temperature")
+    top_p = _body_field(body, "top_p", (int, float))
+    if top_p is not None and not 0 < top_p <= 1:
+        raise APIError(400, f"top_p must be in (0, 1] (got {top_p})", "top_p")
+    top_k = _body_field(body, "top_k", (int,))
+    if top_k is not None and top_k < 1:
+        raise APIError(400, f"top_k must be >= 1 (got {top_k})", "top_k")
+    stops = _body_field(body, "stop", (str, list))
+    stops = [stops] if isinstance(stops, str) else stops
+    if stops is not None and (len(stops) > 4 or not all(isinstance(s, str) for s in stops)):
+        raise APIError(400, "stop must be a string or a list of up to 4 strings", "stop")
+    stops = stops if stops is not None else ([CHAT_STOP] if chat else [])
+    return Params(prompt, max_tokens, temperature, top_k, top_p, _body_field(body, "seed", (int,)), stops,
+                  bool(_body_field(body, "stream", (bool,), False)))
+
+
+async def _read_json(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the body must be a JSON object")
+    return body
+
+
+class Completion:
+    """One request's sequence, fed back to the event loop through a queue."""
+
+    def __init__(self, engine: Engine, params: Params):
+        self.engine, self.params = engine, params
+        loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.text = TextStream(engine.tokenizer.decode, params.stops)
+        self.seq = Sequence(params.prompt, params.max_tokens, params.temperature, params.top_k, params.top_p,
+                            params.seed, engine.tokenizer.bos,
+                            on_token=lambda t: loop.call_soon_threadsafe(self.queue.put_nowait, t),
+                            on_finish=lambda s: loop.call_soon_threadsafe(self.queue.put_nowait, None))
+        engine.submit(self.seq)
+
+    async def pieces(self, request: Request | None = None):
+        """Text pieces as they are safe to send; afterwards self.finish_reason is set."""
+        while True:
+            try:
+                token = await asyncio.wait_for(self.queue.get(), timeout=0.5)
+            except TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    self.cancel()
+                    return
+                continue
+            if token is None:
+                break
+            piece = self.text.push(token)
+            if piece:
+                yield piece
+            if self.text.stopped:
+                self.cancel()
+                break
+        rest = self.text.flush()
+        if rest:
+            yield rest
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.text.stopped else (self.seq.finish_reason or "stop")
+
+    def cancel(self) -> None:
+        if not self.seq.done:
+            self.engine.batcher.cancel(self.seq)
+            self.engine.wake.set()
+
+    def usage(self) -> dict:
+        n, m = len(self.params.prompt), len(self.seq.tokens)
+        return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
+
+
+def create_app(engine: Engine) -> Starlette:
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "model": engine.name, "running": engine.batcher.load()})
+
+    async def models(request: Request):
+        return JSONResponse({"object": "list", "data": [
+            {"id": engine.name, "object": "model", "created": engine.created, "owned_by": "pocketgpt"}]})
+
+    async def complete(request: Request, chat: bool):
+        try:
+            params = parse(engine, await _read_json(request), chat)
+            job = Completion(engine, params)
+        except APIError as e:
+            return e.response()
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": engine.name}
+        if not params.stream:
+            text = "".join([p async for p in job.pieces(request)])
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
+                      else {"index": 0, "text": text, "logprobs": None})
+            choice["finish_reason"] = job.finish_reason
+            return JSONResponse({**head, "choices": [choice], "usage": job.usage()})
+        head["object"] = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(piece: str | None, finish: str | None = None, first: bool = False) -> str:
+            if chat:
+                delta = {"role": "assistant", "content": ""} if first else ({"content": piece} if piece else {})
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
+            extra = {"usage": job.usage()} if finish else {}
+            return f"data: {json.dumps({**head, 'choices': [choice], **extra})}\n\n"
+
+        async def events():
+            try:
+                if chat:
+                    yield chunk(None, first=True)
+                async for piece in job.pieces():
+                    yield chunk(piece)
+                yield chunk(None, job.finish_reason)
+                yield "data: [DONE]\n\n"
+            finally:  # the client went away (the task is cancelled) or the stream ended
+                job.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def completions(request: Request):
+        return await complete(request, chat=False)
+
+    async def chat_completions(request: Request):
+        return await complete(request, chat=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        yield
+        engine.stop()
+
+    return Starlette(routes=[
+        Route("/health", health), Route("/v1/models", models),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ], lifespan=lifespan)

@@ -1,0 +1,91 @@
+"""Speculative decoding: token-identical to greedy decoding for every kind of draft, and, when sampling, the
+target's own distribution over the first two tokens (checked against the exact distribution)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from pocketgpt.config import PRESETS
+from pocketgpt.generate import generate
+from pocketgpt.model import GPT
+from pocketgpt.quant.model import QuantRecipe, quantize_model
+from pocketgpt.speculative import NGramDraft, SpecStats, speculative_generate
+
+
+@pytest.fixture(scope="module")
+def target():
+    config = PRESETS["shakespeare-cpu"].replace(vocab_size=5, block_size=32, n_layer=2, n_embd=32, init_std=0.5)
+    return GPT(config, dtype=np.float64, seed=1)
+
+
+def drafts(target):
+    config = target.config
+    return {
+        "smaller model": GPT(config.replace(n_layer=1, n_embd=16), dtype=np.float64, seed=2),
+        "random weights": GPT(config, dtype=np.float64, seed=3),
+        "quantized self": quantize_model(target, QuantRecipe("rtn", bits=4, group_size=32)),
+        "n-gram": NGramDraft(),
+        "short-context model": GPT(config.replace(block_size=8), dtype=np.float64, seed=2),
+    }
+
+
+@pytest.mark.parametrize("kind", ["smaller model", "random weights", "quantized self", "n-gram",
+                                  "short-context model"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_greedy_output_is_token_identical(target, kind, adaptive):
+    draft = drafts(target)[kind]
+    prompt = [0, 1, 2, 0, 1]
+    plain = list(generate(target, prompt, max_new_tokens=40, temperature=0))
+    stats = SpecStats()
+    got = list(speculative_generate(target, prompt, max_new_tokens=40, draft=draft, k=3, adaptive=adaptive,
+                                    temperature=0, stats=stats))
+    assert got == plain
+    assert stats.tokens == len(got) and stats.target_forwards == stats.rounds < len(got) + 1
+    assert 0 <= stats.acceptance_rate <= 1 and len(stats.per_position) >= 1
+
+
+def test_max_tokens_and_stop_token(target):
+    plain = list(generate(target, [0, 1], max_new_tokens=7, temperature=0))
+    draft = drafts(target)["random weights"]
+    assert list(speculative_generate(target, [0, 1], max_new_tokens=7, draft=draft, temperature=0)) == plain
+    stop = plain[4]
+    cut = plain[:plain.index(stop)]
+    assert list(speculative_generate(target, [0, 1], max_new_tokens=7, draft=draft, temperature=0,
+                                     stop_token=stop)) == cut
+
+
+def exact_two_token_distribution(model, prompt) -> np.ndarray:
+    def softmax(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    V = model.config.vocab_size
+    p1 = softmax(model.forward(np.array([prompt]))[0][0, -1])
+    return np.array([p1[a] * softmax(model.forward(np.array([prompt + [a]]))[0][0, -1])[b]
+                     for a, b in itertools.product(range(V), repeat=2)])
+
+
+@pytest.mark.parametrize("kind", ["smaller model", "n-gram"])
+def test_sampling_keeps_the_targets_distribution(target, kind):
+    """N runs (two drafts, then the third token); the empirical joint distribution of the first two tokens over
+    the V^2 outcomes must be within eps of the exact one in total variation. By the Bretagnolle-Huber-Carol
+    inequality P(TV >= eps) <= 2^K exp(-2 N eps^2) for K outcomes, so eps below makes a false failure less
+    likely than 1e-6. The draft's own distribution is far further away, so accepting drafts without the rule
+    would fail."""
+    draft = drafts(target)[kind]
+    prompt, V, N = [0, 1, 2, 0, 1], target.config.vocab_size, 3000
+    exact = exact_two_token_distribution(target, prompt)
+    counts = np.zeros(V * V)
+    rng = np.random.default_rng(0)
+    for _ in range(N):
+        a, b, _ = speculative_generate(target, prompt, max_new_tokens=3, draft=draft, k=2, temperature=1.0, rng=rng)
+        counts[a * V + b] += 1
+    eps = math.sqrt((V * V * math.log(2) + math.log(1e6)) / (2 * N))
+    tv = 0.5 * np.abs(counts / N - exact).sum()
+    assert tv < eps, (tv, eps)
+    if kind == "smaller model":
+        assert 0.5 * np.abs(exact_two_token_distribution(draft, prompt) - exact).sum() > 2 * eps
