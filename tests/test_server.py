@@ -14,6 +14,7 @@ import openai
 import pytest
 import uvicorn
 
+from pocketgpt.batching import Sequence
 from pocketgpt.generate import encode_prompt, generate
 from pocketgpt.server import Engine, chat_prompt, create_app
 from pocketgpt.speculative import NGramDraft, SpeculativeBatcher
@@ -158,11 +159,16 @@ def test_requests_beyond_the_queue_get_429(trained):
     model, ds, _, _ = trained
     s = Served(Engine(model, ds.tokenizer, "tiny", documents=False, slots=1, max_queue=0))
     try:
-        with httpx.stream("POST", f"{s.url}/v1/completions",
-                          json={"model": "tiny", "prompt": "A", "max_tokens": 60, "stream": True}) as r:
-            next(r.iter_lines())  # the only slot is busy
-            with pytest.raises(openai.RateLimitError, match="capacity"):
-                s.client.completions.create(model="tiny", prompt="A", max_tokens=2)
+        slow = Sequence([0], max_new_tokens=60, on_token=lambda t: time.sleep(0.05))  # holds the slot ~3 s
+        s.engine.submit(slow)
+        with pytest.raises(openai.RateLimitError, match="capacity"):
+            s.client.completions.create(model="tiny", prompt="A", max_tokens=2)
+        s.engine.batcher.cancel(slow)
+        deadline = time.monotonic() + 10
+        while s.engine.batcher.load():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert s.client.completions.create(model="tiny", prompt="A", max_tokens=2).choices[0].text
     finally:
         s.close()
 
