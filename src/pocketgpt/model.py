@@ -341,10 +341,13 @@ class GPT:
         end = int(pos.max()) + 1
         mask = np.where(np.arange(end) <= pos[:, None], 0.0, -np.inf).astype(self.dtype)[:, None, None, :]
 
+        lo = int(slots[0])  # slots in a run (lo, lo + 1, ...) are read as a view rather than gathered
+        rows = slice(lo, lo + len(slots)) if np.array_equal(slots, np.arange(lo, lo + len(slots))) else slots
+
         def attend(i, q, k, v):
             cache.k[i][slots, :, pos] = k[:, :, 0]  # (B, nh, hs) at each slot's own position
             cache.v[i][slots, :, pos] = v[:, :, 0]
-            return cache.k[i][slots, :, :end], cache.v[i][slots, :, :end], mask  # (B, nh, end, hs)
+            return cache.k[i][rows, :, :end], cache.v[i][rows, :, :end], mask  # (B, nh, end, hs)
 
         logits = self._cached_layers(tokens[:, None], pos[:, None], attend)
         cache.lengths[slots] = pos + 1

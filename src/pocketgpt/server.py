@@ -174,40 +174,52 @@ async def _read_json(request: Request) -> dict:
 
 
 class Completion:
-    """One request's sequence, fed back to the event loop through a queue."""
+    """One request's sequence. Its tokens become text in the batcher's thread (where a stop string also
+    cancels the sequence); the event loop hears of each new piece of text when streaming, and of the end."""
 
     def __init__(self, engine: Engine, params: Params):
         self.engine, self.params = engine, params
-        loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.text = TextStream(engine.tokenizer.decode, params.stops)
+        self.pieces_done: list[str] = []
         self.seq = Sequence(params.prompt, params.max_tokens, params.temperature, params.top_k, params.top_p,
-                            params.seed, engine.tokenizer.bos,
-                            on_token=lambda t: loop.call_soon_threadsafe(self.queue.put_nowait, t),
-                            on_finish=lambda s: loop.call_soon_threadsafe(self.queue.put_nowait, None))
+                            params.seed, engine.tokenizer.bos, on_token=self._on_token, on_finish=self._on_finish)
         engine.submit(self.seq)
 
-    async def pieces(self, request: Request | None = None):
-        """Text pieces as they are safe to send; afterwards self.finish_reason is set."""
-        while True:
-            try:
-                token = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    self.cancel()
-                    return
-                continue
-            if token is None:
-                break
-            piece = self.text.push(token)
-            if piece:
-                yield piece
-            if self.text.stopped:
-                self.cancel()
-                break
+    def _on_token(self, token: int) -> None:  # in the batcher's thread
+        piece = self.text.push(token)
+        if self.text.stopped:
+            self.engine.batcher.cancel(self.seq)
+        if piece:
+            self._post(piece)
+
+    def _on_finish(self, seq: Sequence) -> None:  # in the batcher's thread
         rest = self.text.flush()
         if rest:
-            yield rest
+            self._post(rest)
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+    def _post(self, piece: str) -> None:
+        if self.params.stream:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+        else:
+            self.pieces_done.append(piece)
+
+    async def stream(self):
+        """Text pieces as they become safe to send; afterwards self.finish_reason is set."""
+        while (piece := await self.queue.get()) is not None:
+            yield piece
+
+    async def result(self, request: Request) -> str:
+        """The whole text, once the sequence has finished (cancelled if the client goes away meanwhile)."""
+        end = asyncio.ensure_future(self.queue.get())
+        while not (await asyncio.wait({end}, timeout=1.0))[0]:
+            if await request.is_disconnected():
+                self.cancel()
+                end.cancel()
+                return ""
+        return "".join(self.pieces_done)
 
     @property
     def finish_reason(self) -> str:
@@ -241,7 +253,7 @@ def create_app(engine: Engine) -> Starlette:
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": engine.name}
         if not params.stream:
-            text = "".join([p async for p in job.pieces(request)])
+            text = await job.result(request)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
                       else {"index": 0, "text": text, "logprobs": None})
             choice["finish_reason"] = job.finish_reason
@@ -261,7 +273,7 @@ def create_app(engine: Engine) -> Starlette:
             try:
                 if chat:
                     yield chunk(None, first=True)
-                async for piece in job.pieces():
+                async for piece in job.stream():
                     yield chunk(piece)
                 yield chunk(None, job.finish_reason)
                 yield "data: [DONE]\n\n"

@@ -105,8 +105,11 @@ class _ModelDraft:
         feed = context[self.cache.length:]
         for _ in range(k):
             logits = self.model.forward_cached(np.array([feed]), self.cache)[0, -1]
-            q = probs_from_logits(logits, *self.sampling)
-            x = draw(q, rng)
+            if self.sampling[0] == 0:  # greedy: the one-hot q needs no computing
+                x, q = int(np.argmax(logits)), None
+            else:
+                q = probs_from_logits(logits, *self.sampling)
+                x = draw(q, rng)
             tokens.append(x)
             dists.append(q)
             feed = [x]
@@ -114,6 +117,23 @@ class _ModelDraft:
 
     def rollback(self, length: int) -> None:
         self.cache.length = min(self.cache.length, length)
+
+
+def verify(logits: np.ndarray, drafts: list[int], dists: list, sampling: tuple, rng) -> tuple[int, int]:
+    """The acceptance rule over the target's logits (k + 1, V) for k drafts with their distributions (None:
+    one-hot on the draft). Returns how many drafts were accepted and the token that follows them."""
+    if sampling[0] == 0:  # greedy: p and q are one-hot, so a draft is kept exactly when it is the argmax
+        best = np.argmax(logits, axis=1)
+        accepted = next((i for i, x in enumerate(drafts) if x != best[i]), len(drafts))
+        return accepted, int(best[accepted])
+    p = [probs_from_logits(row, *sampling) for row in logits]
+    for i, (x, q) in enumerate(zip(drafts, dists)):
+        qx = 1.0 if q is None else q[x]
+        if rng.random() * qx < p[i][x]:  # u < p(x) / q(x), without dividing by a zero q
+            continue
+        residual = np.maximum(p[i] - (np.eye(1, p[i].size, x)[0] if q is None else q), 0.0)
+        return i, draw(residual / residual.sum() if residual.sum() > 0 else p[i], rng)
+    return len(drafts), draw(p[len(drafts)], rng)  # every draft accepted: the bonus token
 
 
 def speculative_generate(target: GPT, prompt: list[int], *, max_new_tokens: int, draft: GPT | NGramDraft,
@@ -150,19 +170,8 @@ def speculative_generate(target: GPT, prompt: list[int], *, max_new_tokens: int,
             drafts = draft.propose(context, room) if room > 0 else []
             dists = [None] * len(drafts)
         start = cache.length  # == len(context) - 1
-        p = [probs_from_logits(row, *sampling)
-             for row in target.forward_cached(np.array([context[-1:] + drafts]), cache)[0]]
-        accepted, token = 0, None
-        for i, (x, q) in enumerate(zip(drafts, dists)):
-            qx = 1.0 if q is None else q[x]
-            if rng.random() * qx < p[i][x]:  # u < p(x) / q(x), without dividing by a zero q
-                accepted += 1
-                continue
-            residual = np.maximum(p[i] - (np.eye(1, p[i].size, x)[0] if q is None else q), 0.0)
-            token = draw(residual / residual.sum() if residual.sum() > 0 else p[i], rng)
-            break
-        if token is None:
-            token = draw(p[accepted], rng)  # every draft accepted: the bonus token
+        logits = target.forward_cached(np.array([context[-1:] + drafts]), cache)[0]  # (len(drafts) + 1, V)
+        accepted, token = verify(logits, drafts, dists, sampling, rng)
         new = drafts[:accepted] + [token]
         cache.length = start + 1 + accepted
         if model_draft is not None:
