@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 from pocketgpt.checkpoint import load_checkpoint  # noqa: E402
 from pocketgpt.data import load_dataset  # noqa: E402
+from pocketgpt.model import SlotCache  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -62,6 +64,22 @@ def load(url: str, name: str, prompts: list[str], clients: int, seconds: float, 
     return done_tokens[0], latencies, time.perf_counter() - start
 
 
+def engine_ratio(model, clients: int, steps: int = 30) -> float:
+    """tokens/s of one decode step over `clients` slots against one slot, in this process (no HTTP)."""
+    rates = {}
+    for batch in (1, clients):
+        cache = SlotCache(model.config, batch, model.dtype)
+        cache.lengths[:] = 16
+        tokens, slots = np.ones(batch, dtype=np.int64), np.arange(batch)
+        model.decode_slots(tokens, slots, cache)
+        start = time.perf_counter()
+        for _ in range(steps):
+            cache.lengths[:] = 16
+            model.decode_slots(tokens, slots, cache)
+        rates[batch] = batch * steps / (time.perf_counter() - start)
+    return rates[clients] / rates[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -73,6 +91,7 @@ def main() -> None:
     args = ap.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint)
+    in_process = engine_ratio(ckpt.model(), args.clients)
     ds = load_dataset(ckpt.data.get("data", "shakespeare"), ckpt.data.get("mode"), ckpt.tokenizer)
     prompts = [ckpt.tokenizer.decode(ds.val[i:i + 16]) for i in range(0, 64 * 997, 997)]
     with socket.socket() as s:
@@ -114,7 +133,8 @@ def main() -> None:
             f"request, {args.seconds:.0f} s per phase, {args.clients} slots.", "",
             "| load | requests | completion tokens/s | latency p50 | latency p95 |", "| --- | --- | --- | --- | --- |",
             one_row, many_row, "",
-            f"Aggregate throughput with {args.clients} clients: **{many_rate / one_rate:.1f}x** one client's. "
+            f"Aggregate throughput with {args.clients} clients: **{many_rate / one_rate:.1f}x** one client's "
+            f"(the batched decode step alone, in process: {in_process:.1f}x). "
             f"Server memory over a {args.minutes:g}-minute run of repeated requests: {rss[0]:.1f} MB after the "
             f"first {memory[0][0]:.0f} s, {rss[-1]:.1f} MB at the end (max {max(rss):.1f} MB, "
             f"{len(rss)} readings)."]

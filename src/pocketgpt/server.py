@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import threading
 import time
 import uuid
@@ -85,6 +86,9 @@ class Engine:
         self.thread = threading.Thread(target=self._loop, name="pocketgpt-batcher", daemon=True)
 
     def start(self) -> None:
+        # Hand the GIL over every 0.5 ms (Python's default is 5 ms): the batcher thread otherwise waits
+        # behind the event loop after each NumPy call (measured: 1.6x one client's tokens/s).
+        sys.setswitchinterval(0.0005)
         self.thread.start()
 
     def stop(self) -> None:
