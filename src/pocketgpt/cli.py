@@ -311,6 +311,60 @@ def cmd_guard(args) -> int:
     return 0 if ok else 1
 
 
+# ----------------------------------------------------------------------------- vla
+
+
+def cmd_vla(args) -> int:
+    try:
+        from pocketgpt.vla import env as vla_env
+        from pocketgpt.vla import policy as vla_policy
+
+        vla_env.require_minigrid()
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    if args.vla_command == "collect":
+        if args.episodes < 1:
+            raise UsageError("--episodes must be >= 1")
+        out = Path(args.out or f"{args.env}-{args.episodes}.npz")
+        try:
+            demos = vla_env.collect(args.env, args.episodes, args.seed,
+                                    log=lambda n: print(f"{n} episodes", file=sys.stderr))
+        except ValueError as e:
+            raise UsageError(e) from None
+        demos.save(out)
+        return finish(f"{args.episodes} expert episodes of {args.env} ({len(demos.actions)} steps, seeds "
+                      f"{args.seed}-{args.seed + args.episodes - 1}) -> {out}",
+                      {"env": args.env, "episodes": args.episodes, "steps": len(demos.actions), "out": str(out)},
+                      args.json)
+    if args.vla_command == "train":
+        try:
+            demos = vla_env.Demos.load(args.data)
+        except ValueError as e:
+            raise UsageError(e) from None
+        check_can_save(args.out)
+        policy, info = vla_policy.train_policy(demos, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                               seed=args.seed, n_layer=args.n_layer, n_embd=args.n_embd,
+                                               log=lambda r: print(f"step {r['step']}: loss {r['loss']:.4f}",
+                                                                   file=sys.stderr))
+        save_checkpoint(args.out, policy.checkpoint({"env": demos.env, "demos": str(args.data)}))
+        return finish(f"trained on {info['samples']} expert steps for {args.steps} steps in {info['seconds']:.0f} s, "
+                      f"final loss {info['final_loss']:.4f} -> {args.out}", {**info, "out": str(args.out)}, args.json)
+    ckpt = load_checkpoint(args.checkpoint)
+    try:
+        policy = vla_policy.VLAPolicy.from_checkpoint(ckpt)
+    except ValueError as e:
+        raise UsageError(f"{args.checkpoint}: {e}") from None
+    env_name = args.env or ckpt.data.get("env", "BabyAI-GoToLocal-v0")
+    rows = vla_policy.evaluation_table(env_name, policy, args.episodes, args.budget,
+                                       baselines=not args.no_baselines)
+    for r in rows:
+        lo, hi = r["ci95"]
+        print(f"{r['agent']:<22} budget {r['budget']:>3}: success {r['success']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+    if args.json:
+        emit_json({"env": env_name, "episodes": args.episodes, "rows": rows})
+    return 0
+
+
 # ----------------------------------------------------------------------------- interop
 
 
@@ -524,6 +578,37 @@ def build_parser() -> Parser:
     gr.add_argument("--max-attack-success", dest="max_attack_success", type=float, default=0.02)
     gr.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_guard)
+
+    x = sub.add_parser("vla", help="vision-language-action: collect demonstrations, train, evaluate (BabyAI)",
+                       description="A pocketgpt transformer that reads the agent's view as 49 image patches plus "
+                       "the instruction and emits an action; needs the vla extra (minigrid).")
+    xs = x.add_subparsers(dest="vla_command", required=True, parser_class=Parser)
+    xc = xs.add_parser("collect", help="record the BabyAI expert bot's episodes")
+    xc.add_argument("--env", default="BabyAI-GoToLocal-v0")
+    xc.add_argument("--episodes", type=int, default=3000)
+    xc.add_argument("--seed", type=int, default=0, help="first training seed (evaluation seeds start at 1,000,000)")
+    xc.add_argument("--out", help="demonstrations file (default ENV-EPISODES.npz)")
+    xc.add_argument("--json", action="store_true")
+    xt = xs.add_parser("train", help="behaviour cloning on collected demonstrations")
+    xt.add_argument("--data", required=True, help="a file from pocketgpt vla collect")
+    xt.add_argument("--out", default="out/vla")
+    xt.add_argument("--steps", type=positive_int, default=3000)
+    xt.add_argument("--batch-size", dest="batch_size", type=positive_int, default=64)
+    xt.add_argument("--lr", type=float, default=1e-3)
+    xt.add_argument("--n-layer", dest="n_layer", type=positive_int, default=3)
+    xt.add_argument("--n-embd", dest="n_embd", type=positive_int, default=96)
+    xt.add_argument("--seed", type=int, default=0)
+    xt.add_argument("--json", action="store_true")
+    xe = xs.add_parser("eval", help="success rate with 95% CI on held-out seeds, with and without the instruction")
+    xe.add_argument("checkpoint", metavar="CKPT")
+    xe.add_argument("--env", help="default: the environment the policy was trained on")
+    xe.add_argument("--episodes", type=positive_int, default=500)
+    xe.add_argument("--budget", type=positive_int, default=16, help="the short step budget (default 16); the "
+                    "environment's own limit is always reported too")
+    xe.add_argument("--no-baselines", dest="no_baselines", action="store_true",
+                    help="skip the random-action and expert-bot rows")
+    xe.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_vla)
 
     e = sub.add_parser("eval", help="validation loss, perplexity and bits per character",
                        description="Evaluate a checkpoint on the validation split of its data (or --data).")

@@ -30,6 +30,7 @@ class GPTConfig:
     scale_residual_init: bool = False  # GPT-2: residual projections drawn with std / sqrt(2 n_layer)
     embed_norm: bool = True  # microgpt normalizes the token + position embedding before layer 0
     final_norm: bool = False  # GPT-2 has a final norm (ln_f) before lm_head; microgpt has none
+    input_dim: int = 0  # > 0: an input projection (inp) embeds feature vectors (e.g. image patches) too
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +43,8 @@ class GPTConfig:
             problems.append(f"norm must be one of {', '.join(NORMS)} (got {self.norm!r})")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {', '.join(ACTIVATIONS)} (got {self.activation!r})")
+        if self.input_dim < 0:
+            problems.append(f"input_dim must be >= 0 (got {self.input_dim})")
         if self.init_std <= 0 or self.norm_eps <= 0:
             problems.append("init_std and norm_eps must be > 0")
         if problems:

@@ -22,6 +22,9 @@ def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in the order they lie in the flat buffer."""
     C, V = config.n_embd, config.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (config.block_size, C)}
+    if config.input_dim:
+        shapes["inp.weight"] = (C, config.input_dim)
+        shapes["inp.bias"] = (C,)
 
     def norm(prefix: str) -> None:
         if config.norm_weights:
@@ -208,10 +211,12 @@ class GPT:
 
     # ------------------------------------------------------------------------- training forward/backward
 
-    def forward(self, idx, targets=None, weights=None, denom=None):
+    def forward(self, idx, targets=None, weights=None, denom=None, features=None, feature_mask=None):
         """Logits (B, T, V) for token ids (B, T); with targets, also the mean loss and a cache for backward.
 
         weights (B, T) masks padded targets (1 = counts); denom defaults to weights.sum().
+        features (B, T, input_dim) with feature_mask (B, T): where the mask is 1, the input projection of the
+        features is added to that position's token and position embedding (image patches, for instance).
         """
         c = self.config
         idx = np.asarray(idx)
@@ -221,6 +226,11 @@ class GPT:
         act_forward = layers.ACTIVATION[c.activation][0]
         caches = {}
         x, caches["emb"] = layers.embedding_forward(idx, self.params["wte.weight"], self.params["wpe.weight"])
+        if features is not None:
+            h, caches["inp"] = layers.linear_forward(features, self.params["inp.weight"], self.params["inp.bias"])
+            mask = np.asarray(feature_mask, self.dtype)[..., None]  # (B, T, 1)
+            caches["inp.mask"] = mask
+            x = x + h * mask
         if c.embed_norm:
             x, caches["ln_e"] = self._norm_forward(x, "ln_e")
         for i in range(c.n_layer):
@@ -268,6 +278,8 @@ class GPT:
         if c.embed_norm:
             dx = self._norm_backward(dx, caches["ln_e"], "ln_e", grads)
         layers.embedding_backward(dx, caches["emb"], grads["wte.weight"], grads["wpe.weight"])
+        if "inp" in caches:
+            self._linear_backward(dx * caches["inp.mask"], caches["inp"], "inp", grads)
 
     def loss_and_grad(self, idx, targets, weights=None, workers: int = 1) -> tuple[float, np.ndarray]:
         """Mean loss over the batch and its flat gradient (a buffer that the next call reuses).

@@ -1,0 +1,192 @@
+"""The VLA policy: a pocketgpt GPT with an input projection, trained by behaviour cloning.
+
+One decision is one sequence of T = 49 + MAX_MISSION + 1 tokens:
+  positions 0-48   the PATCH token, plus the input projection of that image tile (and its position embedding)
+  next 48          the instruction's characters, padded with PAD
+  last             the ACT token, whose output is read over the action tokens
+The vocabulary is the instruction characters, then PAD, PATCH and ACT, then one token per environment action.
+The loss is the cross-entropy of the ACT position's logits against the expert's action token only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pocketgpt.checkpoint import Checkpoint
+from pocketgpt.config import GPTConfig
+from pocketgpt.model import GPT
+from pocketgpt.optim import AdamW, clip_grad_norm, lr_at
+from pocketgpt.tokenizer import CharTokenizer
+from pocketgpt.train import decay_mask
+from pocketgpt.vla.env import EVAL_SEED_START, GRID, TILE, Demos, make_env, patches, reset
+
+CHARS = " ',abcdefghijklmnopqrstuvwxyz"
+MAX_MISSION = 48
+N_PATCHES = GRID * GRID
+SEQ = N_PATCHES + MAX_MISSION + 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Token ids of a VLA vocabulary."""
+
+    n_chars: int
+    n_actions: int
+
+    @property
+    def pad(self) -> int:
+        return self.n_chars
+
+    @property
+    def patch(self) -> int:
+        return self.n_chars + 1
+
+    @property
+    def act(self) -> int:
+        return self.n_chars + 2
+
+    @property
+    def first_action(self) -> int:
+        return self.n_chars + 3
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_chars + 3 + self.n_actions
+
+
+def vla_config(n_actions: int, n_layer: int = 3, n_embd: int = 96, n_head: int = 4) -> GPTConfig:
+    layout = Layout(len(CHARS), n_actions)
+    return GPTConfig(vocab_size=layout.vocab_size, block_size=SEQ, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                     norm="layernorm", norm_weights=True, activation="gelu", tie_embeddings=False, init_std=0.02,
+                     scale_residual_init=True, embed_norm=False, final_norm=True, input_dim=TILE * TILE * 3)
+
+
+class VLAPolicy:
+    def __init__(self, model: GPT, actions: list[str]):
+        self.model, self.actions = model, actions
+        self.layout = Layout(len(CHARS), len(actions))
+        self.tok = CharTokenizer(CHARS, bos=False)
+
+    def encode(self, images: np.ndarray, missions: list[str], blank: bool = False):
+        """Token ids (B, SEQ), features (B, SEQ, 192) and the feature mask (B, SEQ) for a batch of decisions."""
+        B, L = len(missions), self.layout
+        idx = np.full((B, SEQ), L.pad, np.int64)
+        idx[:, :N_PATCHES] = L.patch
+        idx[:, -1] = L.act
+        for b, mission in enumerate(missions):
+            if not blank:
+                ids = self.tok.encode(mission.lower())[:MAX_MISSION]
+                idx[b, N_PATCHES:N_PATCHES + len(ids)] = ids
+        feats = np.zeros((B, SEQ, TILE * TILE * 3), self.model.dtype)
+        feats[:, :N_PATCHES] = np.stack([patches(im) for im in images])
+        mask = np.zeros((B, SEQ), self.model.dtype)
+        mask[:, :N_PATCHES] = 1
+        return idx, feats, mask
+
+    def loss_and_grad(self, images, missions, actions) -> tuple[float, np.ndarray]:
+        idx, feats, mask = self.encode(images, missions)
+        targets = np.zeros_like(idx)
+        targets[:, -1] = self.layout.first_action + np.asarray(actions)
+        weights = np.zeros(idx.shape, self.model.dtype)
+        weights[:, -1] = 1
+        flat, grads = self.model.new_grads()
+        _, loss, caches = self.model.forward(idx, targets, weights, features=feats, feature_mask=mask)
+        self.model.backward(caches, grads)
+        return loss, flat
+
+    def action_logits(self, images, missions, blank: bool = False) -> np.ndarray:
+        idx, feats, mask = self.encode(images, missions, blank)
+        logits = self.model.forward(idx, features=feats, feature_mask=mask)[0][:, -1]
+        L = self.layout
+        return logits[:, L.first_action:L.first_action + L.n_actions]
+
+    def act(self, image, mission: str, blank: bool = False) -> int:
+        return int(np.argmax(self.action_logits([image], [mission], blank)[0]))
+
+    def checkpoint(self, data: dict) -> Checkpoint:
+        return Checkpoint.of(self.model, self.tok, {**data, "vla": {"actions": self.actions}})
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> VLAPolicy:
+        if "vla" not in ckpt.data or not ckpt.config.input_dim:
+            raise ValueError("not a VLA checkpoint (train one with pocketgpt vla train)")
+        return cls(ckpt.model(), ckpt.data["vla"]["actions"])
+
+
+def train_policy(demos: Demos, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                 n_layer: int = 3, n_embd: int = 96, log=None) -> tuple[VLAPolicy, dict]:
+    """Behaviour cloning on the demonstrations: AdamW, warmup then cosine decay, clipping at 1."""
+    model = GPT(vla_config(len(demos.actions_names), n_layer, n_embd), seed=seed)
+    policy = VLAPolicy(model, demos.actions_names)
+    opt = AdamW(model.flat, decay_mask(model), beta1=0.9, beta2=0.99, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    start, losses = time.perf_counter(), []
+    for step in range(steps):
+        rows = rng.integers(0, len(demos.actions), batch_size)
+        loss, grad = policy.loss_and_grad(demos.images[rows], [demos.missions[r] for r in rows], demos.actions[rows])
+        clip_grad_norm(grad, 1.0)
+        opt.step(grad, lr_at(step, steps, lr, warmup=max(1, steps // 20), schedule="cosine", min_lr=lr / 10))
+        losses.append(loss)
+        if log is not None and (step + 1) % 100 == 0:
+            log({"step": step + 1, "loss": float(np.mean(losses[-100:]))})
+    return policy, {"steps": steps, "final_loss": float(np.mean(losses[-100:])),
+                    "seconds": time.perf_counter() - start, "samples": len(demos.actions)}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def evaluate_policy(env_name: str, episodes: int, act, budget: int | None = None,
+                    seed_start: int = EVAL_SEED_START) -> dict:
+    """Success rate over held-out seeds; act(obs, env) -> action. budget caps the steps (None: the env's own)."""
+    env = make_env(env_name)
+    wins = 0
+    for ep in range(episodes):
+        obs, _ = reset(env, seed_start + ep)
+        limit = budget or env.unwrapped.max_steps
+        for _ in range(limit):
+            obs, reward, terminated, truncated, _ = env.step(act(obs, env))
+            if terminated or truncated:
+                wins += reward > 0
+                break
+    lo, hi = wilson(wins, episodes)
+    return {"success": wins / episodes, "ci95": [lo, hi], "episodes": episodes,
+            "budget": budget or int(env.unwrapped.max_steps)}
+
+
+def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: int = 16,
+                     baselines: bool = True, seed_start: int = EVAL_SEED_START) -> list[dict]:
+    """The policy with and without its instruction, at `budget` steps and at the environment's own limit;
+    with baselines, random actions and the expert bot too."""
+    from minigrid.utils.baby_ai_bot import BabyAIBot
+
+    agents = {"policy": lambda obs, env: policy.act(obs["image"], obs["mission"]),
+              "policy, blank instruction": lambda obs, env: policy.act(obs["image"], obs["mission"], blank=True)}
+    if baselines:
+        rng = np.random.default_rng(0)
+        agents["random actions"] = lambda obs, env: int(rng.integers(env.action_space.n))
+        bots = {}
+
+        def expert(obs, env):
+            key = id(env.unwrapped), env.unwrapped.step_count == 0
+            if key[1] or key[0] not in bots:  # a new episode: a new bot
+                bots[key[0]] = BabyAIBot(env.unwrapped)
+            return bots[key[0]].replan()
+
+        agents["expert bot"] = expert
+    rows = []
+    for name, act in agents.items():
+        for limit in (budget, None):
+            rows.append({"agent": name, **evaluate_policy(env_name, episodes, act, limit, seed_start)})
+    return rows
