@@ -281,7 +281,8 @@ class GPT:
         if "inp" in caches:
             self._linear_backward(dx * caches["inp.mask"], caches["inp"], "inp", grads)
 
-    def loss_and_grad(self, idx, targets, weights=None, workers: int = 1) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, idx, targets, weights=None, workers: int = 1, features=None,
+                      feature_mask=None) -> tuple[float, np.ndarray]:
         """Mean loss over the batch and its flat gradient (a buffer that the next call reuses).
 
         With workers > 1 the batch is split into that many slices, each run forward and backward in
@@ -298,7 +299,8 @@ class GPT:
         def work(k: int, rows: slice) -> float:
             flat, grads = self._grad_buffers[k]
             flat[...] = 0.0
-            _, loss, caches = self.forward(idx[rows], targets[rows], weights[rows], denom)
+            extra = {} if features is None else {"features": features[rows], "feature_mask": feature_mask[rows]}
+            _, loss, caches = self.forward(idx[rows], targets[rows], weights[rows], denom, **extra)
             self.backward(caches, grads)
             return loss
 

@@ -2,7 +2,7 @@
 
 One decision is one sequence of T = 49 + MAX_MISSION + 1 tokens:
   positions 0-48   the PATCH token, plus the input projection of that image tile (and its position embedding)
-  next 48          the instruction's characters, padded with PAD
+  next 32          the instruction's characters, padded with PAD (longer ones are cut)
   last             the ACT token, whose output is read over the action tokens
 The vocabulary is the instruction characters, then PAD, PATCH and ACT, then one token per environment action.
 The loss is the cross-entropy of the ACT position's logits against the expert's action token only.
@@ -20,12 +20,13 @@ from pocketgpt.checkpoint import Checkpoint
 from pocketgpt.config import GPTConfig
 from pocketgpt.model import GPT
 from pocketgpt.optim import AdamW, clip_grad_norm, lr_at
+from pocketgpt.runtime import retain_freed_memory
 from pocketgpt.tokenizer import CharTokenizer
 from pocketgpt.train import decay_mask
 from pocketgpt.vla.env import EVAL_SEED_START, GRID, TILE, Demos, make_env, patches, reset
 
 CHARS = " ',abcdefghijklmnopqrstuvwxyz"
-MAX_MISSION = 48
+MAX_MISSION = 32  # characters of the instruction the model reads (BabyAI's GoTo missions need < 30)
 N_PATCHES = GRID * GRID
 SEQ = N_PATCHES + MAX_MISSION + 1
 
@@ -87,16 +88,15 @@ class VLAPolicy:
         mask[:, :N_PATCHES] = 1
         return idx, feats, mask
 
-    def loss_and_grad(self, images, missions, actions) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, images, missions, actions, workers: int = 2) -> tuple[float, np.ndarray]:
+        """Mean cross-entropy of the ACT position against the actions, and its flat gradient (the batch split
+        over `workers` threads, as in training)."""
         idx, feats, mask = self.encode(images, missions)
         targets = np.zeros_like(idx)
         targets[:, -1] = self.layout.first_action + np.asarray(actions)
         weights = np.zeros(idx.shape, self.model.dtype)
         weights[:, -1] = 1
-        flat, grads = self.model.new_grads()
-        _, loss, caches = self.model.forward(idx, targets, weights, features=feats, feature_mask=mask)
-        self.model.backward(caches, grads)
-        return loss, flat
+        return self.model.loss_and_grad(idx, targets, weights, workers, features=feats, feature_mask=mask)
 
     def action_logits(self, images, missions, blank: bool = False) -> np.ndarray:
         idx, feats, mask = self.encode(images, missions, blank)
@@ -124,6 +124,7 @@ def train_policy(demos: Demos, steps: int = 3000, batch_size: int = 64, lr: floa
     policy = VLAPolicy(model, demos.actions_names)
     opt = AdamW(model.flat, decay_mask(model), beta1=0.9, beta2=0.99, weight_decay=0.01)
     rng = np.random.default_rng(seed)
+    retain_freed_memory()
     start, losses = time.perf_counter(), []
     for step in range(steps):
         rows = rng.integers(0, len(demos.actions), batch_size)
@@ -148,21 +149,35 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def evaluate_policy(env_name: str, episodes: int, act, budget: int | None = None,
-                    seed_start: int = EVAL_SEED_START) -> dict:
-    """Success rate over held-out seeds; act(obs, env) -> action. budget caps the steps (None: the env's own)."""
-    env = make_env(env_name)
+                    seed_start: int = EVAL_SEED_START, batch: bool = False) -> dict:
+    """Success rate over held-out seeds, with a 95% Wilson interval. act(observations, envs) -> actions for a
+    list of running episodes when batch=True (one model call for all of them), else act(obs, env) -> action.
+    budget caps the steps (None: the environment's own limit)."""
+    envs = [make_env(env_name) for _ in range(episodes if batch else 1)]
     wins = 0
-    for ep in range(episodes):
-        obs, _ = reset(env, seed_start + ep)
-        limit = budget or env.unwrapped.max_steps
+    for start in range(0, episodes, len(envs)):
+        group = envs[:min(len(envs), episodes - start)]
+        obs = [reset(env, seed_start + start + i)[0] for i, env in enumerate(group)]
+        limit = budget or group[0].unwrapped.max_steps
+        running = list(range(len(group)))
         for _ in range(limit):
-            obs, reward, terminated, truncated, _ = env.step(act(obs, env))
-            if terminated or truncated:
-                wins += reward > 0
+            if not running:
                 break
+            if batch:
+                actions = act([obs[i] for i in running], [group[i] for i in running])
+            else:
+                actions = [act(obs[i], group[i]) for i in running]
+            still = []
+            for i, a in zip(running, actions):
+                obs[i], reward, terminated, truncated, _ = group[i].step(int(a))
+                if terminated or truncated:
+                    wins += reward > 0
+                else:
+                    still.append(i)
+            running = still
     lo, hi = wilson(wins, episodes)
     return {"success": wins / episodes, "ci95": [lo, hi], "episodes": episodes,
-            "budget": budget or int(env.unwrapped.max_steps)}
+            "budget": budget or int(envs[0].unwrapped.max_steps)}
 
 
 def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: int = 16,
@@ -171,8 +186,13 @@ def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: in
     with baselines, random actions and the expert bot too."""
     from minigrid.utils.baby_ai_bot import BabyAIBot
 
-    agents = {"policy": lambda obs, env: policy.act(obs["image"], obs["mission"]),
-              "policy, blank instruction": lambda obs, env: policy.act(obs["image"], obs["mission"], blank=True)}
+    def model(blank: bool):
+        def act(observations, envs):
+            images, missions = [o["image"] for o in observations], [o["mission"] for o in observations]
+            return np.argmax(policy.action_logits(images, missions, blank), axis=1)
+        return act
+
+    agents = {"policy": model(False), "policy, blank instruction": model(True)}
     if baselines:
         rng = np.random.default_rng(0)
         agents["random actions"] = lambda obs, env: int(rng.integers(env.action_space.n))
@@ -188,5 +208,6 @@ def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: in
     rows = []
     for name, act in agents.items():
         for limit in (budget, None):
-            rows.append({"agent": name, **evaluate_policy(env_name, episodes, act, limit, seed_start)})
+            rows.append({"agent": name, **evaluate_policy(env_name, episodes, act, limit, seed_start,
+                                                          batch=name.startswith("policy"))})
     return rows
