@@ -37,7 +37,7 @@ def main() -> None:
         start = time.perf_counter()
         demos = collect(env, episodes)
         collect_s = time.perf_counter() - start
-        policy, info = train_policy(demos, steps=steps, log=lambda r: print(env, r, flush=True))
+        policy, info = train_policy(demos, steps=steps, log=lambda r, env=env: print(env, r, flush=True))
         table = evaluation_table(env, policy, args.episodes, budget=16)
         by_agent: dict[str, list] = {}
         for r in table:
