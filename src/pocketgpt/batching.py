@@ -57,16 +57,15 @@ def check_sequence(model: GPT, seq: Sequence) -> None:
     check_sampling(seq.temperature, seq.top_k, seq.top_p)
 
 
-class Batcher:
-    """Runs Sequences in up to `slots` KV-cache slots; submit() and cancel() may be called from any thread."""
+class Scheduler:
+    """What the server drives: submit() and cancel() from any thread, step() from one, busy and load().
+    Subclasses keep their running sequences in self.active and start them in step()."""
 
-    def __init__(self, model: GPT, slots: int = 32):
+    def __init__(self, model: GPT, slots: int):
         self.model, self.slots = model, slots
-        self.cache = SlotCache(model.config, slots, model.dtype)
         self.waiting: deque[Sequence] = deque()
-        self.active: dict[int, Sequence] = {}
+        self.active: dict | list = {}
         self.lock = threading.Lock()
-        self.pending: dict[int, int] = {}  # slot -> sampled token not yet fed to the model
 
     def submit(self, seq: Sequence) -> None:
         check_sequence(self.model, seq)
@@ -85,6 +84,19 @@ class Batcher:
     def load(self) -> int:
         """Sequences running or waiting."""
         return len(self.waiting) + len(self.active)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+
+class Batcher(Scheduler):
+    """Runs Sequences in up to `slots` KV-cache slots, decoding all of them in one call per step."""
+
+    def __init__(self, model: GPT, slots: int = 32):
+        super().__init__(model, slots)
+        self.cache = SlotCache(model.config, slots, model.dtype)
+        self.active: dict[int, Sequence] = {}
+        self.pending: dict[int, int] = {}  # slot -> sampled token not yet fed to the model
 
     def step(self) -> None:
         """Admit waiting sequences into free slots (prefill), then decode one token in every active slot."""

@@ -14,14 +14,12 @@ later). The draft's cache likewise keeps only tokens that were accepted.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pocketgpt.batching import Sequence, check_sequence
+from pocketgpt.batching import Scheduler, Sequence
 from pocketgpt.generate import check_sampling, draw, probs_from_logits
 from pocketgpt.model import GPT
 
@@ -188,32 +186,16 @@ def speculative_generate(target: GPT, prompt: list[int], *, max_new_tokens: int,
             yield t
 
 
-class SpeculativeBatcher:
+class SpeculativeBatcher(Scheduler):
     """The Batcher interface (submit, cancel, step, busy, load) over speculative decoding: up to `slots`
     sequences run at once, each with its own caches; every step advances each of them by one token (a
     speculative round is computed when its first token is asked for)."""
 
     def __init__(self, model: GPT, draft: GPT | NGramDraft, k: int = 4, adaptive: bool = False, slots: int = 8):
-        self.model, self.draft, self.k, self.adaptive, self.slots = model, draft, k, adaptive, slots
-        self.waiting: deque[Sequence] = deque()
+        super().__init__(model, slots)
+        self.draft, self.k, self.adaptive = draft, k, adaptive
         self.active: list[tuple[Sequence, Iterator[int]]] = []
-        self.lock = threading.Lock()
         self.stats = SpecStats()
-
-    def submit(self, seq: Sequence) -> None:
-        check_sequence(self.model, seq)
-        with self.lock:
-            self.waiting.append(seq)
-
-    def cancel(self, seq: Sequence) -> None:
-        seq.cancelled = True
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.waiting or self.active)
-
-    def load(self) -> int:
-        return len(self.waiting) + len(self.active)
 
     def step(self) -> None:
         with self.lock:
@@ -222,7 +204,7 @@ class SpeculativeBatcher:
                 tokens = speculative_generate(self.model, seq.prompt, max_new_tokens=seq.max_new_tokens,
                                               draft=self.draft, k=self.k, adaptive=self.adaptive,
                                               temperature=seq.temperature, top_k=seq.top_k, top_p=seq.top_p,
-                                              seed=seq.seed, stop_token=seq.stop_token, stats=self.stats)
+                                              rng=seq._rng, stop_token=seq.stop_token, stats=self.stats)
                 self.active.append((seq, tokens))
         for seq, tokens in list(self.active):
             reason = "cancelled" if seq.cancelled else None
