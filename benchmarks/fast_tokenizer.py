@@ -4,8 +4,8 @@
 
 Trajectories: cubic (Catmull-Rom) splines through 5 random points in 2 dimensions, sampled at 25, 50, 100
 and 200 steps. For each length:
-- tokens per chunk and reconstruction RMSE of both, with FAST's scale chosen by bisection so that its RMSE
-  matches the 256-bin tokens' (matched fidelity), its BPE (vocabulary 512) learnt on 400 training chunks;
+- FAST at its usual scale (10) with 512 merges learnt on 400 training chunks, and the naive per-value tokens
+  with the fewest uniform bins whose RMSE is no worse (matched fidelity): tokens per chunk and RMSE of both;
 - for 25 and 50 steps, next-chunk prediction: a 2-layer pocketgpt model is trained (same size, same steps)
   on "chunk A tokens, SEP, chunk B tokens, EOS" for consecutive chunks of longer trajectories, then decodes
   B greedily from A; the RMSE of the decoded B against the true one.
@@ -35,14 +35,14 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
 
-def matched_tokenizer(train, test, target: float) -> fast.FASTTokenizer:
-    lo, hi = 1.0, 2000.0
-    for _ in range(14):  # bisection on log(scale): RMSE falls as the scale grows
-        mid = float(np.sqrt(lo * hi))
-        probe = fast.FASTTokenizer(mid, -10**9, 10**9, [], train.shape[1:])
-        err = rmse([probe.decode([int(q) + 10**9 for q in probe.coefficients(c)]) for c in test], test)
-        lo, hi = (mid, hi) if err > target else (lo, mid)
-    return fast.train_fast(train, scale=hi, vocab_size=512)
+def matched_bins(test, target: float) -> int:
+    """The fewest uniform bins (of 2 to 4096) whose per-value tokens reconstruct `test` within RMSE `target`."""
+    lo, hi = 2, 4096
+    while lo < hi:
+        mid = (lo + hi) // 2
+        err = rmse([fast.naive_decode(fast.naive_encode(c, mid), c.shape, mid) for c in test], test)
+        lo, hi = (mid + 1, hi) if err > target else (lo, mid)
+    return lo
 
 
 def next_chunk_error(encode, decode, vocab: int, T: int, steps: int = 600, seed: int = 0) -> float:
@@ -72,24 +72,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
-    rows = ["| steps per chunk | naive tokens per chunk | FAST tokens per chunk (matched RMSE) | compression | "
-            "RMSE naive / FAST | next-chunk RMSE naive / FAST |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| steps per chunk | naive tokens per chunk (bins for matched RMSE) | FAST tokens per chunk | "
+            "compression | RMSE naive / FAST | next-chunk RMSE naive / FAST |", "| --- | --- | --- | --- | --- | --- |"]
     for T in (25, 50, 100, 200):
         train = fast.spline_trajectories(400, T, dims=2, seed=0)
         test = fast.spline_trajectories(100, T, dims=2, seed=1)
-        naive_err = rmse([fast.naive_decode(fast.naive_encode(c), c.shape) for c in test], test)
-        tok = matched_tokenizer(train, test, naive_err)
+        tok = fast.train_fast(train, scale=10.0, merges=512)
         lengths = [len(tok.encode(c)) for c in test]
         fast_err = rmse([tok.decode(tok.encode(c)) for c in test], test)
+        bins = matched_bins(test, fast_err)
+        naive_err = rmse([fast.naive_decode(fast.naive_encode(c, bins), c.shape, bins) for c in test], test)
         cell = ""
         if T <= 50:
-            naive_next = next_chunk_error(fast.naive_encode, lambda t, T=T: fast.naive_decode(t, (T, 2)), 256, T)
+            naive_next = next_chunk_error(lambda c, b=bins: fast.naive_encode(c, b),
+                                          lambda t, T=T, b=bins: fast.naive_decode(t, (T, 2), b), bins, T)
             fast_next = next_chunk_error(tok.encode, tok.decode, tok.vocab_size, T)
             cell = f"{naive_next:.3f} / {fast_next:.3f}"
-        rows.append(f"| {T} | {2 * T} | {np.mean(lengths):.1f} | {2 * T / np.mean(lengths):.1f}x | "
+        rows.append(f"| {T} | {2 * T} ({bins} bins) | {np.mean(lengths):.1f} | {2 * T / np.mean(lengths):.1f}x | "
                     f"{naive_err:.4f} / {fast_err:.4f} | {cell} |")
         print(rows[-1], flush=True)
-    rows += ["", "Two-dimensional trajectories; FAST's BPE has 512 tokens; the next-chunk models have 2 layers and "
+    rows += ["", "Two-dimensional trajectories; FAST's BPE has 512 merges; the next-chunk models have 2 layers and "
              "64 channels and train for 600 steps of 32 sequences on 1,000 pairs of consecutive chunks, and are "
              "scored on 100 held-out pairs (their trajectories pass through 8 random points, so part of the next "
              "chunk is unpredictable for any model)."]

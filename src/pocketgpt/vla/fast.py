@@ -6,7 +6,7 @@ A chunk is T steps of a D-dimensional action, scaled to about [-1, 1]. Encoding:
   2. scale by `scale` and round to integers (most high-frequency coefficients become 0);
   3. flatten frequency-major: all dimensions' coefficient 0, then all dimensions' coefficient 1, ...
      (long runs of zeros at the end);
-  4. byte-pair merges over those integers, learnt on a corpus of chunks, into `vocab_size` tokens.
+  4. byte-pair merges over those integers (`merges` of them), learnt on a corpus of chunks.
 Decoding reverses each step (the rounding is the only loss: every DCT coefficient is within 0.5 / scale).
 Integers outside the range seen in training are clipped to it when encoding.
 
@@ -91,26 +91,26 @@ class FASTTokenizer:
         return cls(d["scale"], d["lo"], d["hi"], [tuple(m) for m in d["merges"]], tuple(d["shape"]))
 
 
-def train_fast(chunks: np.ndarray, scale: float = 10.0, vocab_size: int = 1024) -> FASTTokenizer:
-    """Learn the integer range and the merges on chunks (N, T, D)."""
+def train_fast(chunks: np.ndarray, scale: float = 10.0, merges: int = 512) -> FASTTokenizer:
+    """Learn the integer range and up to `merges` merges on chunks (N, T, D)."""
     N, T, D = chunks.shape
     probe = FASTTokenizer(scale, 0, 0, [], (T, D))
     ints = np.stack([probe.coefficients(c) for c in chunks])
     lo, hi = int(ints.min()), int(ints.max())
     tok = FASTTokenizer(scale, lo, hi, [], (T, D))
     seqs = [[int(q) - lo for q in row] for row in ints]
-    merges: list[tuple[int, int]] = []
-    while tok.base + len(merges) < vocab_size:
+    learnt: list[tuple[int, int]] = []
+    while len(learnt) < merges:
         counts = Counter(p for s in seqs for p in zip(s, s[1:]))
         if not counts:
             break
         pair, n = counts.most_common(1)[0]
         if n < 2:
             break
-        new = tok.base + len(merges)
-        merges.append(pair)
+        new = tok.base + len(learnt)
+        learnt.append(pair)
         seqs = [_merge(s, pair, new) for s in seqs]
-    return FASTTokenizer(scale, lo, hi, merges, (T, D))
+    return FASTTokenizer(scale, lo, hi, learnt, (T, D))
 
 
 def naive_encode(chunk: np.ndarray, bins: int = 256) -> list[int]:
