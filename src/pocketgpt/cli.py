@@ -497,7 +497,7 @@ def add_draft_args(p) -> None:
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="pocketgpt", description="A GPT you can read, train, sample and evaluate on a CPU.")
+    p = Parser(prog="pocketgpt", description="A GPT you can read, train, shrink, serve and guard on a CPU.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="train a model (default: microgpt-sized on the names data)",
