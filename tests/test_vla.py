@@ -12,7 +12,7 @@ from conftest import assert_close, numerical_grad
 
 from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
-from pocketgpt.model import GPT
+from pocketgpt.model import GPT, views
 from pocketgpt.vla import fast
 from pocketgpt.vla.env import Demos, collect, make_env, patches
 from pocketgpt.vla.policy import (
@@ -141,3 +141,24 @@ def test_fast_round_trip_error_is_bounded_by_the_rounding():
         assert len(tokens) < c.size / 4  # smooth chunks compress
     naive = fast.naive_encode(chunks[0])
     assert len(naive) == 150 and np.abs(fast.naive_decode(naive, (50, 3)) - chunks[0]).max() <= 1 / 256 + 1e-12
+
+
+def test_policy_gradient_matches_finite_differences_end_to_end():
+    """The whole behaviour-cloning path (encoding, masked features, two worker threads, the ACT-only loss)."""
+    policy = VLAPolicy(GPT(vla_config(3, n_layer=1, n_embd=8, n_head=2), dtype=np.float64, seed=0), ["l", "r", "f"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 56, 56, 3)).astype(np.uint8)
+    missions, actions = ["go to a red ball", "go", "turn", "x"], np.array([0, 1, 2, 1])
+    _, flat = policy.loss_and_grad(images, missions, actions, workers=2)
+    grads = {k: v.copy() for k, v in views(flat.copy(), policy.model.shapes).items()}
+    for name in ("inp.weight", "inp.bias", "wpe.weight"):
+        param = policy.model.params[name]
+        picks = [tuple(int(rng.integers(0, s)) for s in param.shape) for _ in range(6)]
+        for i in picks:
+            old = param[i]
+            param[i] = old + 1e-6
+            plus = policy.loss_and_grad(images, missions, actions)[0]
+            param[i] = old - 1e-6
+            minus = policy.loss_and_grad(images, missions, actions)[0]
+            param[i] = old
+            assert abs(grads[name][i] - (plus - minus) / 2e-6) < 1e-7, (name, i)
