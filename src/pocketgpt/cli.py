@@ -232,8 +232,8 @@ def load_draft(args, ckpt):
 
         if ckpt.qweights:
             raise UsageError("--draft-quantized needs a float checkpoint to quantize")
-        group = next(g for g in (128, 64, 32, 16, 8, 4, 2, 1) if ckpt.config.n_embd % g == 0)
-        return quantize_model(ckpt.model(), QuantRecipe("rtn", 4, min(group, 64)))
+        group = next(g for g in (64, 32, 16, 8, 4, 2, 1) if ckpt.config.n_embd % g == 0)
+        return quantize_model(ckpt.model(), QuantRecipe("rtn", 4, group))
     draft = load_checkpoint(args.draft)
     if draft.tokenizer.to_dict() != ckpt.tokenizer.to_dict():
         raise UsageError(f"--draft {args.draft} has another tokenizer than {args.checkpoint}")

@@ -112,26 +112,19 @@ class KVCache:
         return self.k.nbytes + self.v.nbytes
 
 
-class SlotCache:
-    """Keys and values of `slots` independent sequences, each with its own length: (L, S, nh, size, hs) each.
+class SlotCache(KVCache):
+    """A KVCache whose batch rows are `slots` independent sequences, each with its own length (`lengths`).
 
     Continuous batching keeps one sequence per slot: a slot is prefilled on its own (through slot(), a
     KVCache over that slot's rows), then every active slot decodes together in one GPT.decode_slots call.
     """
 
     def __init__(self, config: GPTConfig, slots: int, dtype, size: int | None = None):
-        self.size = size or config.block_size
-        shape = (config.n_layer, slots, config.n_head, self.size, config.head_size)
-        self.k = np.zeros(shape, dtype)
-        self.v = np.zeros(shape, dtype)
+        super().__init__(config, slots, dtype, size)
         self.lengths = np.zeros(slots, dtype=np.int64)
 
     def slot(self, s: int) -> KVCache:
         return KVCache.over(self.k[:, s:s + 1], self.v[:, s:s + 1], int(self.lengths[s]))
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
 
 
 class GPT:
@@ -393,4 +386,4 @@ class GPT:
             x = x + self._linear_forward(h, f"{p}.mlp.c_proj")[0]
         if c.final_norm:
             x = self._norm_forward(x, "ln_f")[0]
-        return x @ self.lm_head.T  # (B, T, V)
+        return layers.linear_forward(x, self.lm_head, None)[0]  # (B, T, V)

@@ -199,10 +199,9 @@ def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: in
         bots = {}
 
         def expert(obs, env):
-            key = id(env.unwrapped), env.unwrapped.step_count == 0
-            if key[1] or key[0] not in bots:  # a new episode: a new bot
-                bots[key[0]] = BabyAIBot(env.unwrapped)
-            return bots[key[0]].replan()
+            if env.unwrapped.step_count == 0 or id(env) not in bots:  # a new episode: a new bot
+                bots[id(env)] = BabyAIBot(env.unwrapped)
+            return bots[id(env)].replan()
 
         agents["expert bot"] = expert
     rows = []
