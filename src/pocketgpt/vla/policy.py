@@ -1,11 +1,19 @@
 """The VLA policy: a pocketgpt GPT with an input projection, trained by behaviour cloning.
 
-One decision is one sequence of T = 49 + MAX_MISSION + 1 tokens:
-  positions 0-48   the PATCH token, plus the input projection of that image tile (and its position embedding)
-  next 32          the instruction's characters, padded with PAD (longer ones are cut)
+One decision is one sequence of T = MAX_MISSION + 49 + 1 tokens:
+  positions 0-31   the instruction's characters, padded with PAD (longer ones are cut)
+  next 49          the PATCH token, plus the input projection of that image tile (and its position embedding)
   last             the ACT token, whose output is read over the action tokens
 The vocabulary is the instruction characters, then PAD, PATCH and ACT, then one token per environment action.
 The loss is the cross-entropy of the ACT position's logits against the expert's action token only.
+
+The instruction comes first so that, under causal attention, every patch can read it (a patch can then tell
+whether it shows the object named) and the ACT token reads patches that already know. The patches' position
+embeddings start at a larger scale (PATCH_POS_STD) than the model's other weights: at the usual 0.02 the input
+projection of a tile's pixels outweighs its position several times over, and a policy, which must know WHERE the
+object is, then stays near the label entropy for hundreds of steps. Measured on a synthetic task whose action is
+the column side of a single red tile (2 layers, 64 channels, 300 steps, seeds 0-3): held-out accuracy 0.43-0.44
+for every seed at 0.02 (chance), 0.97-1.0 for three seeds of four at 0.5.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from pocketgpt.vla.env import EVAL_SEED_START, GRID, TILE, Demos, make_env, patc
 CHARS = " ',abcdefghijklmnopqrstuvwxyz"
 MAX_MISSION = 32  # characters of the instruction the model reads (BabyAI's GoTo missions need < 30)
 N_PATCHES = GRID * GRID
-SEQ = N_PATCHES + MAX_MISSION + 1
+SEQ = MAX_MISSION + N_PATCHES + 1
+PATCHES = slice(MAX_MISSION, MAX_MISSION + N_PATCHES)  # where the patch tokens sit in a sequence
+PATCH_POS_STD = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class Layout:
         return self.n_chars + 3 + self.n_actions
 
 
-def vla_config(n_actions: int, n_layer: int = 3, n_embd: int = 96, n_head: int = 4) -> GPTConfig:
+def vla_config(n_actions: int, n_layer: int = 2, n_embd: int = 128, n_head: int = 8) -> GPTConfig:
     layout = Layout(len(CHARS), n_actions)
     return GPTConfig(vocab_size=layout.vocab_size, block_size=SEQ, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                      norm="layernorm", norm_weights=True, activation="gelu", tie_embeddings=False, init_std=0.02,
@@ -76,16 +86,16 @@ class VLAPolicy:
         """Token ids (B, SEQ), features (B, SEQ, 192) and the feature mask (B, SEQ) for a batch of decisions."""
         B, L = len(missions), self.layout
         idx = np.full((B, SEQ), L.pad, np.int64)
-        idx[:, :N_PATCHES] = L.patch
+        idx[:, PATCHES] = L.patch
         idx[:, -1] = L.act
         for b, mission in enumerate(missions):
             if not blank:
                 ids = self.tok.encode(mission.lower())[:MAX_MISSION]
-                idx[b, N_PATCHES:N_PATCHES + len(ids)] = ids
+                idx[b, :len(ids)] = ids
         feats = np.zeros((B, SEQ, TILE * TILE * 3), self.model.dtype)
-        feats[:, :N_PATCHES] = np.stack([patches(im) for im in images])
+        feats[:, PATCHES] = np.stack([patches(im) for im in images])
         mask = np.zeros((B, SEQ), self.model.dtype)
-        mask[:, :N_PATCHES] = 1
+        mask[:, PATCHES] = 1
         return idx, feats, mask
 
     def loss_and_grad(self, images, missions, actions, workers: int = 2) -> tuple[float, np.ndarray]:
@@ -118,9 +128,11 @@ class VLAPolicy:
 
 
 def train_policy(demos: Demos, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                 n_layer: int = 3, n_embd: int = 96, log=None) -> tuple[VLAPolicy, dict]:
+                 n_layer: int = 2, n_embd: int = 128, n_head: int = 8, log=None) -> tuple[VLAPolicy, dict]:
     """Behaviour cloning on the demonstrations: AdamW, warmup then cosine decay, clipping at 1."""
-    model = GPT(vla_config(len(demos.actions_names), n_layer, n_embd), seed=seed)
+    model = GPT(vla_config(len(demos.actions_names), n_layer, n_embd, n_head), seed=seed)
+    wpe = model.params["wpe.weight"]
+    wpe[PATCHES] = np.random.default_rng(seed + 1).normal(0.0, PATCH_POS_STD, wpe[PATCHES].shape)
     policy = VLAPolicy(model, demos.actions_names)
     opt = AdamW(model.flat, decay_mask(model), beta1=0.9, beta2=0.99, weight_decay=0.01)
     rng = np.random.default_rng(seed)
