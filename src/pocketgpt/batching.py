@@ -12,6 +12,7 @@ thread of its own, one step() at a time.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ def check_sequence(model: GPT, seq: Sequence) -> None:
     check_sampling(seq.temperature, seq.top_k, seq.top_p)
 
 
-class Scheduler:
+class Scheduler(ABC):
     """What the server drives: submit() and cancel() from any thread, step() from one, busy and load().
     Subclasses keep their running sequences in self.active and start them in step()."""
 
@@ -85,8 +86,9 @@ class Scheduler:
         """Sequences running or waiting."""
         return len(self.waiting) + len(self.active)
 
+    @abstractmethod
     def step(self) -> None:
-        raise NotImplementedError
+        """One decoding step for every active sequence, admitting waiting ones first."""
 
 
 class Batcher(Scheduler):

@@ -10,6 +10,7 @@ import itertools
 import json
 import sys
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,11 +27,12 @@ class ApprovalRequest:
     event: threading.Event = field(default_factory=threading.Event)
 
 
-class Approver:
+class Approver(ABC):
     timeout: float = 60.0
 
+    @abstractmethod
     def approve(self, request: ApprovalRequest) -> bool:
-        raise NotImplementedError
+        """True to allow the call; a denial, or no answer within `timeout` seconds, is False."""
 
 
 class CallbackApprover(Approver):
