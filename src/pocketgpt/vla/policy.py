@@ -128,9 +128,10 @@ class VLAPolicy:
 
 
 def train_policy(demos: Demos, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                 n_layer: int = 2, n_embd: int = 128, n_head: int = 8, log=None) -> tuple[VLAPolicy, dict]:
-    """Behaviour cloning on the demonstrations: AdamW, warmup then cosine decay, clipping at 1."""
-    model = GPT(vla_config(len(demos.actions_names), n_layer, n_embd, n_head), seed=seed)
+                 log=None, **arch) -> tuple[VLAPolicy, dict]:
+    """Behaviour cloning on the demonstrations: AdamW, warmup then cosine decay, clipping at 1.
+    arch (n_layer, n_embd, n_head) overrides vla_config's defaults."""
+    model = GPT(vla_config(len(demos.actions_names), **arch), seed=seed)
     wpe = model.params["wpe.weight"]
     wpe[PATCHES] = np.random.default_rng(seed + 1).normal(0.0, PATCH_POS_STD, wpe[PATCHES].shape)
     policy = VLAPolicy(model, demos.actions_names)
