@@ -21,7 +21,7 @@ from common import report  # noqa: E402
 from pocketgpt.vla.env import collect  # noqa: E402
 from pocketgpt.vla.policy import evaluation_table, train_policy  # noqa: E402
 
-RUNS = {"BabyAI-GoToLocal-v0": (10000, 5000), "BabyAI-GoToObj-v0": (1500, 3000)}  # episodes, training steps
+RUNS = {"BabyAI-GoToLocal-v0": (20000, 8000), "BabyAI-GoToObj-v0": (1500, 3000)}  # episodes, training steps
 
 
 def main() -> None:

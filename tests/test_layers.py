@@ -90,6 +90,15 @@ def test_attention():
           {"qkv": rng.standard_normal((2, 5, 3 * 8))})
 
 
+def test_attention_asked_at_the_last_positions_only():
+    qkv = rng.standard_normal((2, 5, 3 * 8))
+    full, _ = layers.attention_forward(qkv, n_head=2)
+    tail, _ = layers.attention_forward(qkv, n_head=2, n_query=2)
+    np.testing.assert_allclose(tail, full[:, 3:], rtol=1e-12)  # the same rows, computed alone
+    check(lambda qkv: layers.attention_forward(qkv, n_head=2, n_query=2),
+          lambda dy, c: {"qkv": layers.attention_backward(dy, c)}, {"qkv": qkv})
+
+
 def test_attention_is_causal():
     qkv = rng.standard_normal((1, 6, 3 * 4))
     full, _ = layers.attention_forward(qkv, n_head=2)

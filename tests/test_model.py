@@ -80,6 +80,25 @@ def test_worker_threads_give_the_same_loss_and_gradient():
     np.testing.assert_allclose(g2, g1, rtol=0, atol=1e-12)
 
 
+def test_outputs_at_the_last_positions_give_the_full_loss_gradient_and_logits(tiny_configs):
+    rng = np.random.default_rng(4)
+    for label, config in tiny_configs.items():
+        model = GPT(config, dtype=np.float64, seed=5)
+        x = rng.integers(0, config.vocab_size, (3, 7))
+        y = rng.integers(0, config.vocab_size, (3, 7))
+        w = np.zeros((3, 7))
+        w[:, 5:] = 1  # only the last two positions count
+        full_loss, g_full = model.loss_and_grad(x, y, w)
+        g_full = g_full.copy()
+        loss, grad = model.loss_and_grad(x, y, w, outputs=2)
+        assert abs(loss - full_loss) < 1e-12, label
+        np.testing.assert_allclose(grad, g_full, rtol=0, atol=1e-12, err_msg=label)
+        logits = model.forward(x, outputs=2)[0]
+        np.testing.assert_allclose(logits, model.forward(x)[0][:, 5:], rtol=0, atol=1e-12, err_msg=label)
+        with pytest.raises(ValueError, match="carry weight"):
+            model.forward(x, y, np.ones((3, 7)), outputs=2)
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_cached_decoding_gives_the_same_logits_as_a_full_forward(name):
     config = PRESETS[name].replace(vocab_size=20, block_size=12, n_layer=2, n_head=4, n_embd=32)

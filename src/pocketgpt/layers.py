@@ -168,35 +168,44 @@ ACTIVATION = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu
 # ----------------------------------------------------------------------------- attention
 
 
-def attention_forward(qkv, n_head):
-    """Causal self-attention on a fused projection: (B, T, 3C) -> (B, T, C)."""
+def attention_forward(qkv, n_head, n_query=None):
+    """Causal self-attention on a fused projection: (B, T, 3C) -> (B, T, C).
+
+    With n_query, only the last n_query positions ask (every position still offers its key and value):
+    (B, T, 3C) -> (B, n_query, C), the same rows as the full output's last n_query.
+    """
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
+    Tq = T if n_query is None else n_query
     heads = qkv.reshape(B, T, 3, n_head, hs)
     scale = 1.0 / math.sqrt(hs)
-    q = heads[:, :, 0].transpose(0, 2, 1, 3) * scale  # (B, nh, T, hs), pre-scaled (and contiguous)
+    q = heads[:, T - Tq:, 0].transpose(0, 2, 1, 3) * scale  # (B, nh, Tq, hs), pre-scaled (and contiguous)
     k = heads[:, :, 1].transpose(0, 2, 1, 3)  # (B, nh, T, hs)
     v = heads[:, :, 2].transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-    att = q @ k.transpose(0, 1, 3, 2)  # (B, nh, T, T)
-    att += causal_mask(T, T, att.dtype)
+    att = q @ k.transpose(0, 1, 3, 2)  # (B, nh, Tq, T)
+    att += causal_mask(Tq, T, att.dtype)
     softmax_(att)
-    y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+    y = (att @ v).transpose(0, 2, 1, 3).reshape(B, Tq, C)  # (B, nh, Tq, hs) -> (B, Tq, C)
     return y, (q, k, v, att, scale)
 
 
 def attention_backward(dy, cache):
+    """d qkv (B, T, 3C) from dy (B, Tq, C); the query rows of positions that did not ask stay zero."""
     q, k, v, att, scale = cache  # q is pre-scaled
-    B, nh, T, hs = q.shape
-    dy = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, nh, T, hs)
+    B, nh, Tq, hs = q.shape
+    T = k.shape[2]
+    dy = dy.reshape(B, Tq, nh, hs).transpose(0, 2, 1, 3)  # (B, Tq, C) -> (B, nh, Tq, hs)
     dqkv = np.empty((B, T, 3, nh, hs), dy.dtype)
     dqkv[:, :, 2] = (att.transpose(0, 1, 3, 2) @ dy).transpose(0, 2, 1, 3)  # dv
-    dscores = dy @ v.transpose(0, 1, 3, 2)  # d att, (B, nh, T, T)
+    dscores = dy @ v.transpose(0, 1, 3, 2)  # d att, (B, nh, Tq, T)
     dscores -= np.einsum("bhts,bhts->bht", dscores, att)[..., None]
     dscores *= att  # softmax backward
     dq = dscores @ k
     dq *= scale
-    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
+    if Tq < T:
+        dqkv[:, :T - Tq, 0] = 0.0
+    dqkv[:, T - Tq:, 0] = dq.transpose(0, 2, 1, 3)
     dqkv[:, :, 1] = (dscores.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)  # dk
     return dqkv.reshape(B, T, 3 * nh * hs)  # (B, T, 3C)
 

@@ -204,18 +204,24 @@ class GPT:
 
     # ------------------------------------------------------------------------- training forward/backward
 
-    def forward(self, idx, targets=None, weights=None, denom=None, features=None, feature_mask=None):
+    def forward(self, idx, targets=None, weights=None, denom=None, features=None, feature_mask=None,
+                outputs=None):
         """Logits (B, T, V) for token ids (B, T); with targets, also the mean loss and a cache for backward.
 
         weights (B, T) masks padded targets (1 = counts); denom defaults to weights.sum().
         features (B, T, input_dim) with feature_mask (B, T): where the mask is 1, the input projection of the
         features is added to that position's token and position embedding (image patches, for instance).
+        outputs: only the last `outputs` positions get logits, (B, outputs, V), and only their targets may carry
+        weight; the last layer then runs its queries, MLP and the head for those positions alone (a classifier
+        that reads one token pays for one token there).
         """
         c = self.config
         idx = np.asarray(idx)
         B, T = idx.shape
         if T > c.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {c.block_size}")
+        if outputs is not None and not 0 < outputs <= T:
+            raise ValueError(f"outputs must be 1..{T}, got {outputs}")
         act_forward = layers.ACTIVATION[c.activation][0]
         caches = {}
         x, caches["emb"] = layers.embedding_forward(idx, self.params["wte.weight"], self.params["wpe.weight"])
@@ -230,9 +236,10 @@ class GPT:
             p = f"h.{i}"
             h, caches[f"{p}.ln_1"] = self._norm_forward(x, f"{p}.ln_1")
             h, caches[f"{p}.attn.c_attn"] = self._linear_forward(h, f"{p}.attn.c_attn")  # (B, T, 3C)
-            h, caches[f"{p}.attn"] = layers.attention_forward(h, c.n_head)  # (B, T, C)
+            last = i == c.n_layer - 1 and outputs is not None
+            h, caches[f"{p}.attn"] = layers.attention_forward(h, c.n_head, outputs if last else None)  # (B, T, C)
             h, caches[f"{p}.attn.c_proj"] = self._linear_forward(h, f"{p}.attn.c_proj")
-            x = x + h
+            x = (x[:, T - outputs:] if last else x) + h
             h, caches[f"{p}.ln_2"] = self._norm_forward(x, f"{p}.ln_2")
             h, caches[f"{p}.mlp.c_fc"] = self._linear_forward(h, f"{p}.mlp.c_fc")  # (B, T, 4C)
             h, caches[f"{p}.mlp.act"] = act_forward(h)
@@ -243,10 +250,14 @@ class GPT:
         logits, caches["lm_head"] = layers.linear_forward(x, self.lm_head, None)  # (B, T, V)
         if targets is None:
             return logits, None, None
-        if weights is None:
-            weights = np.ones(idx.shape, self.dtype)
+        targets = np.asarray(targets)
+        weights = np.ones(idx.shape, self.dtype) if weights is None else np.asarray(weights)
+        if outputs is not None:
+            if weights[:, :T - outputs].any():
+                raise ValueError(f"targets before the last {outputs} positions carry weight but get no output")
+            targets, weights = targets[:, T - outputs:], weights[:, T - outputs:]
         denom = float(weights.sum()) if denom is None else denom
-        loss, caches["loss"] = layers.cross_entropy_forward(logits, np.asarray(targets), weights, denom)
+        loss, caches["loss"] = layers.cross_entropy_forward(logits, targets, weights, denom)
         return logits, loss, caches
 
     def backward(self, caches, grads: dict[str, np.ndarray]) -> None:
@@ -267,7 +278,12 @@ class GPT:
             dh = self._linear_backward(dx, caches[f"{p}.attn.c_proj"], f"{p}.attn.c_proj", grads)
             dh = layers.attention_backward(dh, caches[f"{p}.attn"])
             dh = self._linear_backward(dh, caches[f"{p}.attn.c_attn"], f"{p}.attn.c_attn", grads)
-            dx = dx + self._norm_backward(dh, caches[f"{p}.ln_1"], f"{p}.ln_1", grads)
+            dh = self._norm_backward(dh, caches[f"{p}.ln_1"], f"{p}.ln_1", grads)
+            if dh.shape[1] > dx.shape[1]:  # the last layer asked at the last positions only
+                dh[:, dh.shape[1] - dx.shape[1]:] += dx
+                dx = dh
+            else:
+                dx = dx + dh
         if c.embed_norm:
             dx = self._norm_backward(dx, caches["ln_e"], "ln_e", grads)
         layers.embedding_backward(dx, caches["emb"], grads["wte.weight"], grads["wpe.weight"])
@@ -275,7 +291,7 @@ class GPT:
             self._linear_backward(dx * caches["inp.mask"], caches["inp"], "inp", grads)
 
     def loss_and_grad(self, idx, targets, weights=None, workers: int = 1, features=None,
-                      feature_mask=None) -> tuple[float, np.ndarray]:
+                      feature_mask=None, outputs=None) -> tuple[float, np.ndarray]:
         """Mean loss over the batch and its flat gradient (a buffer that the next call reuses).
 
         With workers > 1 the batch is split into that many slices, each run forward and backward in
@@ -293,7 +309,7 @@ class GPT:
             flat, grads = self._grad_buffers[k]
             flat[...] = 0.0
             extra = {} if features is None else {"features": features[rows], "feature_mask": feature_mask[rows]}
-            _, loss, caches = self.forward(idx[rows], targets[rows], weights[rows], denom, **extra)
+            _, loss, caches = self.forward(idx[rows], targets[rows], weights[rows], denom, outputs=outputs, **extra)
             self.backward(caches, grads)
             return loss
 

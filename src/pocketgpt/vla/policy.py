@@ -5,7 +5,8 @@ One decision is one sequence of T = MAX_MISSION + 49 + 1 tokens:
   next 49          the PATCH token, plus the input projection of that image tile (and its position embedding)
   last             the ACT token, whose output is read over the action tokens
 The vocabulary is the instruction characters, then PAD, PATCH and ACT, then one token per environment action.
-The loss is the cross-entropy of the ACT position's logits against the expert's action token only.
+The loss is the cross-entropy of the ACT position's logits against the expert's action token only, so the
+model's last layer runs for the ACT position alone (`outputs=1`).
 
 The instruction comes first so that, under causal attention, every patch can read it (a patch can then tell
 whether it shows the object named) and the ACT token reads patches that already know. The patches' position
@@ -106,11 +107,12 @@ class VLAPolicy:
         targets[:, -1] = self.layout.first_action + np.asarray(actions)
         weights = np.zeros(idx.shape, self.model.dtype)
         weights[:, -1] = 1
-        return self.model.loss_and_grad(idx, targets, weights, workers, features=feats, feature_mask=mask)
+        return self.model.loss_and_grad(idx, targets, weights, workers, features=feats, feature_mask=mask,
+                                       outputs=1)
 
     def action_logits(self, images, missions, blank: bool = False) -> np.ndarray:
         idx, feats, mask = self.encode(images, missions, blank)
-        logits = self.model.forward(idx, features=feats, feature_mask=mask)[0][:, -1]
+        logits = self.model.forward(idx, features=feats, feature_mask=mask, outputs=1)[0][:, -1]
         L = self.layout
         return logits[:, L.first_action:L.first_action + L.n_actions]
 
