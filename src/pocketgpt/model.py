@@ -236,7 +236,7 @@ class GPT:
             p = f"h.{i}"
             h, caches[f"{p}.ln_1"] = self._norm_forward(x, f"{p}.ln_1")
             h, caches[f"{p}.attn.c_attn"] = self._linear_forward(h, f"{p}.attn.c_attn")  # (B, T, 3C)
-            last = i == c.n_layer - 1 and outputs is not None
+            last = i == c.n_layer - 1 and outputs is not None  # from here on (B, outputs, C)
             h, caches[f"{p}.attn"] = layers.attention_forward(h, c.n_head, outputs if last else None)  # (B, T, C)
             h, caches[f"{p}.attn.c_proj"] = self._linear_forward(h, f"{p}.attn.c_proj")
             x = (x[:, T - outputs:] if last else x) + h
