@@ -49,9 +49,8 @@ def main() -> None:
             rows.append(f"| {env} | {agent} | {cells[0]} | {cells[1]} (limit {full['budget']}) |")
             print(rows[-1], flush=True)
         notes.append(f"{env}: {episodes} expert episodes ({info['samples']} steps, collected in {collect_s:.0f} s), "
-                     f"{steps} training steps of 64 at lr {lr:g} in {info['seconds'] / 60:.1f} minutes on this 2-core "
-                     "CPU "
-                     f"(final loss {info['final_loss']:.3f}).")
+                     f"{steps} training steps of 64 at lr {lr:g} in {info['seconds'] / 60:.1f} minutes "
+                     f"on this 2-core CPU (final loss {info['final_loss']:.3f}).")
     report("vla", rows + [""] + notes + [f"{args.episodes} evaluation episodes per row, seeds from 1,000,000 "
                                          "(training used seeds from 0)."], args.write_readme)
 
