@@ -203,8 +203,7 @@ def attention_backward(dy, cache):
     dscores *= att  # softmax backward
     dq = dscores @ k
     dq *= scale
-    if Tq < T:
-        dqkv[:, :T - Tq, 0] = 0.0
+    dqkv[:, :T - Tq, 0] = 0.0  # empty unless only the last Tq asked
     dqkv[:, T - Tq:, 0] = dq.transpose(0, 2, 1, 3)
     dqkv[:, :, 1] = (dscores.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)  # dk
     return dqkv.reshape(B, T, 3 * nh * hs)  # (B, T, 3C)
