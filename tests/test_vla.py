@@ -19,9 +19,11 @@ from pocketgpt.vla.policy import (
     MAX_MISSION,
     N_PATCHES,
     PATCHES,
+    QK_STD,
     SEQ,
     VLAPolicy,
     evaluate_policy,
+    init_policy,
     train_policy,
     vla_config,
     wilson,
@@ -107,6 +109,22 @@ def test_policy_learns_where_a_tile_is():
                              seed=1)
     test = demos(300, 1)
     assert (np.argmax(policy.action_logits(test.images, test.missions), axis=1) == test.actions).mean() > 0.9
+
+
+def test_initial_patch_positions_are_linear_in_row_and_column():
+    """init_policy's ramps: a least-squares readout of a patch's row and column from its starting position
+    embedding is already near exact, and only the query and key weights are rescaled."""
+    model = GPT(vla_config(3), seed=0)
+    before = model.params["h.0.attn.c_attn.weight"].copy()
+    init_policy(model, seed=0)
+    pos = np.c_[model.params["wpe.weight"][PATCHES], np.ones(N_PATCHES)]
+    rows, cols = np.divmod(np.arange(N_PATCHES), 7)
+    for target in (rows, cols):
+        fit = pos @ np.linalg.lstsq(pos[::2], target[::2], rcond=None)[0]  # fitted on half, checked on the rest
+        assert np.abs(fit[1::2] - target[1::2]).max() < 0.5
+    C = model.config.n_embd
+    qkv = model.params["h.0.attn.c_attn.weight"]
+    assert abs(qkv[:2 * C].std() - QK_STD) < 0.005 and np.array_equal(qkv[2 * C:], before[2 * C:])
 
 
 def test_wilson_interval():
