@@ -21,9 +21,8 @@ from common import report  # noqa: E402
 from pocketgpt.vla.env import collect  # noqa: E402
 from pocketgpt.vla.policy import evaluation_table, train_policy  # noqa: E402
 
-# episodes, training steps, peak learning rate. Measured on GoToLocal, and not better than this: 20,000 episodes
-# and 8,000 steps at 1e-3 (the loss stayed at ~0.72) or at 3e-4 (0.444 success, and no use of the instruction).
-RUNS = {"BabyAI-GoToLocal-v0": (10000, 5000, 1e-3), "BabyAI-GoToObj-v0": (1500, 3000, 1e-3)}
+# episodes, training steps, peak learning rate.
+RUNS = {"BabyAI-GoToLocal-v0": (10000, 6000, 1e-3), "BabyAI-GoToObj-v0": (1500, 3000, 1e-3)}
 
 
 def main() -> None:
