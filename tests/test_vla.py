@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import assert_close, numerical_grad
 
+from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
 from pocketgpt.model import GPT, views
@@ -150,6 +151,8 @@ def test_babyai_demonstrations_evaluation_and_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["episodes"] == 4
     assert main(["vla", "train", "--data", str(tmp_path / "c.npz"), "--out", str(tmp_path / "ckpt"), "--steps", "3",
                  "--n-layer", "1", "--n-embd", "16"]) == 0
+    config = load_checkpoint(tmp_path / "ckpt").config  # the flags given, and vla_config's default for the others
+    assert (config.n_layer, config.n_embd, config.n_head) == (1, 16, vla_config(7).n_head)
     assert main(["vla", "eval", str(tmp_path / "ckpt"), "--episodes", "3", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out.splitlines()[-1])["rows"]
     agents = {(r["agent"], r["budget"]) for r in rows}

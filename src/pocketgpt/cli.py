@@ -342,9 +342,9 @@ def cmd_vla(args) -> int:
         except ValueError as e:
             raise UsageError(e) from None
         check_can_save(args.out)
+        arch = {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head") if getattr(args, k) is not None}
         policy, info = vla_policy.train_policy(demos, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                               seed=args.seed, n_layer=args.n_layer, n_embd=args.n_embd,
-                                               n_head=args.n_head,
+                                               seed=args.seed, **arch,
                                                log=lambda r: print(f"step {r['step']}: loss {r['loss']:.4f}",
                                                                    file=sys.stderr))
         save_checkpoint(args.out, policy.checkpoint({"env": demos.env, "demos": str(args.data)}))
@@ -596,9 +596,9 @@ def build_parser() -> Parser:
     xt.add_argument("--steps", type=positive_int, default=3000)
     xt.add_argument("--batch-size", dest="batch_size", type=positive_int, default=64)
     xt.add_argument("--lr", type=float, default=1e-3)
-    xt.add_argument("--n-layer", dest="n_layer", type=positive_int, default=2)
-    xt.add_argument("--n-embd", dest="n_embd", type=positive_int, default=128)
-    xt.add_argument("--n-head", dest="n_head", type=positive_int, default=8)
+    xt.add_argument("--n-layer", dest="n_layer", type=positive_int, help="default 2")
+    xt.add_argument("--n-embd", dest="n_embd", type=positive_int, help="default 128")
+    xt.add_argument("--n-head", dest="n_head", type=positive_int, help="default 16")
     xt.add_argument("--seed", type=int, default=0)
     xt.add_argument("--json", action="store_true")
     xe = xs.add_parser("eval", help="success rate with 95% CI on held-out seeds, with and without the instruction")
