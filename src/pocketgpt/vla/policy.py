@@ -41,9 +41,9 @@ Sixteen heads of 8 channels (the default) instead of eight of 16: in the same 2,
 left the plateau with either (16 heads: seed 3, loss 0.435, success 0.68 against 0.375 blanked; seeds 0-2 at
 0.54-0.68), but over 6,000 steps on 10,000 episodes every 16-head run tried left it (success at 16 steps on 500
 held-out seeds): seed 0 0.934 against 0.326 blanked (final loss 0.154), seed 1 0.928 against 0.250 (0.124),
-seed 2 0.938 against 0.024 (0.116); the 8-head run of seed 0 left it late (final loss 0.413) and scored 0.692
-against 0.398, and one of 9,000 steps 0.596 against 0.450. More heads are more chances, at the start, for one of
-them to attend to the instruction's colour or object word.
+seed 2 0.938 against 0.024 (0.116), seed 3 0.928 against 0.248 (0.142); the 8-head run of seed 0 left it
+late (final loss 0.413) and scored 0.692 against 0.398, and one of 9,000 steps 0.596 against 0.450. More heads
+are more chances, at the start, for one of them to attend to the instruction's colour or object word.
 """
 
 from __future__ import annotations
