@@ -15,7 +15,7 @@ from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
 from pocketgpt.model import GPT, views
 from pocketgpt.vla import fast
-from pocketgpt.vla.env import Demos, collect, make_env, patches
+from pocketgpt.vla.env import GRID, Demos, collect, make_env, patches
 from pocketgpt.vla.policy import (
     MAX_MISSION,
     N_PATCHES,
@@ -119,7 +119,7 @@ def test_initial_patch_positions_are_linear_in_row_and_column():
     before = model.params["h.0.attn.c_attn.weight"].copy()
     init_policy(model, seed=0)
     pos = np.c_[model.params["wpe.weight"][PATCHES], np.ones(N_PATCHES)]
-    rows, cols = np.divmod(np.arange(N_PATCHES), 7)
+    rows, cols = np.divmod(np.arange(N_PATCHES), GRID)
     for target in (rows, cols):
         fit = pos @ np.linalg.lstsq(pos[::2], target[::2], rcond=None)[0]  # fitted on half, checked on the rest
         assert np.abs(fit[1::2] - target[1::2]).max() < 0.5
