@@ -38,3 +38,15 @@ def report(name: str, rows: list[str], write_readme: bool) -> None:
     print(table)
     if write_readme:
         write_readme_section(name, table)
+
+
+class Cycle:
+    """Batches replayed in order, round and round (for timing the same work again)."""
+
+    def __init__(self, batches: list):
+        self.batches, self.i = batches, 0
+
+    def next(self):
+        batch = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return batch

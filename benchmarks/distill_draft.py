@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketgpt.batching import generate_batch
-from pocketgpt.checkpoint import load_checkpoint
-from pocketgpt.data import load_dataset
-from pocketgpt.train import TRAIN_DEFAULTS, train
+from pocketgpt.generate import Sampling, generate_batch
+from pocketgpt.train import TRAIN_DEFAULTS, load_checkpoint, load_dataset, train
 
 
 def main() -> None:
@@ -35,7 +33,7 @@ def main() -> None:
     source = load_dataset(target_ckpt.data.get("data", "shakespeare"), "text", tok)
     starts = np.random.default_rng(0).integers(0, len(source.train) - 16, args.sequences)
     prompts = [list(source.train[s:s + 16]) for s in starts]
-    outs = generate_batch(target, prompts, max_new_tokens=112, temperature=0.8, seeds=list(range(len(prompts))),
+    outs = generate_batch(target, prompts, max_new_tokens=112, sampling=Sampling(0.8), seeds=list(range(len(prompts))),
                           slots=100)
     text = "\n".join(tok.decode(p + o) for p, o in zip(prompts, outs))
     corpus = Path(f"{args.out}.distill.txt")  # kept: the checkpoint names it as its data

@@ -23,11 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 from pocketgpt.config import PRESETS  # noqa: E402
-from pocketgpt.data import pad_documents  # noqa: E402
-from pocketgpt.generate import generate  # noqa: E402
+from pocketgpt.generate import Sampling, generate  # noqa: E402
 from pocketgpt.model import GPT  # noqa: E402
-from pocketgpt.optim import AdamW, clip_grad_norm, lr_at  # noqa: E402
-from pocketgpt.train import decay_mask  # noqa: E402
+from pocketgpt.train import TrainSettings, adamw_step, loop, make_optimizer, pad_documents  # noqa: E402
 from pocketgpt.vla import fast  # noqa: E402
 
 
@@ -52,18 +50,22 @@ def next_chunk_error(encode, decode, vocab: int, T: int, steps: int = 600, seed:
     longest = max(len(d) for d in docs)
     config = PRESETS["shakespeare-cpu"].replace(vocab_size=vocab + 2, block_size=longest, n_layer=2, n_embd=64)
     model = GPT(config, seed=seed)
-    opt = AdamW(model.flat, decay_mask(model), beta1=0.9, beta2=0.99, weight_decay=0.01)
-    rng = np.random.default_rng(seed)
+    settings = TrainSettings(steps=steps, batch_size=32, lr=3e-3, min_lr=3e-4, warmup=30, schedule="cosine",
+                             weight_decay=0.01, beta1=0.9, beta2=0.99, grad_clip=1.0, seed=seed, workers=2)
     train, test = docs[:1000], pairs[1000:1100]
-    for step in range(steps):
-        x, y, w = pad_documents([train[i] for i in rng.integers(0, len(train), 32)], longest, vocab + 1)
-        _, grad = model.loss_and_grad(x, y, w, workers=2)
-        clip_grad_norm(grad, 1.0)
-        opt.step(grad, lr_at(step, steps, 3e-3, warmup=30, schedule="cosine", min_lr=3e-4))
+
+    class Docs:
+        rng = np.random.default_rng(seed)
+
+        def next(self):
+            return pad_documents([train[i] for i in self.rng.integers(0, len(train), 32)], longest, vocab + 1)
+
+    loop(settings, adamw_step(model, settings, Docs(), make_optimizer(model, settings)))
     errors = []
     for p in test:
         prompt = [*encode(p[:T]), vocab]
-        out = list(generate(model, prompt, max_new_tokens=longest - len(prompt), temperature=0, stop_token=vocab + 1))
+        out = list(generate(model, prompt, max_new_tokens=longest - len(prompt), sampling=Sampling(temperature=0),
+                            stop_tokens={vocab + 1}))
         errors.append(rmse(decode([t for t in out if t < vocab]), p[T:]))
     return float(np.mean(errors))
 

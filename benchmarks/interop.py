@@ -24,16 +24,15 @@ from transformers import GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
-from pocketgpt.bpe import train_bpe  # noqa: E402
-from pocketgpt.checkpoint import Checkpoint  # noqa: E402
 from pocketgpt.config import PRESETS  # noqa: E402
-from pocketgpt.data import load_dataset, read_text  # noqa: E402
-from pocketgpt.generate import generate  # noqa: E402
+from pocketgpt.data import read_text  # noqa: E402
+from pocketgpt.formats.ggml import DEQUANTIZE, QUANTIZE  # noqa: E402
+from pocketgpt.generate import Sampling, generate  # noqa: E402
 from pocketgpt.interop.gguf import LLAMA_EOT_ID, export_gguf  # noqa: E402
 from pocketgpt.interop.hf import export_hf, import_hf  # noqa: E402
 from pocketgpt.model import GPT  # noqa: E402
-from pocketgpt.quant.ggml import DEQUANTIZE, QUANTIZE  # noqa: E402
-from pocketgpt.train import TRAIN_DEFAULTS, train  # noqa: E402
+from pocketgpt.tokenizers.bpe import train_bpe  # noqa: E402
+from pocketgpt.train import TRAIN_DEFAULTS, Checkpoint, load_dataset, train  # noqa: E402
 
 
 def hf_rows(tmp: Path, new_tokens: int) -> list[str]:
@@ -51,7 +50,7 @@ def hf_rows(tmp: Path, new_tokens: int) -> list[str]:
     imported = np.abs(imported_model.forward(np.array([ids]))[0][0] - ref).max()
 
     def ours():
-        return list(generate(model, ids, max_new_tokens=new_tokens, temperature=0))
+        return list(generate(model, ids, max_new_tokens=new_tokens, sampling=Sampling(temperature=0)))
 
     def theirs():
         with torch.no_grad():
@@ -100,7 +99,8 @@ def llama_rows(tmp: Path, bin_dir: Path, new_tokens: int) -> list[str]:
         elif qtype == "f16":
             params = {k: v.astype(np.float16).astype(np.float32) if v.ndim == 2 else v for k, v in params.items()}
         m = GPT(config, params)
-        ids = list(generate(m, ds.tokenizer.encode(prompt), max_new_tokens=new_tokens, temperature=0))
+        ids = list(generate(m, ds.tokenizer.encode(prompt), max_new_tokens=new_tokens,
+                            sampling=Sampling(temperature=0)))
         if LLAMA_EOT_ID in ids:  # llama.cpp ends generation at id 11 (see pocketgpt.interop.gguf)
             ids = ids[:ids.index(LLAMA_EOT_ID)]
         ours = (prompt + ds.tokenizer.decode(ids)).rstrip("\n")

@@ -16,14 +16,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
-from pocketgpt.checkpoint import load_checkpoint  # noqa: E402
-from pocketgpt.data import eval_batches, load_dataset  # noqa: E402
-from pocketgpt.layers import cross_entropy_forward  # noqa: E402
-from pocketgpt.model import KVCache  # noqa: E402
-from pocketgpt.quant.kvcache import QuantizedKVCache  # noqa: E402
-from pocketgpt.quant.model import QuantRecipe, quantize_model  # noqa: E402
+from pocketgpt.model import KVCache, QuantizedKVCache  # noqa: E402
+from pocketgpt.model.layers import cross_entropy_forward  # noqa: E402
+from pocketgpt.quant import QuantRecipe, quantize_weights  # noqa: E402
 from pocketgpt.quant.report import markdown, quantization_report  # noqa: E402
-from pocketgpt.train import evaluate  # noqa: E402
+from pocketgpt.train import eval_batches, evaluate, load_checkpoint, load_dataset  # noqa: E402
 
 
 def main() -> None:
@@ -37,8 +34,8 @@ def main() -> None:
     ds = load_dataset(ckpt.data.get("data", "shakespeare"), ckpt.data.get("mode"), ckpt.tokenizer)
     base, rows = quantization_report(model, ds, group_size=args.group_size)
     lines = markdown(base, rows, args.group_size).rstrip("\n").split("\n")
-    g32 = quantize_model(model, QuantRecipe("rtn", 4, 32))
-    matrices = sum(q.nbytes for q in g32.qweights.values()) / sum(4 * np.prod(q.shape) for q in g32.qweights.values())
+    g32 = quantize_weights(model, QuantRecipe("rtn", 4, 32))
+    matrices = sum(q.nbytes for q in g32.packed.values()) / sum(4 * np.prod(q.shape) for q in g32.packed.values())
     lines.append(f"| rtn, group 32 | 4 | {evaluate(g32, ds):.4f} | | {8 * g32.weight_bytes / model.num_params:.2f} | "
                  f"{g32.weight_bytes / model.flat.nbytes:.4f}x (the quantized matrices alone: {matrices:.4f}x) | | |")
     report("quant", lines + ["", kv_cache_row(model, ds)], args.write_readme)

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 from pocketgpt import reference  # noqa: E402
-from pocketgpt.reproduce import reproduce_microgpt  # noqa: E402
+from pocketgpt.train.reproduce import reproduce_microgpt  # noqa: E402
 
 # From microgpt's published run (seed 42, names.txt, 1,000 steps).
 PUBLISHED_LOSSES = {1: 3.3660, 2: 3.4243, 3: 3.1778, 4: 3.0664, 5: 3.2209, 10: 3.2229, 100: 3.3669,

@@ -25,9 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
-from pocketgpt.checkpoint import load_checkpoint  # noqa: E402
-from pocketgpt.data import load_dataset  # noqa: E402
 from pocketgpt.model import SlotCache  # noqa: E402
+from pocketgpt.train import load_checkpoint, load_dataset  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

@@ -22,11 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
-from pocketgpt.checkpoint import load_checkpoint  # noqa: E402
-from pocketgpt.data import load_dataset  # noqa: E402
-from pocketgpt.generate import generate  # noqa: E402
-from pocketgpt.quant.model import QuantRecipe, quantize_model  # noqa: E402
-from pocketgpt.speculative import NGramDraft, SpecStats, speculative_generate  # noqa: E402
+from pocketgpt.generate import Sampling, SpecStats, generate, make_draft, speculative_generate  # noqa: E402
+from pocketgpt.train import load_checkpoint, load_dataset  # noqa: E402
 
 
 def main() -> None:
@@ -49,9 +46,9 @@ def main() -> None:
     stride = len(ds.val) // args.prompts
     prompts = [list(ds.val[i * stride:i * stride + args.prompt_tokens]) for i in range(args.prompts)]
     drafts = {
-        f"{small.config.n_layer}-layer, {small.config.n_embd}-channel model": small,
-        "the target's own 4-bit copy (RTN, group 32)": quantize_model(target, QuantRecipe("rtn", 4, 32)),
-        "n-gram lookup (no model)": NGramDraft(),
+        f"{small.config.n_layer}-layer, {small.config.n_embd}-channel model": make_draft("model", model=small),
+        "the target's own 4-bit copy (RTN, group 32)": make_draft("quantized", target, bits=4, group_size=32),
+        "n-gram lookup (no model)": make_draft("ngram"),
     }
     rows = [f"Target: {target.config.n_layer} layers, {target.config.n_embd} channels, context {block} "
             f"({target.num_params:,} parameters); {args.prompts} validation prompts of {args.prompt_tokens} tokens, "
@@ -64,12 +61,12 @@ def main() -> None:
             stats = SpecStats()
 
             def plain(temperature=temperature):
-                return [list(generate(target, p, max_new_tokens=new_tokens, temperature=temperature, seed=i))
+                return [list(generate(target, p, max_new_tokens=new_tokens, sampling=Sampling(temperature, seed=i)))
                         for i, p in enumerate(prompts)]
 
             def spec(stats=None, draft=draft, temperature=temperature):
                 return [list(speculative_generate(target, p, max_new_tokens=new_tokens, draft=draft, k=args.k,
-                                                  temperature=temperature, seed=i, stats=stats))
+                                                  sampling=Sampling(temperature, seed=i), stats=stats))
                         for i, p in enumerate(prompts)]
 
             plain_out, spec_out = plain(), spec(stats)  # warm-up, and the statistics

@@ -19,16 +19,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_time, report  # noqa: E402
+from common import Cycle, median_time, report  # noqa: E402
 
 from pocketgpt import reference  # noqa: E402
 from pocketgpt.config import PRESETS  # noqa: E402
-from pocketgpt.data import Batches, eval_batches, load_dataset  # noqa: E402
 from pocketgpt.model import GPT  # noqa: E402
-from pocketgpt.optim import AdamW, lr_at  # noqa: E402
-from pocketgpt.reproduce import params_from_reference  # noqa: E402
-from pocketgpt.runtime import retain_freed_memory  # noqa: E402
-from pocketgpt.train import TRAIN_DEFAULTS, decay_mask, train, train_step  # noqa: E402
+from pocketgpt.model.runtime import retain_freed_memory  # noqa: E402
+from pocketgpt.train import (  # noqa: E402
+    TRAIN_DEFAULTS,
+    Batches,
+    TrainSettings,
+    adamw_step,
+    eval_batches,
+    load_dataset,
+    make_optimizer,
+    train,
+)
+from pocketgpt.train.optim import AdamW, lr_at  # noqa: E402
+from pocketgpt.train.reproduce import params_from_reference  # noqa: E402
 
 
 def microgpt_engines(steps: int) -> dict:
@@ -54,10 +62,12 @@ def microgpt_engines(steps: int) -> dict:
     fast_opt = AdamW(model.flat, beta1=reference.BETA1, beta2=reference.BETA2, eps=reference.EPS_ADAM)
     arrays = [np.array([b[:config.block_size + 1]]) for b in batches]
     fast_batches = [(a[:, :-1], a[:, 1:], np.ones(a[:, 1:].shape)) for a in arrays]
+    settings = TrainSettings(steps=steps, batch_size=1, lr=reference.LEARNING_RATE, grad_clip=0.0, dtype="float64")
+    fast_step = adamw_step(model, settings, Cycle(fast_batches), fast_opt)
 
     def fast_run():
-        for batch in fast_batches:
-            train_step(model, fast_opt, batch, reference.LEARNING_RATE, 0.0)
+        for i in range(len(fast_batches)):
+            fast_step(i, reference.LEARNING_RATE)
 
     fast_s = median_time(fast_run, repeats=9) / steps
     return {"reference_ms": ref_s * 1e3, "fast_ms": fast_s * 1e3, "ratio": ref_s / fast_s}
@@ -82,13 +92,11 @@ def shakespeare_speed(iters: int) -> dict:
     config = PRESETS["shakespeare-cpu"].replace(vocab_size=dataset.tokenizer.vocab_size)
     s = TRAIN_DEFAULTS["shakespeare-cpu"]
     model = GPT(config)
-    opt = AdamW(model.flat, decay_mask(model), beta1=s.beta1, beta2=s.beta2, weight_decay=s.weight_decay)
-    batches = Batches(dataset, s.batch_size, config.block_size, seed=0)
-    data = [batches.next() for _ in range(iters)]
-    it = iter(range(10**9))
+    data = Batches(dataset, s.batch_size, config.block_size, seed=0).take(iters)
+    step = adamw_step(model, s, Cycle(data), make_optimizer(model, s))
 
     def ours():
-        train_step(model, opt, data[next(it) % iters], s.lr, s.grad_clip, s.workers)
+        step(0, s.lr)
 
     out = {}
     try:

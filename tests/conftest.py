@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from pocketgpt.config import PRESETS
-from pocketgpt.data import Batches, load_dataset
 from pocketgpt.model import GPT
-from pocketgpt.train import TRAIN_DEFAULTS, evaluate, train
+from pocketgpt.train import TRAIN_DEFAULTS, Batches, evaluate, load_dataset, train
 
 FD_EPS = 1e-6  # central difference step; with float64 the truncation + rounding error is ~1e-9 relative
 

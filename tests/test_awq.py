@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 
 from pocketgpt.config import PRESETS
-from pocketgpt.data import Batches, load_dataset
+from pocketgpt.formats.groups import quantize_groups
 from pocketgpt.model import GPT
-from pocketgpt.quant.awq import awq_quantize, search_scales
-from pocketgpt.quant.formats import quantize_groups
-from pocketgpt.quant.model import QuantRecipe, awq_fold_scales, quantize_model
-from pocketgpt.train import evaluate
+from pocketgpt.quant import QuantRecipe, quantize_weights
+from pocketgpt.quant.awq import awq_fold_scales, awq_quantize, search_scales
+from pocketgpt.train import Batches, evaluate, load_dataset
 
 
 def test_awq_beats_rtn_on_a_layer_with_outlier_input_channels():
@@ -48,7 +47,7 @@ def test_folding_the_scales_leaves_the_float_model_unchanged(preset):
     calib = [Batches(ds, 4, 32, seed=0).next()]
     work = GPT(config, {k: v.copy() for k, v in model.params.items()})
     for layer in range(config.n_layer):
-        awq_fold_scales(work, layer, calib, QuantRecipe("awq", 4, 32))
+        awq_fold_scales(work, layer, calib, 4, 32, True)
     assert not np.allclose(work.params["h.0.attn.c_proj.weight"], model.params["h.0.attn.c_proj.weight"])
     x = calib[0][0]
     np.testing.assert_allclose(work.forward(x)[0], model.forward(x)[0], rtol=1e-4, atol=1e-4)
@@ -56,6 +55,6 @@ def test_folding_the_scales_leaves_the_float_model_unchanged(preset):
 
 def test_awq_model_loses_less_than_rtn(trained):
     model, ds, calib, base = trained
-    rtn = evaluate(quantize_model(model, QuantRecipe("rtn", 3, 32)), ds) - base
-    awq = evaluate(quantize_model(model, QuantRecipe("awq", 3, 32), calib), ds) - base
+    rtn = evaluate(quantize_weights(model, QuantRecipe("rtn", 3, 32)), ds) - base
+    awq = evaluate(quantize_weights(model, QuantRecipe("awq", 3, 32), calib), ds) - base
     assert rtn > 0 and awq < rtn

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from pocketgpt.batching import Batcher, Sequence, generate_batch
 from pocketgpt.config import PRESETS
-from pocketgpt.generate import TextStream, generate
+from pocketgpt.errors import InputError, SettingsError
+from pocketgpt.generate import Batcher, Request, Sampling, Sequence, TextStream, generate, generate_batch
 from pocketgpt.model import GPT, SlotCache
 
 
@@ -40,28 +40,28 @@ def test_decode_slots_matches_the_uncached_forward(model):
 def test_a_batch_yields_what_each_prompt_yields_alone(model, temperature):
     prompts = [[1, 2, 3], [4] * 11, [5, 6], [7], [8, 9, 10, 11]]
     seeds = [11, 12, 13, 14, 15]
-    alone = [list(generate(model, p, max_new_tokens=12, temperature=temperature, top_k=8, seed=s))
+    alone = [list(generate(model, p, max_new_tokens=12, sampling=Sampling(temperature, top_k=8, seed=s)))
              for p, s in zip(prompts, seeds)]
     for slots in (5, 2):  # with 2 slots, three prompts wait for a free slot
-        got = generate_batch(model, prompts, max_new_tokens=12, temperature=temperature, top_k=8, seeds=seeds,
+        got = generate_batch(model, prompts, max_new_tokens=12, sampling=Sampling(temperature, top_k=8), seeds=seeds,
                              slots=slots)
         assert got == alone
 
 
 def test_sequences_stop_at_the_context_and_the_stop_token(model):
-    block = model.config.block_size
-    long = generate_batch(model, [[1] * (block - 2)], max_new_tokens=50, temperature=0)[0]
-    assert long == list(generate(model, [1] * (block - 2), max_new_tokens=50, temperature=0))
+    block, greedy = model.config.block_size, Sampling(temperature=0)
+    long = generate_batch(model, [[1] * (block - 2)], max_new_tokens=50, sampling=greedy)[0]
+    assert long == list(generate(model, [1] * (block - 2), max_new_tokens=50, sampling=greedy))
     assert len(long) == 3  # two positions left in the cache, and one token sampled from the last logits
-    first = generate_batch(model, [[1, 2]], max_new_tokens=5, temperature=0)[0][0]
-    assert generate_batch(model, [[1, 2]], max_new_tokens=5, temperature=0, stop_token=first) == [[]]
+    first = generate_batch(model, [[1, 2]], max_new_tokens=5, sampling=greedy)[0][0]
+    assert generate_batch(model, [[1, 2]], max_new_tokens=5, sampling=greedy, stop_tokens={first}) == [[]]
 
 
 def test_cancelled_sequence_frees_its_slot(model):
     batcher = Batcher(model, slots=1)
-    seen = []
-    first = Sequence([1, 2], max_new_tokens=20, temperature=0, on_token=seen.append)
-    second = Sequence([3], max_new_tokens=4, temperature=0)
+    seen, greedy = [], Sampling(temperature=0)
+    first = Sequence(Request((1, 2), 20, greedy), on_token=seen.append)
+    second = Sequence(Request((3,), 4, greedy))
     batcher.submit(first)
     batcher.submit(second)
     batcher.step()
@@ -73,14 +73,17 @@ def test_cancelled_sequence_frees_its_slot(model):
     assert second.finish_reason == "length" and len(second.tokens) == 4
 
 
-def test_bad_requests_are_refused_at_submit(model):
+def test_bad_requests_are_refused_before_they_run(model):
     batcher = Batcher(model, slots=1)
-    for seq, message in ((Sequence([], 5), "prompt must hold"), (Sequence([1] * 25, 5), "prompt must hold"),
-                         (Sequence([1], 0), "max_new_tokens"), (Sequence([1], 5, temperature=-1), "temperature"),
-                         (Sequence([1], 5, top_p=0), "top_p")):
-        with pytest.raises(ValueError, match=message):
-            batcher.submit(seq)
+    with pytest.raises(InputError, match="context holds 24"):
+        batcher.submit(Sequence(Request((1,) * 25, 5)))
     assert not batcher.busy
+    for make, field in ((lambda: Request((), 5), "prompt"), (lambda: Request((1,), 0), "max_new_tokens"),
+                        (lambda: Request((1,), 5, Sampling(temperature=-1)), "temperature"),
+                        (lambda: Request((1,), 5, Sampling(top_p=0)), "top_p")):
+        with pytest.raises(SettingsError) as e:
+            make()
+        assert e.value.fields == [field]
 
 
 def test_text_stream_cuts_at_a_stop_string_split_over_tokens():

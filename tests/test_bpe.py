@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from transformers import GPT2TokenizerFast
 
-from pocketgpt.bpe import BPETokenizer, byte_alphabet, train_bpe
 from pocketgpt.data import read_text
+from pocketgpt.tokenizers.bpe import BPETokenizer, byte_alphabet, train_bpe
 
 SHAKESPEARE = read_text("shakespeare")[0]
 CORPUS = [

@@ -52,7 +52,7 @@ def test_resume_extends_a_run(trained, tmp_path, capsys):
     assert main(["train", "--resume", str(copy), "--steps", "45", "--samples", "0", "--json"]) == 0
     assert last_json(capsys)["steps"] == 45
     assert main(["train", "--resume", str(copy), "--lr", "0.5"]) == 2
-    assert "only --steps and --eval-interval may change" in capsys.readouterr().err
+    assert "--lr cannot change when resuming a run" in capsys.readouterr().err
 
 
 def test_reproduce_microgpt_flag(capsys):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pocketgpt.data import Batches, DataError, eval_batches, load_dataset, pad_documents
-from pocketgpt.tokenizer import CharTokenizer, UnknownCharacterError
+from pocketgpt.data import DataError
+from pocketgpt.tokenizers import CharTokenizer, UnknownCharacterError
+from pocketgpt.train import Batches, eval_batches, load_dataset, pad_documents
 
 
 def test_names_dataset_in_lines_mode():

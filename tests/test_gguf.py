@@ -7,13 +7,12 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize, quantize
 
-from pocketgpt.checkpoint import Checkpoint
 from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
-from pocketgpt.data import load_dataset
 from pocketgpt.interop.gguf import LLAMA_EOT_ID, export_gguf, gguf_name
 from pocketgpt.model import GPT
-from pocketgpt.tokenizer import CharTokenizer
+from pocketgpt.tokenizers import CharTokenizer
+from pocketgpt.train import Checkpoint, load_dataset
 
 
 def checkpoint(data="shakespeare", tokenizer=None) -> Checkpoint:
@@ -82,7 +81,7 @@ def test_document_bos_moves_to_llama_cpp_end_id_with_its_rows(tmp_path):
 
 
 def test_cli_export_gguf_and_its_errors(tmp_path, capsys):
-    from pocketgpt.checkpoint import save_checkpoint
+    from pocketgpt.train import save_checkpoint
 
     save_checkpoint(tmp_path / "ckpt", checkpoint())
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--format", "gguf", "--type",
@@ -98,12 +97,13 @@ def test_cli_export_gguf_and_its_errors(tmp_path, capsys):
 
 
 def test_export_to_a_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
-    from pocketgpt.checkpoint import save_checkpoint
+    from pocketgpt.train import save_checkpoint
 
     save_checkpoint(tmp_path / "ckpt", checkpoint())
     (tmp_path / "taken").write_text("a file")
     capsys.readouterr()
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "taken"), "--format", "hf"]) == 2
     err = capsys.readouterr().err
-    assert "File exists" in err and len(err.strip().splitlines()) == 1
+    assert "taken exists; pass --force to replace it" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "taken").read_text() == "a file"
     assert (tmp_path / "taken").read_text() == "a file"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pocketgpt.quant.formats import group_params, quantize_codes, quantize_groups
+from pocketgpt.formats.groups import group_params, quantize_codes, quantize_groups
 from pocketgpt.quant.gptq import gptq_quantize, hessian, inverse_cholesky
 
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from pocketgpt.bpe import train_bpe
-from pocketgpt.checkpoint import Checkpoint, load_checkpoint
 from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
-from pocketgpt.data import load_dataset, read_text
-from pocketgpt.generate import generate
+from pocketgpt.data import read_text
+from pocketgpt.generate import Sampling, generate
 from pocketgpt.interop.hf import InteropError, export_hf, import_hf
 from pocketgpt.model import GPT
+from pocketgpt.tokenizers.bpe import train_bpe
+from pocketgpt.train import Checkpoint, load_checkpoint, load_dataset
 
 LOGITS_ATOL = 1e-4  # float32, two implementations of the same math
 
@@ -84,7 +84,7 @@ def check_same_model(hf: GPT2LMHeadModel, folder, bpe):
         theirs = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
                              pad_token_id=bpe.bos)[0, len(ids):].tolist()
     assert np.abs(model.forward(np.array([ids]))[0][0] - ref).max() < LOGITS_ATOL
-    ours = list(generate(model, ids, max_new_tokens=24, temperature=0))
+    ours = list(generate(model, ids, max_new_tokens=24, sampling=Sampling(temperature=0)))
     assert ours == theirs[:len(ours)] and len(set(ours)) > 3  # a varied continuation, token for token
     assert ckpt.tokenizer.encode("ROMEO: wherefore") == bpe.encode("ROMEO: wherefore")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pocketgpt.config import PRESETS
-from pocketgpt.model import GPT, KVCache
-from pocketgpt.quant.kvcache import QuantizedKVCache
+from pocketgpt.model import GPT, KVCache, QuantizedKVCache
 
 
 def decode(model, tokens, cache, prefill):
@@ -61,9 +60,8 @@ def test_rewriting_from_position_zero_starts_over():
 
 
 def test_sample_command_with_the_4_bit_cache(tmp_path, capsys):
-    from pocketgpt.checkpoint import Checkpoint, save_checkpoint
     from pocketgpt.cli import main
-    from pocketgpt.data import load_dataset
+    from pocketgpt.train import Checkpoint, load_dataset, save_checkpoint
 
     ds = load_dataset("shakespeare")
     config = PRESETS["shakespeare-cpu"].replace(vocab_size=65, n_layer=1, block_size=32)

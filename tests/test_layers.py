@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import assert_close, numerical_grad
 
-from pocketgpt import layers
+from pocketgpt.model import layers
 
 RTOL = 1e-6
 rng = np.random.default_rng(0)
@@ -85,27 +85,71 @@ def test_gelu_is_gpt2_tanh_approximation():
     np.testing.assert_allclose(layers.gelu_forward(x)[0], expected, rtol=1e-14)
 
 
-def test_attention():
-    check(lambda qkv: layers.attention_forward(qkv, n_head=2), lambda dy, c: {"qkv": layers.attention_backward(dy, c)},
-          {"qkv": rng.standard_normal((2, 5, 3 * 8))})
+@pytest.mark.parametrize("n_kv", [4, 2, 1])  # multi-head, grouped-query, multi-query
+def test_attention(n_kv):
+    q = rng.standard_normal((2, 4, 5, 3))
+    k, v = rng.standard_normal((2, n_kv, 5, 3)), rng.standard_normal((2, n_kv, 5, 3))
+
+    def bwd(dy, cache):
+        dq, dk, dv = layers.attention_backward(dy, cache)
+        return {"q": dq, "k": dk, "v": dv}
+
+    check(lambda q, k, v: layers.attention_forward(q, k, v, layers.causal_mask(5, 5, np.float64)), bwd,
+          {"q": q, "k": k, "v": v})
+
+
+def test_grouped_query_attention_equals_heads_repeated():
+    """Query head h reads key/value head h // (nh / nkv): the same as multi-head attention over repeated heads."""
+    q, k, v = rng.standard_normal((2, 6, 4, 3)), rng.standard_normal((2, 2, 4, 3)), rng.standard_normal((2, 2, 4, 3))
+    mask = layers.causal_mask(4, 4, np.float64)
+    grouped, _ = layers.attention_forward(q, k, v, mask)
+    repeated, _ = layers.attention_forward(q, k.repeat(3, axis=1), v.repeat(3, axis=1), mask)
+    np.testing.assert_allclose(grouped, repeated, rtol=1e-13)
 
 
 def test_attention_asked_at_the_last_positions_only():
-    qkv = rng.standard_normal((2, 5, 3 * 8))
-    full, _ = layers.attention_forward(qkv, n_head=2)
-    tail, _ = layers.attention_forward(qkv, n_head=2, n_query=2)
-    np.testing.assert_allclose(tail, full[:, 3:], rtol=1e-12)  # the same rows, computed alone
-    check(lambda qkv: layers.attention_forward(qkv, n_head=2, n_query=2),
-          lambda dy, c: {"qkv": layers.attention_backward(dy, c)}, {"qkv": qkv})
+    q, k, v = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 5, 4))
+    full, _ = layers.attention_forward(q, k, v, layers.causal_mask(5, 5, np.float64))
+    tail, _ = layers.attention_forward(q[:, :, 3:], k, v, layers.causal_mask(2, 5, np.float64))
+    np.testing.assert_allclose(tail, full[:, :, 3:], rtol=1e-12)  # the same rows, computed alone
 
 
 def test_attention_is_causal():
-    qkv = rng.standard_normal((1, 6, 3 * 4))
-    full, _ = layers.attention_forward(qkv, n_head=2)
-    changed = qkv.copy()
-    changed[:, 4:] += 1.0  # changing positions 4 and 5 must not change outputs 0..3
-    out, _ = layers.attention_forward(changed, n_head=2)
-    np.testing.assert_array_equal(out[:, :4], full[:, :4])
+    q, k, v = rng.standard_normal((1, 2, 6, 2)), rng.standard_normal((1, 2, 6, 2)), rng.standard_normal((1, 2, 6, 2))
+    mask = layers.causal_mask(6, 6, np.float64)
+    full, _ = layers.attention_forward(q, k, v, mask)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, :, 4:] += 1.0  # changing positions 4 and 5 must not change outputs 0..3
+    v2[:, :, 4:] += 1.0
+    out, _ = layers.attention_forward(q, k2, v2, mask)
+    np.testing.assert_array_equal(out[:, :, :4], full[:, :, :4])
+
+
+def test_rope():
+    cos, sin = layers.rope_tables(6, 4, 100.0, np.float64)
+    check(lambda x: layers.rope_forward(x, cos, sin), lambda dy, c: {"x": layers.rope_backward(dy, c)},
+          {"x": rng.standard_normal((2, 3, 6, 4))})
+
+
+def test_rope_scores_depend_on_the_distance_only():
+    """A rotation by each position's angle: |x| is kept, and q_i . k_j depends on i - j alone."""
+    cos, sin = layers.rope_tables(12, 8, 10000.0, np.float64)
+    q, k = rng.standard_normal(8), rng.standard_normal(8)
+    rq = layers.rope_forward(np.tile(q, (12, 1)), cos, sin)[0]
+    rk = layers.rope_forward(np.tile(k, (12, 1)), cos, sin)[0]
+    np.testing.assert_allclose(np.linalg.norm(rq, axis=1), np.linalg.norm(q), rtol=1e-13)
+    scores = rq @ rk.T
+    for d in range(-3, 4):
+        diagonal = np.diagonal(scores, offset=d)
+        np.testing.assert_allclose(diagonal, diagonal[0], rtol=1e-10)
+
+
+def test_swiglu():
+    fwd, bwd = layers.ACTIVATION["swiglu"]
+    check(lambda x: fwd(x), lambda dy, cache: {"x": bwd(dy, cache)}, {"x": rng.standard_normal((3, 2, 10))})
+    h = rng.standard_normal((4, 6))
+    gate, up = h[:, :3], h[:, 3:]
+    np.testing.assert_allclose(fwd(h)[0], gate / (1 + np.exp(-gate)) * up, rtol=1e-14)
 
 
 def test_embedding():
@@ -124,7 +168,7 @@ def test_embedding_scatter_path_matches_onehot_path():
     idx = rng.integers(0, 3000, (2, 4))
     dx = rng.standard_normal((2, 4, 3))
     big = np.zeros((3000, 3)), np.zeros((4, 3))
-    layers.embedding_backward(dx, (idx, 3000, 4), *big)
+    layers.embedding_backward(dx, (idx, 3000, np.arange(4)), *big)
     expected = np.zeros((3000, 3))
     for (b, t), i in np.ndenumerate(idx):
         expected[i] += dx[b, t]

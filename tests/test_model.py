@@ -11,7 +11,7 @@ from conftest import assert_close, numerical_grad
 from pocketgpt import reference
 from pocketgpt.config import PRESETS, GPTConfig, preset
 from pocketgpt.model import GPT, param_shapes
-from pocketgpt.reproduce import params_from_reference
+from pocketgpt.train.reproduce import params_from_reference
 
 REF_RTOL = 1e-9  # float64 engine vs scalar reference: same math, different summation order
 

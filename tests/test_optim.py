@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from pocketgpt import reference
-from pocketgpt.optim import AdamW, clip_grad_norm, lr_at
+from pocketgpt.train.optim import AdamW, clip_grad_norm, lr_at
 
 
 def test_adamw_without_decay_matches_reference_adam():

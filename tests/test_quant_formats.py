@@ -6,8 +6,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pocketgpt.quant.formats import pack_bits, quantize_groups, unpack_bits
-from pocketgpt.quant.mxfp4 import BLOCK_BYTES, dequantize_mxfp4, fp4_codes, quantize_mxfp4
+from pocketgpt.formats.groups import pack_bits, quantize_groups, unpack_bits
+from pocketgpt.formats.mxfp4 import BLOCK_BYTES, dequantize_mxfp4, fp4_codes, quantize_mxfp4
 
 rng = np.random.default_rng(0)
 

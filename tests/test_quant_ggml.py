@@ -7,7 +7,7 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
-from pocketgpt.quant.ggml import BLOCK_BYTES, DEQUANTIZE, QUANTIZE
+from pocketgpt.formats.ggml import BLOCK_BYTES, DEQUANTIZE, QUANTIZE
 
 TYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
 

@@ -8,33 +8,40 @@ import json
 import numpy as np
 import pytest
 
-from pocketgpt.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pocketgpt.cli import main
-from pocketgpt.data import Batches
+from pocketgpt.files import sha256_file
 from pocketgpt.model import GPT
-from pocketgpt.quant.model import QuantizedGPT, QuantRecipe, quantize_model
-from pocketgpt.train import TRAIN_DEFAULTS, evaluate
+from pocketgpt.quant import QuantRecipe, quantize_weights
+from pocketgpt.train import (
+    TRAIN_DEFAULTS,
+    Batches,
+    Checkpoint,
+    CheckpointError,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def test_quantized_loss_is_finite_and_close_to_float(trained):
     model, ds, _, base = trained
-    q = quantize_model(model, QuantRecipe("rtn", bits=8, group_size=64))
+    q = quantize_weights(model, QuantRecipe("rtn", bits=8, group_size=64))
     assert abs(evaluate(q, ds) - base) / base < 0.002  # 8-bit: within 0.2%
-    q4 = quantize_model(model, QuantRecipe("rtn", bits=4, group_size=32))
+    q4 = quantize_weights(model, QuantRecipe("rtn", bits=4, group_size=32))
     assert np.isfinite(evaluate(q4, ds)) and abs(evaluate(q4, ds) - base) / base < 0.05  # 4-bit: within 5%
 
 
 def test_gptq_removes_most_of_rtns_loss_increase(trained):
     model, ds, calib, base = trained
-    rtn = evaluate(quantize_model(model, QuantRecipe("rtn", bits=3, group_size=64)), ds) - base
-    gptq = evaluate(quantize_model(model, QuantRecipe("gptq", bits=3, group_size=64), calib), ds) - base
+    rtn = evaluate(quantize_weights(model, QuantRecipe("rtn", bits=3, group_size=64)), ds) - base
+    gptq = evaluate(quantize_weights(model, QuantRecipe("gptq", bits=3, group_size=64), calib), ds) - base
     assert rtn > 0 and gptq < 0.5 * rtn
 
 
 def test_quantized_model_holds_packed_weights_and_decodes_like_its_forward(trained):
     model, _, _, _ = trained
-    q = quantize_model(model, QuantRecipe("rtn", bits=4, group_size=32))
-    assert isinstance(q, QuantizedGPT) and "h.0.mlp.c_fc.weight" not in q.params
+    q = quantize_weights(model, QuantRecipe("rtn", bits=4, group_size=32))
+    assert "h.0.mlp.c_fc.weight" in q.packed and "h.0.mlp.c_fc.weight" not in q.params
     assert q.weight_bytes < 0.3 * model.flat.nbytes
     tokens = np.random.default_rng(0).integers(0, 65, (1, 20))
     full, _, _ = q.forward(tokens)
@@ -46,25 +53,48 @@ def test_quantized_model_holds_packed_weights_and_decodes_like_its_forward(train
         q.loss_and_grad(tokens, tokens)
 
 
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "mxfp4"])
+def test_llama_cpp_block_formats_quantize_save_and_run(trained, tmp_path, fmt):
+    """A checkpoint in each of llama.cpp's block formats (MXFP4 among them) runs, loads back bit for bit, and
+    stays close to the float model."""
+    model, ds, _, base = trained
+    recipe = QuantRecipe("rtn", format=fmt)
+    q = quantize_weights(model, recipe)
+    assert {w.format for w in q.packed.values()} == {fmt}
+    loss = evaluate(q, ds)
+    assert abs(loss - base) / base < (0.002 if fmt == "q8_0" else 0.05)
+    save_checkpoint(tmp_path / fmt, Checkpoint.of(q, ds.tokenizer, ds.spec(), recipe.to_dict()))
+    back = load_checkpoint(tmp_path / fmt)
+    tokens = np.arange(30)[None] % 65
+    np.testing.assert_array_equal(back.model().forward(tokens)[0], q.forward(tokens)[0])
+    assert back.quantization["format"] == fmt
+
+
 def test_quantized_checkpoint_round_trip(trained, tmp_path):
     model, ds, _, _ = trained
-    q = quantize_model(model, QuantRecipe("rtn", bits=3, group_size=64, symmetric=False))
-    save_checkpoint(tmp_path / "q", Checkpoint.of(q, ds.tokenizer, ds.spec()))
-    back = load_checkpoint(tmp_path / "q").model()
+    recipe = QuantRecipe("rtn", bits=3, group_size=64, symmetric=False)
+    q = quantize_weights(model, recipe)
+    save_checkpoint(tmp_path / "q", Checkpoint.of(q, ds.tokenizer, ds.spec(), recipe.to_dict()))
+    loaded = load_checkpoint(tmp_path / "q")
+    back = loaded.model()
     tokens = np.arange(30)[None] % 65
     np.testing.assert_array_equal(back.forward(tokens)[0], q.forward(tokens)[0])
-    assert back.recipe == q.recipe and back.weight_bytes == q.weight_bytes
+    assert QuantRecipe.from_dict(loaded.quantization) == recipe and back.weight_bytes == q.weight_bytes
 
 
 def test_quantized_checkpoint_with_wrong_shapes_is_a_clear_error(trained, tmp_path):
     from safetensors.numpy import load_file, save_file
 
     model, ds, _, _ = trained
-    save_checkpoint(tmp_path / "q", Checkpoint.of(quantize_model(model, QuantRecipe("rtn")), ds.tokenizer))
+    save_checkpoint(tmp_path / "q", Checkpoint.of(quantize_weights(model, QuantRecipe("rtn")), ds.tokenizer))
     tensors = load_file(tmp_path / "q" / "model.safetensors")
     tensors["h.1.mlp.c_proj.weight.scales"] = tensors["h.1.mlp.c_proj.weight.scales"][:, :1].copy()
     save_file(tensors, tmp_path / "q" / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"h.1.mlp.c_proj.weight.scales is shape \(64, 1\), the recipe implies"):
+    cfg = json.loads((tmp_path / "q" / "config.json").read_text())  # as a faulty writer would record it
+    cfg["files"]["model.safetensors"] = sha256_file(tmp_path / "q" / "model.safetensors")
+    (tmp_path / "q" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"h.1.mlp.c_proj.weight.scales is float16 \(64, 1\); a 64x256 "
+                       r"GroupQuantized matrix needs float16 \(64, 4\)"):
         load_checkpoint(tmp_path / "q")
 
 
@@ -80,6 +110,11 @@ def test_cli_quantize_then_sample_and_eval(trained, tmp_path, capsys):
     assert main(["sample", str(tmp_path / "q"), "--count", "1", "--max-tokens", "10", "--seed", "0"]) == 0
     assert main(["quantize", str(tmp_path / "q"), str(tmp_path / "qq")]) == 2
     assert "already quantized" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "q")]) == 2  # OUT holds a checkpoint
+    assert "already holds a checkpoint; pass --force to replace it" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "f"), "--force"]) == 2  # OUT is IN: never
+    assert "is the input itself" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "f").packed is None  # the float checkpoint is untouched
 
 
 def test_qat_lowers_the_loss_of_a_3_bit_model(trained):
@@ -87,21 +122,22 @@ def test_qat_lowers_the_loss_of_a_3_bit_model(trained):
 
     model, ds, _, _ = trained
     recipe = QuantRecipe("qat", bits=3, group_size=64)
-    rtn = evaluate(quantize_model(model, QuantRecipe("rtn", bits=3, group_size=64)), ds)
+    rtn = evaluate(quantize_weights(model, QuantRecipe("rtn", bits=3, group_size=64)), ds)
     settings = dataclasses.replace(TRAIN_DEFAULTS["shakespeare-cpu"], steps=40, lr=3e-4, min_lr=3e-5, warmup=4,
                                    eval_interval=0, weight_decay=0.0, batch_size=8)
     q = qat(model, recipe, ds, settings)
-    assert evaluate(q, ds) < rtn - 0.01 and q.recipe.method == "qat"
+    assert evaluate(q, ds) < rtn - 0.01 and len(q.packed) == 4 * model.config.n_layer
 
 
 def test_zeroqat_lowers_the_loss_with_forward_passes_only(trained, monkeypatch):
     import tracemalloc
 
-    from pocketgpt.quant.qat import FakeQuantGPT, zeroqat
+    from pocketgpt.quant.fake import FakeQuantGPT
+    from pocketgpt.quant.qat import zeroqat
 
     model, ds, _, _ = trained
     recipe = QuantRecipe("zeroqat", bits=2, group_size=64)  # 2 bits: a loss gap worth closing on this small model
-    rtn = evaluate(quantize_model(model, QuantRecipe("rtn", bits=2, group_size=64)), ds)
+    rtn = evaluate(quantize_weights(model, QuantRecipe("rtn", bits=2, group_size=64)), ds)
 
     def no_backward(*args, **kwargs):
         raise AssertionError("ZeroQAT must not call backward")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_reference import MICROGPT_20_STEP_LOSSES, MICROGPT_20_STEP_SAMPLES
 
-from pocketgpt.reproduce import reproduce_microgpt
+from pocketgpt.train.reproduce import reproduce_microgpt
 
 
 def test_fast_engine_reproduces_microgpt_20_step_run():

@@ -14,10 +14,8 @@ import openai
 import pytest
 import uvicorn
 
-from pocketgpt.batching import Sequence
-from pocketgpt.generate import encode_prompt, generate
-from pocketgpt.server import Engine, chat_prompt, create_app
-from pocketgpt.speculative import NGramDraft, SpeculativeBatcher
+from pocketgpt.generate import NGramDraft, Request, Sampling, Sequence, SpeculativeBatcher, encode_prompt, generate
+from pocketgpt.serve.server import Engine, chat_prompt, create_app
 
 
 class Served:
@@ -54,7 +52,8 @@ def served(request):
 
 
 def greedy_text(model, tok, text: str, n: int) -> str:
-    return tok.decode(generate(model, encode_prompt(tok, text, False), max_new_tokens=n, temperature=0))
+    return tok.decode(generate(model, encode_prompt(tok, text, False), max_new_tokens=n,
+                               sampling=Sampling(temperature=0)))
 
 
 def test_models_and_health(served):
@@ -115,8 +114,8 @@ def test_concurrent_requests_get_what_each_gets_alone(served):
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:  # 6 clients, 4 slots, a queue of 2
         got = list(pool.map(ask, range(len(prompts))))
-    expected = [tok.decode(generate(model, encode_prompt(tok, p, False), max_new_tokens=15, temperature=0.8,
-                                    seed=i)) for i, p in enumerate(prompts)]
+    expected = [tok.decode(generate(model, encode_prompt(tok, p, False), max_new_tokens=15,
+                                    sampling=Sampling(0.8, seed=i))) for i, p in enumerate(prompts)]
     assert got == expected
 
 
@@ -156,20 +155,32 @@ def test_malformed_json_is_a_400(served):
 
 
 def test_requests_beyond_the_queue_get_429(trained):
+    """A sequence holds the only slot (its first token blocks the batcher until released), so the next request
+    finds the slots and the queue full; once the holder is cancelled and released, requests run again."""
     model, ds, _, _ = trained
     s = Served(Engine(model, ds.tokenizer, "tiny", documents=False, slots=1, max_queue=0))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(token: int) -> None:
+        holding.set()
+        release.wait(timeout=30)
+
     try:
-        slow = Sequence([0], max_new_tokens=60, on_token=lambda t: time.sleep(0.05))  # holds the slot ~3 s
-        s.engine.submit(slow)
+        holder = Sequence(Request((0,), 60), on_token=hold)
+        s.engine.submit(holder)
+        assert holding.wait(timeout=30)
         with pytest.raises(openai.RateLimitError, match="capacity"):
             s.client.completions.create(model="tiny", prompt="A", max_tokens=2)
-        s.engine.batcher.cancel(slow)
-        deadline = time.monotonic() + 10
-        while s.engine.batcher.load():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        s.engine.batcher.cancel(holder)
+        release.set()
+        deadline = time.monotonic() + 30
+        while s.engine.batcher.load():  # the cancelled holder leaves at the batcher's next step
+            assert time.monotonic() < deadline, "the slot was not freed"
+            time.sleep(0.01)
+        assert holder.finish_reason == "cancelled"
         assert s.client.completions.create(model="tiny", prompt="A", max_tokens=2).choices[0].text
     finally:
+        release.set()
         s.close()
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from pocketgpt.config import PRESETS
-from pocketgpt.data import Batches, load_dataset
+from pocketgpt.formats.groups import quantize_groups, quantize_per_token
 from pocketgpt.model import GPT
-from pocketgpt.quant.formats import quantize_groups
-from pocketgpt.quant.model import QuantRecipe, quantize_model, quantize_per_token, smooth_fold_scales
-from pocketgpt.train import evaluate
+from pocketgpt.quant import QuantRecipe, quantize_weights
+from pocketgpt.quant.smoothquant import smooth_fold_scales
+from pocketgpt.train import Batches, evaluate, load_dataset
 
 
 def test_smoothing_lowers_w8a8_error_on_activation_outliers():
@@ -48,5 +48,5 @@ def test_smoothing_leaves_the_float_model_unchanged():
 
 def test_w8a8_model_loses_under_one_percent(trained):
     model, ds, calib, base = trained
-    q = quantize_model(model, QuantRecipe("smoothquant", 8, 64), calib)
+    q = quantize_weights(model, QuantRecipe("smoothquant", 8, 64), calib)
     assert abs(evaluate(q, ds) - base) / base < 0.01

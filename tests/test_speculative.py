@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pocketgpt.config import PRESETS
-from pocketgpt.generate import generate
+from pocketgpt.generate import Sampling, SpecStats, generate, make_draft, speculative_generate
 from pocketgpt.model import GPT
-from pocketgpt.quant.model import QuantRecipe, quantize_model
-from pocketgpt.speculative import NGramDraft, SpecStats, speculative_generate
+
+GREEDY = Sampling(temperature=0)
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,11 @@ def target():
 def drafts(target):
     config = target.config
     return {
-        "smaller model": GPT(config.replace(n_layer=1, n_embd=16), dtype=np.float64, seed=2),
-        "random weights": GPT(config, dtype=np.float64, seed=3),
-        "quantized self": quantize_model(target, QuantRecipe("rtn", bits=4, group_size=32)),
-        "n-gram": NGramDraft(),
-        "short-context model": GPT(config.replace(block_size=8), dtype=np.float64, seed=2),
+        "smaller model": make_draft("model", model=GPT(config.replace(n_layer=1, n_embd=16), dtype=np.float64, seed=2)),
+        "random weights": make_draft("model", model=GPT(config, dtype=np.float64, seed=3)),
+        "quantized self": make_draft("quantized", target, bits=4, group_size=32),
+        "n-gram": make_draft("ngram"),
+        "short-context model": make_draft("model", model=GPT(config.replace(block_size=8), dtype=np.float64, seed=2)),
     }
 
 
@@ -39,23 +39,39 @@ def drafts(target):
 def test_greedy_output_is_token_identical(target, kind, adaptive):
     draft = drafts(target)[kind]
     prompt = [0, 1, 2, 0, 1]
-    plain = list(generate(target, prompt, max_new_tokens=40, temperature=0))
+    plain = list(generate(target, prompt, max_new_tokens=40, sampling=GREEDY))
     stats = SpecStats()
     got = list(speculative_generate(target, prompt, max_new_tokens=40, draft=draft, k=3, adaptive=adaptive,
-                                    temperature=0, stats=stats))
+                                    sampling=GREEDY, stats=stats))
     assert got == plain
     assert stats.tokens == len(got) and stats.target_forwards == stats.rounds < len(got) + 1
     assert 0 <= stats.acceptance_rate <= 1 and len(stats.per_position) >= 1
+    assert stats.draft_seconds >= 0 and stats.verify_seconds > 0
+
+
+@pytest.mark.parametrize("kind", ["smaller model", "quantized self", "n-gram"])
+def test_any_length_equals_plain_decoding_sliding_past_the_context(target, kind):
+    """Past the context (32 tokens here) plain decoding slides its window; speculative decoding must give the
+    same tokens for as long as asked, not stop at the context."""
+    prompt = [0, 1, 2, 0, 1]
+    plain = list(generate(target, prompt, max_new_tokens=70, sampling=GREEDY, sliding=True))
+    got = list(speculative_generate(target, prompt, max_new_tokens=70, draft=drafts(target)[kind], k=3,
+                                    sampling=GREEDY, sliding=True))
+    assert len(plain) == 70 and got == plain
+    long_prompt = list(np.random.default_rng(0).integers(0, 5, 40))  # longer than the context from the start
+    assert list(speculative_generate(target, long_prompt, max_new_tokens=10, draft=drafts(target)[kind],
+                                     sampling=GREEDY, sliding=True)) == \
+        list(generate(target, long_prompt, max_new_tokens=10, sampling=GREEDY, sliding=True))
 
 
 def test_max_tokens_and_stop_token(target):
-    plain = list(generate(target, [0, 1], max_new_tokens=7, temperature=0))
+    plain = list(generate(target, [0, 1], max_new_tokens=7, sampling=GREEDY))
     draft = drafts(target)["random weights"]
-    assert list(speculative_generate(target, [0, 1], max_new_tokens=7, draft=draft, temperature=0)) == plain
+    assert list(speculative_generate(target, [0, 1], max_new_tokens=7, draft=draft, sampling=GREEDY)) == plain
     stop = plain[4]
     cut = plain[:plain.index(stop)]
-    assert list(speculative_generate(target, [0, 1], max_new_tokens=7, draft=draft, temperature=0,
-                                     stop_token=stop)) == cut
+    assert list(speculative_generate(target, [0, 1], max_new_tokens=7, draft=draft, sampling=GREEDY,
+                                     stop_tokens={stop})) == cut
 
 
 def exact_two_token_distribution(model, prompt) -> np.ndarray:
@@ -82,10 +98,11 @@ def test_sampling_keeps_the_targets_distribution(target, kind):
     counts = np.zeros(V * V)
     rng = np.random.default_rng(0)
     for _ in range(N):
-        a, b, _ = speculative_generate(target, prompt, max_new_tokens=3, draft=draft, k=2, temperature=1.0, rng=rng)
+        a, b, _ = speculative_generate(target, prompt, max_new_tokens=3, draft=draft, k=2, sampling=Sampling(1.0),
+                                       rng=rng)
         counts[a * V + b] += 1
     eps = math.sqrt((V * V * math.log(2) + math.log(1e6)) / (2 * N))
     tv = 0.5 * np.abs(counts / N - exact).sum()
     assert tv < eps, (tv, eps)
     if kind == "smaller model":
-        assert 0.5 * np.abs(exact_two_token_distribution(draft, prompt) - exact).sum() > 2 * eps
+        assert 0.5 * np.abs(exact_two_token_distribution(draft.model, prompt) - exact).sum() > 2 * eps

@@ -7,11 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.config import PRESETS
-from pocketgpt.data import load_dataset
 from pocketgpt.model import GPT
-from pocketgpt.train import TRAIN_DEFAULTS, TrainSettings, evaluate, train
+from pocketgpt.train import TRAIN_DEFAULTS, TrainSettings, evaluate, load_checkpoint, load_dataset, train
 
 
 def setup(data="names", preset="microgpt", **changes):

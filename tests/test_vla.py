@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import assert_close, numerical_grad
 
-from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
 from pocketgpt.model import GPT, views
+from pocketgpt.train import load_checkpoint
 from pocketgpt.vla import fast
 from pocketgpt.vla.env import GRID, Demos, collect, make_env, patches
 from pocketgpt.vla.policy import (

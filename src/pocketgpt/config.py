@@ -1,7 +1,9 @@
 """GPTConfig: the architecture of a pocketgpt model, as a frozen dataclass, and its named presets.
 
-Only the architecture lives here; run settings (learning rate, steps, batch size) are keyword
-arguments of the functions that use them.
+One dataclass describes both families: GPT-2 (learned positions, LayerNorm, GELU, fused biases) and Llama
+(rotary positions, RMSNorm with gains, grouped-query attention, a SwiGLU MLP, no biases). Each difference
+is an explicit field, so model code reads fields, never a family name. Only the architecture lives here;
+run settings (learning rate, steps, batch size) are keyword arguments of the functions that use them.
 """
 
 from __future__ import annotations
@@ -9,61 +11,92 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from pocketgpt.errors import InputError, SettingsError, check_settings
+
 NORMS = ("rmsnorm", "layernorm")
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "swiglu")  # gelu: the tanh approximation (GPT-2's); swiglu: silu(gate) * up
+POSITIONS = ("learned", "rope")
 
 
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 27
-    block_size: int = 16
+    block_size: int = 16  # context length in tokens
     n_layer: int = 1
     n_head: int = 4
     n_embd: int = 16
+    n_kv_head: int = 0  # key/value heads; 0: as many as query heads; fewer: grouped-query (1: multi-query)
+    positions: str = "learned"  # learned: a position embedding (wpe); rope: rotary embedding of queries and keys
+    rope_theta: float = 10000.0
     norm: str = "rmsnorm"  # rmsnorm | layernorm
     norm_weights: bool = False  # learnable gain (and a bias too for layernorm when bias=True)
     norm_eps: float = 1e-5
-    activation: str = "relu"  # relu | gelu (tanh approximation, as GPT-2)
+    activation: str = "relu"  # relu | gelu | swiglu
+    ffn_size: int = 0  # the MLP's hidden width; 0: 4 * n_embd
     bias: bool = False  # biases on the linear layers
     tie_embeddings: bool = False  # lm_head shares wte's weights
     init_std: float = 0.08  # N(0, init_std) for every matrix
     scale_residual_init: bool = False  # GPT-2: residual projections drawn with std / sqrt(2 n_layer)
     embed_norm: bool = True  # microgpt normalizes the token + position embedding before layer 0
-    final_norm: bool = False  # GPT-2 has a final norm (ln_f) before lm_head; microgpt has none
+    final_norm: bool = False  # GPT-2 and Llama have a final norm (ln_f) before lm_head; microgpt has none
     input_dim: int = 0  # > 0: an input projection (inp) embeds feature vectors (e.g. image patches) too
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.n_head >= 1 and self.n_embd % self.n_head:
-            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.norm not in NORMS:
-            problems.append(f"norm must be one of {', '.join(NORMS)} (got {self.norm!r})")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation must be one of {', '.join(ACTIVATIONS)} (got {self.activation!r})")
-        if self.input_dim < 0:
-            problems.append(f"input_dim must be >= 0 (got {self.input_dim})")
-        if self.init_std <= 0 or self.norm_eps <= 0:
-            problems.append("init_std and norm_eps must be > 0")
-        if problems:
-            raise ValueError("invalid GPTConfig: " + "; ".join(problems))
+        ints = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        checks = [(isinstance(getattr(self, n), int) and getattr(self, n) >= 1, n, f"must be >= 1 (got "
+                   f"{getattr(self, n)})") for n in ints]
+        checks += [(self.n_kv_head >= 0, "n_kv_head", f"must be >= 0 (got {self.n_kv_head})"),
+                   (self.ffn_size >= 0, "ffn_size", f"must be >= 0 (got {self.ffn_size})"),
+                   (self.input_dim >= 0, "input_dim", f"must be >= 0 (got {self.input_dim})"),
+                   (self.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)} (got {self.norm!r})"),
+                   (self.activation in ACTIVATIONS, "activation",
+                    f"must be one of {', '.join(ACTIVATIONS)} (got {self.activation!r})"),
+                   (self.positions in POSITIONS, "positions",
+                    f"must be one of {', '.join(POSITIONS)} (got {self.positions!r})"),
+                   (self.init_std > 0, "init_std", "must be > 0"), (self.norm_eps > 0, "norm_eps", "must be > 0"),
+                   (self.rope_theta > 0, "rope_theta", "must be > 0")]
+        check_settings(checks)
+        check_settings([(self.n_embd % self.n_head == 0, "n_embd",
+                         f"({self.n_embd}) must be divisible by n_head ({self.n_head})"),
+                        (self.n_head % self.n_kv == 0, "n_kv_head",
+                         f"({self.n_kv}) must divide n_head ({self.n_head})"),
+                        (self.positions != "rope" or self.head_size % 2 == 0, "n_head",
+                         f"must leave an even head size for rotary positions (head size {self.head_size})")])
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def n_kv(self) -> int:
+        """Key/value heads."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ffn(self) -> int:
+        """The MLP's hidden width (a SwiGLU MLP's c_fc produces twice this: gate, then up)."""
+        return self.ffn_size or 4 * self.n_embd
+
+    @property
+    def qkv_sizes(self) -> tuple[int, int]:
+        """Rows of c_attn's query part and of each of its key and value parts."""
+        return self.n_head * self.head_size, self.n_kv * self.head_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
+        if not isinstance(d, dict):
+            raise InputError("the model description must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown GPTConfig fields: {', '.join(unknown)}")
-        return cls(**d)
+            raise SettingsError([(name, "is not a GPTConfig field") for name in unknown])
+        try:
+            return cls(**d)
+        except TypeError as e:  # a string where a number goes
+            raise InputError(f"the model description has a value of the wrong type ({e})") from None
 
     def replace(self, **changes) -> GPTConfig:
         return dataclasses.replace(self, **changes)
@@ -92,5 +125,5 @@ PRESETS: dict[str, GPTConfig] = {
 
 def preset(name: str) -> GPTConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -56,13 +56,19 @@ class AuditLog:
 def verify(path: str | Path) -> tuple[list[str], dict | None]:
     """(problems, last good record): each problem names the line and what is wrong there."""
     problems, prev, last = [], GENESIS, None
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
+    lines = Path(path).read_bytes().splitlines()
+    for n, raw in enumerate(lines, 1):
         try:
-            record = json.loads(line)
+            record = json.loads(raw.decode("utf-8"))
             claimed = record.pop("hash")
+        except UnicodeDecodeError:
+            problems.append(f"line {n}: not UTF-8 text")
+            continue
         except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
             problems.append(f"line {n}: not an audit record")
+            continue
+        if not isinstance(record.get("seq"), int) or isinstance(record.get("seq"), bool):
+            problems.append(f"line {n}: its record number is not an integer")
             continue
         if digest(record) != claimed:
             problems.append(f"line {n}: record {record.get('seq')} was edited (its hash does not match its content)")

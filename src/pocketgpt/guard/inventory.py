@@ -13,7 +13,7 @@ from pocketgpt.guard.policy import Policy
 def inventory(policy: Policy, log: str | Path | None = None) -> dict:
     used: Counter = Counter()
     if log is not None:
-        for line in Path(log).read_text(encoding="utf-8").splitlines():
+        for line in Path(log).read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
                 used[(record["agent"], record["tool"])] += 1

@@ -216,6 +216,8 @@ def load_policy(path: str | Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise PolicyError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not a policy file (not UTF-8 text: invalid byte at offset {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml

@@ -246,19 +246,17 @@ BENIGN_EMAILS = [
 ]
 
 
-def benign_corpus(shakespeare_lines: int = 2000) -> list[str]:
-    """Lines of tinyshakespeare and ordinary e-mails: what the scanner must leave alone."""
-    from pocketgpt.data import read_text
-
-    text, _ = read_text("shakespeare")
-    lines = [line for line in text.splitlines() if line.strip()]
-    step = max(1, len(lines) // shakespeare_lines)
+def benign_corpus(texts: list[str] = (), lines: int = 2000) -> list[str]:
+    """What the scanner must leave alone: up to `lines` of the given texts (evenly spread; e.g. lines of
+    tinyshakespeare, which the caller reads) and ordinary e-mails."""
+    step = max(1, len(texts) // lines)
     emails = [e.format(n=n) for e in BENIGN_EMAILS for n in range(1, 14)]
-    return lines[::step][:shakespeare_lines] + emails
+    return list(texts[::step][:lines]) + emails
 
 
-def redteam(policy: Policy | None = None) -> dict:
-    """Attack success and benign utility with and without the guard, and the scanner's rates."""
+def redteam(policy: Policy | None = None, benign_texts: list[str] = ()) -> dict:
+    """Attack success and benign utility with and without the guard, and the scanner's rates (false positives
+    over benign_corpus(benign_texts))."""
     policy = policy if policy is not None else load_policy(EXAMPLE_POLICY)
     suite = attacks()
     with_guard = [run_task(t, policy, s, g) for t, s, g in suite]
@@ -267,7 +265,7 @@ def redteam(policy: Policy | None = None) -> dict:
     benign_plain = [run_task(t, None) for t in tasks()]
     payloads = [payload(s, *g) for _, s, g in suite]
     detected = sum(scan(p).score >= policy.scanner_threshold for p in set(payloads))
-    corpus = benign_corpus()
+    corpus = benign_corpus(benign_texts)
     flagged = [t for t in corpus if scan(t).score >= policy.scanner_threshold]
 
     def rate(runs, attr):

@@ -1,1 +1,18 @@
-"""Formats other tools read and write: Hugging Face GPT-2 checkpoints (hf)."""
+"""Formats other tools read and write: Hugging Face folders (hf) and GGUF files (gguf), and `load`, which opens
+whatever a user points a command at as a checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pocketgpt.interop.hf import import_hf
+from pocketgpt.train import Checkpoint, is_checkpoint, load_checkpoint
+
+
+def load(source: str | os.PathLike) -> Checkpoint:
+    """A pocketgpt checkpoint folder, or a Hugging Face folder, as a Checkpoint."""
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file() and not is_checkpoint(path):
+        return import_hf(path)
+    return load_checkpoint(path)

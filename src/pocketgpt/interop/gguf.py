@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketgpt.bpe import EOT, BPETokenizer, byte_alphabet
-from pocketgpt.checkpoint import Checkpoint
+from pocketgpt.formats.ggml import QK, QUANTIZE
 from pocketgpt.interop.hf import InteropError, gpt2_expressible
 from pocketgpt.model import param_shapes
-from pocketgpt.quant.ggml import QK, QUANTIZE
+from pocketgpt.tokenizers.bpe import EOT, BPETokenizer, byte_alphabet
+from pocketgpt.train import Checkpoint
 
 TYPES = ("f32", "f16", "q8_0", "q4_0")
 LLAMA_EOT_ID = 11  # llama.cpp's end-of-generation id for `gpt2` tokenizers

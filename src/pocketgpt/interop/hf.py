@@ -16,11 +16,11 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from pocketgpt.bpe import BPETokenizer
-from pocketgpt.checkpoint import Checkpoint
 from pocketgpt.config import GPTConfig
+from pocketgpt.errors import InputError
 from pocketgpt.model import param_shapes
-from pocketgpt.tokenizer import CharTokenizer
+from pocketgpt.tokenizers import BPETokenizer, CharTokenizer
+from pocketgpt.train import Checkpoint
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names for GPT-2's tanh GELU
@@ -28,7 +28,7 @@ BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers that old ch
 BOS_TOKEN = "<bos>"  # how a character tokenizer's BOS is spelled in tokenizer.json
 
 
-class InteropError(ValueError):
+class InteropError(InputError):
     pass
 
 

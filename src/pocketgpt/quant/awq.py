@@ -6,14 +6,14 @@ that max(s) * min(s) = 1), searches alpha over a grid of 20 values in [0, 1) (al
 the layer's output error on calibration inputs, and folds 1/s into the operation that produces x (a
 norm's gain and bias, or the value projection before attention). Then each (row, group)'s range is
 clipped to the ratio in CLIP_GRID that minimizes that group's output error, and the result is quantized
-to nearest.
+to nearest. `awq_fold_scales` does the search and the folding for one block of a model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pocketgpt.quant.formats import (
+from pocketgpt.formats.groups import (
     GroupQuantized,
     check_format,
     group_params,
@@ -21,6 +21,8 @@ from pocketgpt.quant.formats import (
     quantize_codes,
     quantize_groups,
 )
+from pocketgpt.model import GPT
+from pocketgpt.quant.calibration import calibration_inputs, fold_scales
 
 ALPHAS = np.arange(20) / 20  # 0, 0.05, ..., 0.95
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
@@ -78,3 +80,26 @@ def awq_quantize(w: np.ndarray, x: np.ndarray, bits: int = 4, group_size: int = 
     params, zeros = group_params(ws, bits, group_size, symmetric, clip)
     codes = quantize_codes(ws, params, zeros, bits)
     return GroupQuantized(pack_bits(codes, bits), params, zeros, w.shape, bits, group_size), s
+
+
+def awq_fold_scales(work: GPT, layer: int, calib, bits: int, group_size: int, symmetric: bool) -> None:
+    """Search AWQ scales for block `layer`'s linears on the calibration batches and fold them in wherever the
+    producer of a linear's input can absorb 1/s exactly."""
+    c, p = work.config, f"h.{layer}"
+    q_size, kv_size = c.qkv_sizes
+
+    def fold_into(producer: str, rows: slice, lin: str) -> None:
+        x = calibration_inputs(work, calib, f"{p}.{lin}")
+        s, _ = search_scales(work.params[f"{p}.{lin}.weight"], x, bits, group_size, symmetric)
+        fold_scales(work, producer, rows, f"{p}.{lin}", s)
+
+    if c.norm_weights:  # a norm without a gain has nothing to absorb 1/s
+        fold_into(f"{p}.ln_1", slice(None), "attn.c_attn")
+    if c.n_kv == c.n_head:  # through the values; with shared value heads one scale would serve several columns
+        fold_into(f"{p}.attn.c_attn", slice(q_size + kv_size, q_size + 2 * kv_size), "attn.c_proj")
+    if c.norm_weights:
+        fold_into(f"{p}.ln_2", slice(None), "mlp.c_fc")
+    if c.activation == "relu":  # relu(z) / s = relu(z / s) for s > 0; GELU has no such identity
+        fold_into(f"{p}.mlp.c_fc", slice(None), "mlp.c_proj")
+    elif c.activation == "swiglu":  # silu(gate) * up / s = silu(gate) * (up / s): through the up rows
+        fold_into(f"{p}.mlp.c_fc", slice(c.ffn, 2 * c.ffn), "mlp.c_proj")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pocketgpt.quant.formats import GroupQuantized, check_format, group_params, pack_bits, quantize_codes
+from pocketgpt.formats.groups import GroupQuantized, check_format, group_params, pack_bits, quantize_codes
 
 
 def hessian(x: np.ndarray) -> np.ndarray:

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketgpt.data import Batches, Dataset
-from pocketgpt.generate import generate
+from pocketgpt.files import atomic_file, write_text
+from pocketgpt.generate import Sampling, generate
 from pocketgpt.model import GPT
-from pocketgpt.quant.model import QuantRecipe, quantize_model
-from pocketgpt.quant.qat import qat, qat_settings, zeroqat
-from pocketgpt.train import evaluate
+from pocketgpt.quant.quantize import quantize
+from pocketgpt.quant.recipe import QuantRecipe
+from pocketgpt.train import Dataset, evaluate
 
 RUNS = [("rtn", 8), ("smoothquant", 8), ("rtn", 4), ("gptq", 4), ("awq", 4), ("rtn", 4, "hadamard"),
         ("gptq", 4, "hadamard"), ("rtn", 3), ("gptq", 3), ("awq", 3), ("rtn", 3, "hadamard"), ("rtn", 3, "learned"),
@@ -33,35 +33,34 @@ class Row:
 
 
 def decode_rate(model: GPT, tokens: int = 63, rounds: int = 3) -> float:
+    """Greedy decode tokens/s, best of `rounds` (this machine is noisy: the best run is the least disturbed)."""
     best = 0.0
     for _ in range(rounds):
         t = time.perf_counter()
-        n = len(list(generate(model, [0], max_new_tokens=tokens, temperature=0)))
+        n = len(list(generate(model, [0], max_new_tokens=min(tokens, model.config.block_size - 1),
+                              sampling=Sampling(temperature=0))))
         best = max(best, n / (time.perf_counter() - t))
     return best
 
 
-def quantization_report(model: GPT, dataset: Dataset, group_size: int = 64, calib_batches: int = 8,
-                        fine_tune_steps: int = 100, runs=RUNS) -> tuple[float, list[Row]]:
-    """(float validation loss, one Row per (method, bits))."""
+def quantization_report(model: GPT, dataset: Dataset, group_size: int = 64, calib: int = 128,
+                        fine_tune_steps: int = 100, runs=RUNS, progress=None) -> tuple[float, list[Row]]:
+    """(float validation loss, one Row per (method, bits)); ZeroQAT gets 1.5x the fine-tuning steps.
+    progress(done, total) after each run."""
     base = evaluate(model, dataset)
-    batches = Batches(dataset, 16, model.config.block_size, seed=0)
-    calib = [batches.next() for _ in range(calib_batches)]
     float_rate = decode_rate(model)
     rows = []
-    for method, bits, *rotation in runs:
+    for done, (method, bits, *rotation) in enumerate(runs, 1):
         recipe = QuantRecipe(method, bits, group_size, rotation=rotation[0] if rotation else "none")
+        steps = int(fine_tune_steps * 1.5) if method == "zeroqat" else fine_tune_steps
         t = time.perf_counter()
-        if method == "qat":
-            q = qat(model, recipe, dataset, qat_settings(fine_tune_steps))
-        elif method == "zeroqat":
-            q = zeroqat(model, recipe, dataset, steps=int(fine_tune_steps * 1.5))
-        else:
-            q = quantize_model(model, recipe, calib, rotation_steps=fine_tune_steps)
+        q = quantize(model, recipe, dataset, calib=calib, steps=steps)
         seconds = time.perf_counter() - t
         loss = evaluate(q, dataset)
-        rows.append(Row(recipe.label, bits, loss, (loss - base) / base, q.weight_bytes / model.flat.nbytes,
+        rows.append(Row(recipe.label, bits, loss, (loss - base) / base, q.weight_bytes / model.weight_bytes,
                         8 * q.weight_bytes / model.num_params, seconds, decode_rate(q) / float_rate))
+        if progress is not None:
+            progress(done, len(runs))
     return base, rows
 
 
@@ -92,7 +91,8 @@ def plot(base: float, rows: list[Row], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
@@ -101,7 +101,7 @@ def write_report(model: GPT, dataset: Dataset, out: str | Path, **kwargs) -> tup
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, rows = quantization_report(model, dataset, **kwargs)
-    (out / "quant-report.md").write_text(markdown(base, rows, kwargs.get("group_size", 64)), encoding="utf-8")
+    write_text(out / "quant-report.md", markdown(base, rows, kwargs.get("group_size", 64)))
     plot(base, rows, out / "quant-report.png")
     return base, rows
 

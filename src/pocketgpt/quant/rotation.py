@@ -16,7 +16,8 @@ each attention head's values and the matching input columns of attn.c_proj (QuaR
 
 SpinQuant starts from the same Hadamard and learns R1 by Cayley SGD: the gradient G of the fake-quantized
 model's loss with respect to R is turned into the skew-symmetric A = G R^T - R G^T, and
-R <- (I + lr/2 A)^-1 (I - lr/2 A) R, which stays exactly orthogonal.
+R <- (I + lr/2 A)^-1 (I - lr/2 A) R, which stays exactly orthogonal. Rotary positions act on queries and
+keys after their projections, so they are untouched by either rotation.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import numpy as np
 
 from pocketgpt.config import GPTConfig
 from pocketgpt.model import GPT, views
+from pocketgpt.quant.fake import FakeQuantGPT
+from pocketgpt.quant.recipe import QuantRecipe, check_rotatable
+from pocketgpt.train import TrainSettings, loop
 
 READERS = ("attn.c_attn", "mlp.c_fc")  # read the (normed) residual stream
 WRITERS = ("attn.c_proj", "mlp.c_proj")  # add into it
@@ -45,13 +49,6 @@ def random_hadamard(n: int, rng: np.random.Generator) -> np.ndarray:
     return h * rng.choice([-1.0, 1.0], size=(n, 1))
 
 
-def check_rotatable(config: GPTConfig) -> None:
-    if config.bias:
-        raise ValueError("rotation supports models without biases (a norm bias before lm_head has nowhere to go)")
-    if config.embed_norm and config.norm_weights:
-        raise ValueError("rotation cannot fold the gain of an embedding norm: it scales the residual stream itself")
-
-
 def rotatable(model: GPT) -> GPT:
     """The same function as a float64 GPT with gain-free RMSNorms and an untied lm_head (steps 1 and 2 above)."""
     c = model.config
@@ -66,7 +63,8 @@ def rotatable(model: GPT) -> GPT:
             lm_head *= p.pop("ln_f.weight")
     if c.norm == "layernorm":  # centre every writer of the residual stream
         for name in ("wte.weight", "wpe.weight"):
-            p[name] -= p[name].mean(axis=1, keepdims=True)
+            if name in p:
+                p[name] -= p[name].mean(axis=1, keepdims=True)
         for i in range(c.n_layer):
             for lin in WRITERS:
                 w = p[f"h.{i}.{lin}.weight"]  # (C, in): output channels are rows
@@ -82,13 +80,16 @@ def head_rotation(config: GPTConfig, seed: int = 0) -> np.ndarray:
 
 
 def rotate_heads(params: dict[str, np.ndarray], config: GPTConfig, r2: np.ndarray) -> None:
-    """Rotate each head's values by r2 (rows of the V part of c_attn) and c_proj's input columns to match."""
-    C, hs = config.n_embd, config.head_size
+    """Rotate each value head by r2 (its rows of c_attn's value part) and, to match, the input columns of
+    c_proj that every query head reading it writes from (one r2 for all heads, so shared value heads work)."""
+    hs = config.head_size
+    q_size, kv_size = config.qkv_sizes
     for i in range(config.n_layer):
         qkv, proj = params[f"h.{i}.attn.c_attn.weight"], params[f"h.{i}.attn.c_proj.weight"]
-        for h in range(config.n_head):
-            rows = slice(2 * C + h * hs, 2 * C + (h + 1) * hs)
+        for h in range(config.n_kv):
+            rows = slice(q_size + kv_size + h * hs, q_size + kv_size + (h + 1) * hs)
             qkv[rows] = r2.T @ qkv[rows]
+        for h in range(config.n_head):
             cols = slice(h * hs, (h + 1) * hs)
             proj[:, cols] = proj[:, cols] @ r2
 
@@ -97,7 +98,8 @@ def rotated_params(base: dict[str, np.ndarray], config: GPTConfig, r1: np.ndarra
     """The parameters of a rotatable model with its residual stream rotated by r1 (C, C)."""
     out = dict(base)
     for name in ("wte.weight", "wpe.weight", "lm_head.weight"):
-        out[name] = base[name] @ r1
+        if name in base:
+            out[name] = base[name] @ r1
     for i in range(config.n_layer):
         for lin in READERS:
             out[f"h.{i}.{lin}.weight"] = base[f"h.{i}.{lin}.weight"] @ r1
@@ -108,7 +110,7 @@ def rotated_params(base: dict[str, np.ndarray], config: GPTConfig, r1: np.ndarra
 
 def rotation_grad(base: dict[str, np.ndarray], config: GPTConfig, grads: dict[str, np.ndarray]) -> np.ndarray:
     """dL/dr1 from the loss gradients of the rotated parameters (chain rule through rotated_params)."""
-    g = sum(base[n].T @ grads[n] for n in ("wte.weight", "wpe.weight", "lm_head.weight"))
+    g = sum(base[n].T @ grads[n] for n in ("wte.weight", "wpe.weight", "lm_head.weight") if n in base)
     for i in range(config.n_layer):
         for lin in READERS:  # W' = W R  ->  W^T G
             g += base[f"h.{i}.{lin}.weight"].T @ grads[f"h.{i}.{lin}.weight"]
@@ -134,30 +136,25 @@ def hadamard_rotate(model: GPT, seed: int = 0) -> tuple[GPT, np.ndarray]:
     return GPT(c, rotated_params(base.params, c, r1), dtype=model.dtype), r1
 
 
-def learn_rotation(model: GPT, recipe, calib, steps: int = 100, lr: float = 0.05, seed: int = 0,
-                   log=None) -> tuple[GPT, np.ndarray]:
+def learn_rotation(model: GPT, recipe: QuantRecipe, calib, steps: int = 100, lr: float = 0.05, seed: int = 0,
+                   on_step=None) -> tuple[GPT, np.ndarray]:
     """SpinQuant: R1 learned by Cayley SGD on the calibration batches' loss of the model with its block
     linears fake-quantized by `recipe` (straight-through), starting from QuaRot's Hadamard. Returns the
     rotated float model (the model's dtype) and R1."""
-    from pocketgpt.quant.qat import FakeQuantGPT
-
     base = rotatable(model)
     c = base.config
     rotate_heads(base.params, c, head_rotation(c, seed))
     r1 = random_hadamard(c.n_embd, np.random.default_rng(seed))
     fake = FakeQuantGPT(GPT(c, base.params, dtype=np.float32), recipe)
-    for step in range(steps):
+
+    def step(i: int, rate: float) -> dict:
+        nonlocal r1
         fake.load_params(rotated_params(base.params, c, r1))
-        x, y, w = calib[step % len(calib)]
+        x, y, w = calib[i % len(calib)]
         loss, flat = fake.loss_and_grad(x, y, w)
         g = rotation_grad(base.params, c, views(flat, fake.shapes))
-        r1 = cayley_step(r1, g / max(np.abs(g).max(), 1e-12), lr)
-        if log is not None:
-            log({"step": step + 1, "loss": loss})
+        r1 = cayley_step(r1, g / max(np.abs(g).max(), 1e-12), rate)
+        return {"loss": loss}
+
+    loop(TrainSettings(steps=steps, lr=lr, schedule="constant", seed=seed), step, on_step=on_step)
     return GPT(c, rotated_params(base.params, c, r1), dtype=model.dtype), r1
-
-
-def max_to_mean(x: np.ndarray) -> float:
-    """Mean over rows of max|x| / mean|x|: how much one channel dominates a token's activations."""
-    a = np.abs(x.reshape(-1, x.shape[-1]))
-    return float(np.mean(a.max(axis=1) / np.maximum(a.mean(axis=1), 1e-12)))

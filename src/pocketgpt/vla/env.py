@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketgpt.errors import InputError
+from pocketgpt.files import atomic_file
+
 TILE = 8
 GRID = 7
 EVAL_SEED_START = 1_000_000
@@ -37,7 +40,7 @@ def make_env(name: str):
     try:
         env = gym.make(name)
     except gym.error.Error as e:
-        raise ValueError(f"unknown environment {name!r}: {e}") from None
+        raise InputError(f"unknown environment {name!r}: {e}") from None
     return RGBImgPartialObsWrapper(env, tile_size=TILE)
 
 
@@ -69,12 +72,10 @@ class Demos:
     actions_names: list[str]
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, images=self.images, actions=self.actions, episodes=self.episodes,
-                            meta=np.array(json.dumps({"env": self.env, "missions": self.missions,
-                                                      "actions": self.actions_names})))
-        tmp.replace(path)
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, images=self.images, actions=self.actions, episodes=self.episodes,
+                                meta=np.array(json.dumps({"env": self.env, "missions": self.missions,
+                                                          "actions": self.actions_names})))
 
     @classmethod
     def load(cls, path: str | Path) -> Demos:
@@ -83,11 +84,12 @@ class Demos:
                 meta = json.loads(str(f["meta"]))
                 return cls(meta["env"], f["images"], meta["missions"], f["actions"], f["episodes"], meta["actions"])
         except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a demonstrations file ({e})") from None
+            raise InputError(f"{path}: not a demonstrations file ({e})") from None
 
 
-def collect(name: str, episodes: int, seed_start: int = 0, log=None) -> Demos:
-    """Run the BabyAI expert bot for `episodes` episodes (seeds seed_start, seed_start + 1, ...)."""
+def collect(name: str, episodes: int, seed_start: int = 0, progress=None) -> Demos:
+    """Run the BabyAI expert bot for `episodes` episodes (seeds seed_start, seed_start + 1, ...);
+    progress(done, total) after each episode."""
     from minigrid.utils.baby_ai_bot import BabyAIBot
 
     env = make_env(name)
@@ -104,7 +106,7 @@ def collect(name: str, episodes: int, seed_start: int = 0, log=None) -> Demos:
             ids.append(ep)
             obs, _, terminated, truncated, _ = env.step(action)
             done = terminated or truncated
-        if log is not None and (ep + 1) % 100 == 0:
-            log(ep + 1)
+        if progress is not None:
+            progress(ep + 1, episodes)
     return Demos(name, np.array(images, np.uint8), missions, np.array(actions, np.int64), np.array(ids, np.int64),
                  action_names(env))

@@ -4,63 +4,39 @@ One decision is one sequence of T = MAX_MISSION + 49 + 1 tokens:
   positions 0-31   the instruction's characters, padded with PAD (longer ones are cut)
   next 49          the PATCH token, plus the input projection of that image tile (and its position embedding)
   last             the ACT token, whose output is read over the action tokens
-The vocabulary is the instruction characters, then PAD, PATCH and ACT, then one token per environment action.
-The loss is the cross-entropy of the ACT position's logits against the expert's action token only, so the
-model's last layer runs for the ACT position alone (`outputs=1`).
+The vocabulary is the instruction characters, then PAD, PATCH and ACT, then one token per environment action
+(the character tokenizer's reserved ids). The loss is the cross-entropy of the ACT position's logits against
+the expert's action token only, so the model's last layer runs for the ACT position alone (`outputs=1`).
 
 The instruction comes first so that, under causal attention, every patch can read it (a patch can then tell
 whether it shows the object named) and the ACT token reads patches that already know.
 
-Three choices of the starting weights (`init_policy`) decide whether behaviour cloning learns at all:
+The starting weights (`init_policy`) decide whether behaviour cloning learns at all, because a policy must
+know where an object is and which of several objects the instruction names:
 - The patches' position embeddings are a row part plus a column part, each with a linear ramp along a random
-  direction (so left/right and near/far are linear in them from the first step), at a larger scale
-  (PATCH_POS_STD) than the model's other weights. At the usual 0.02 a tile's pixels outweigh its place and a
-  policy, which must know WHERE the object is, stays at the label entropy: on a synthetic task whose action is
-  the column side of a single red tile (2 layers, 64 channels, 300 steps, seeds 0-3, positions drawn
-  independently), held-out accuracy was 0.43-0.44 for every seed at 0.02 (chance), 0.97-1.0 for three seeds of
-  four at 0.5.
-- The input projection starts at INPUT_STD = 0.1, so that a tile's content is about as large as its position.
-- The attention's query and key weights start at QK_STD = 0.06 instead of 0.02. Picking the one object the
-  instruction names out of eight needs sharp attention, and attention logits are a product of two weight
-  matrices: started near zero, each one's gradient is scaled by the other, and training sits on a plateau.
-  At 0.06 the initial logits have a standard deviation of about 0.4: off the plateau, not yet committed.
-Measured on GoToLocal (5,400 expert episodes, 2,000 steps of 64 at lr 1e-3, 2 x 128 x 8; action accuracy on
-3,000 held-out steps, success at 16 steps on 200 held-out seeds): with the 0.02 query/key weights, loss 0.70
-and accuracy 0.683 whether or not the instruction was blanked (0.683 vs 0.681, success 0.24 vs 0.25); with all
-three, seed 0: loss 0.22, accuracy 0.927 against 0.515 blanked, success 0.855 against 0.095 blanked. Other seeds
-leave the plateau later: seed 1 reached loss 0.55 and success 0.50 against 0.405 blanked by step 2,000; seed 2
-was still at 0.70 at step 2,000 of 4,000, seed 3 at 0.61. Query/key weights at 0.06 alone stayed on the plateau
-(loss 0.70); at 0.1, with the other two, the policy learned to walk up to objects by step 2,000 but not yet to
-read the instruction (0.45 vs 0.435 blanked).
-With these starting weights, none of the following made seeds 2 and 3 read the instruction by step 2,000 (loss
-0.56-0.71, success within 0.06 of the blanked policy): a third layer; lr 5e-4 (seeds 1 and 3); the patches'
-position and input scales divided by 4; training on the bot's action for every object in the room as the target
-at each visited state (70,000 steps from 2,000 seeds); each instruction word in its own 6-character slot, so
-that the colour and the object type always sit at the same positions.
-Sixteen heads of 8 channels (the default) instead of eight of 16: in the same 2,000-step probes one seed of four
-left the plateau with either (16 heads: seed 3, loss 0.435, success 0.68 against 0.375 blanked; seeds 0-2 at
-0.54-0.68), but over 6,000 steps on 10,000 episodes every 16-head run tried left it (success at 16 steps on 500
-held-out seeds): seed 0 0.934 against 0.326 blanked (final loss 0.154), seed 1 0.928 against 0.250 (0.124),
-seed 2 0.938 against 0.024 (0.116), seed 3 0.928 against 0.248 (0.142); the 8-head run of seed 0 left it
-late (final loss 0.413) and scored 0.692 against 0.398, and one of 9,000 steps 0.596 against 0.450. More heads
-are more chances, at the start, for one of them to attend to the instruction's colour or object word.
+  direction (left/right and near/far are linear in them from the first step), at a larger scale
+  (PATCH_POS_STD) than the model's other weights, so that a tile's place is not drowned by its pixels.
+- The input projection starts at INPUT_STD, so that a tile's content is about as large as its position.
+- The attention's query and key weights start at QK_STD rather than the usual 0.02: attention logits are a
+  product of two weight matrices, so started near zero each one's gradient is scaled by the other and
+  training sits on a plateau where the instruction goes unused.
+Sixteen heads of 8 channels rather than eight of 16 give more heads the chance, at the start, to attend to the
+instruction's colour or object word. The runs behind these choices are in the README's VLA section.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from pocketgpt.checkpoint import Checkpoint
 from pocketgpt.config import GPTConfig
+from pocketgpt.errors import InputError
 from pocketgpt.model import GPT
-from pocketgpt.optim import AdamW, clip_grad_norm, lr_at
-from pocketgpt.runtime import retain_freed_memory
-from pocketgpt.tokenizer import CharTokenizer
-from pocketgpt.train import decay_mask
+from pocketgpt.model.runtime import retain_freed_memory
+from pocketgpt.tokenizers import CharTokenizer
+from pocketgpt.train import Checkpoint, TrainSettings, adamw_step, loop, make_optimizer
 from pocketgpt.vla.env import EVAL_SEED_START, GRID, TILE, Demos, make_env, patches, reset
 
 CHARS = " ',abcdefghijklmnopqrstuvwxyz"
@@ -112,7 +88,7 @@ class VLAPolicy:
     def __init__(self, model: GPT, actions: list[str]):
         self.model, self.actions = model, actions
         self.layout = Layout(len(CHARS), len(actions))
-        self.tok = CharTokenizer(CHARS, bos=False)
+        self.tok = CharTokenizer(CHARS, bos=False, reserved=self.layout.vocab_size - len(CHARS))
 
     def encode(self, images: np.ndarray, missions: list[str], blank: bool = False):
         """Token ids (B, SEQ), features (B, SEQ, 192) and the feature mask (B, SEQ) for a batch of decisions."""
@@ -156,7 +132,7 @@ class VLAPolicy:
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> VLAPolicy:
         if "vla" not in ckpt.data or not ckpt.config.input_dim:
-            raise ValueError("not a VLA checkpoint (train one with pocketgpt vla train)")
+            raise InputError("not a VLA checkpoint (train one with pocketgpt vla train)")
         return cls(ckpt.model(), ckpt.data["vla"]["actions"])
 
 
@@ -179,27 +155,46 @@ def init_policy(model: GPT, seed: int) -> None:
         model.params[f"h.{layer}.attn.c_attn.weight"][:2 * C] = rng.normal(0.0, QK_STD, (2 * C, C))
 
 
+class DemoBatches:
+    """Random batches of decisions from the demonstrations: (images, missions, actions)."""
+
+    def __init__(self, demos: Demos, batch_size: int, seed: int):
+        self.demos, self.batch_size, self.rng = demos, batch_size, np.random.default_rng(seed)
+
+    def next(self):
+        rows = self.rng.integers(0, len(self.demos.actions), self.batch_size)
+        return self.demos.images[rows], [self.demos.missions[r] for r in rows], self.demos.actions[rows]
+
+
+def policy_settings(steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> TrainSettings:
+    """Behaviour cloning's run: AdamW (beta2 0.99, weight decay 0.01), 5% warmup, cosine to lr / 10, clipping at 1."""
+    return TrainSettings(steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup=max(1, steps // 20),
+                         schedule="cosine", weight_decay=0.01, beta1=0.9, beta2=0.99, grad_clip=1.0, seed=seed,
+                         workers=2)
+
+
 def train_policy(demos: Demos, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                 log=None, **arch) -> tuple[VLAPolicy, dict]:
-    """Behaviour cloning on the demonstrations: AdamW, warmup then cosine decay, clipping at 1.
-    arch (n_layer, n_embd, n_head) overrides vla_config's defaults."""
+                 on_step=None, **arch) -> tuple[VLAPolicy, dict]:
+    """Behaviour cloning on the demonstrations, in the training loop every trainer uses.
+    arch (n_layer, n_embd, n_head) overrides vla_config's defaults; on_step(info) after each step."""
     model = GPT(vla_config(len(demos.actions_names), **arch), seed=seed)
     init_policy(model, seed)
     policy = VLAPolicy(model, demos.actions_names)
-    opt = AdamW(model.flat, decay_mask(model), beta1=0.9, beta2=0.99, weight_decay=0.01)
-    rng = np.random.default_rng(seed)
+    settings = policy_settings(steps, batch_size, lr, seed)
     retain_freed_memory()
-    start, losses = time.perf_counter(), []
-    for step in range(steps):
-        rows = rng.integers(0, len(demos.actions), batch_size)
-        loss, grad = policy.loss_and_grad(demos.images[rows], [demos.missions[r] for r in rows], demos.actions[rows])
-        clip_grad_norm(grad, 1.0)
-        opt.step(grad, lr_at(step, steps, lr, warmup=max(1, steps // 20), schedule="cosine", min_lr=lr / 10))
-        losses.append(loss)
-        if log is not None and (step + 1) % 100 == 0:
-            log({"step": step + 1, "loss": float(np.mean(losses[-100:]))})
-    return policy, {"steps": steps, "final_loss": float(np.mean(losses[-100:])),
-                    "seconds": time.perf_counter() - start, "samples": len(demos.actions)}
+    losses = []
+
+    def record(info: dict) -> None:
+        losses.append(info["loss"])
+        if on_step is not None:
+            on_step({**info, "mean_loss": float(np.mean(losses[-100:]))})
+
+    step = adamw_step(model, settings, DemoBatches(demos, batch_size, seed), make_optimizer(model, settings),
+                      loss_and_grad=lambda batch: policy.loss_and_grad(*batch, workers=settings.workers),
+                      tokens=lambda batch: len(batch[2]))
+    result = loop(settings, step, on_step=record)
+    return policy, {"steps": steps, "final_loss": float(np.mean(losses[-100:])), "seconds": result["seconds"],
+                    "samples": len(demos.actions)}
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -245,9 +240,9 @@ def evaluate_policy(env_name: str, episodes: int, act, budget: int | None = None
 
 
 def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: int = 16,
-                     baselines: bool = True, seed_start: int = EVAL_SEED_START) -> list[dict]:
+                     baselines: bool = True, seed_start: int = EVAL_SEED_START, progress=None) -> list[dict]:
     """The policy with and without its instruction, at `budget` steps and at the environment's own limit;
-    with baselines, random actions and the expert bot too."""
+    with baselines, random actions and the expert bot too. progress(done, total) after each row."""
     from minigrid.utils.baby_ai_bot import BabyAIBot
 
     def model(blank: bool):
@@ -273,4 +268,6 @@ def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: in
         for limit in (budget, None):
             rows.append({"agent": name, **evaluate_policy(env_name, episodes, act, limit, seed_start,
                                                           batch=name.startswith("policy"))})
+            if progress is not None:
+                progress(len(rows), 2 * len(agents))
     return rows

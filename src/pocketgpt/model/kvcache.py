@@ -1,14 +1,23 @@
-"""A 4-bit KV cache in the manner of KIVI: keys quantized per channel, values per token, recent tokens float.
+"""KV caches: the keys and values of every layer for the positions decoded so far.
 
+- KVCache: float arrays (L, B, nkv, size, hs) for keys and for values; nkv is the model's key/value head count
+  (a grouped-query model such as SmolLM2 keeps a third of what its query heads would need).
+- SlotCache: a KVCache whose batch rows are independent sequences, each with its own length (continuous
+  batching).
+- QuantizedKVCache: 4-bit entries in the manner of KIVI (below).
+The model talks to a cache only through write() and read() (and a SlotCache's arrays for one-token decode
+steps), so any of them serves generation.
+
+A 4-bit KV cache in the manner of KIVI: keys quantized per channel, values per token, recent tokens float.
 Keys have outlier channels, so each channel gets its own range over a group of `group` consecutive tokens;
 values are quantized per token (over its head's channels). Both are asymmetric 4-bit (float16 scale,
 uint8 zero point, codes packed two per byte along the channels). The tokens of the group still being
 filled stay in float16 until the group is complete. Reads dequantize, so attention itself is unchanged.
 
-Per layer, storage for a full context of S tokens with head size hs (nh heads, batch B):
-  keys    codes (B, nh, S, hs/2) uint8 + per (group, channel) float16 scale and uint8 zero
-  values  codes (B, nh, S, hs/2) uint8 + per token float16 scale and uint8 zero
-  float16 (B, nh, group, hs) each for keys and values (the group being filled)
+Per layer, storage for a full context of S tokens with head size hs (nkv heads, batch B):
+  keys    codes (B, nkv, S, hs/2) uint8 + per (group, channel) float16 scale and uint8 zero
+  values  codes (B, nkv, S, hs/2) uint8 + per token float16 scale and uint8 zero
+  float16 (B, nkv, group, hs) each for keys and values (the group being filled)
 """
 
 from __future__ import annotations
@@ -16,7 +25,54 @@ from __future__ import annotations
 import numpy as np
 
 from pocketgpt.config import GPTConfig
-from pocketgpt.quant.formats import float16_up, pack_bits, unpack_bits
+from pocketgpt.formats.groups import float16_up, pack_bits, unpack_bits
+
+
+class KVCache:
+    """Keys and values of every layer for up to `size` positions: (L, B, nkv, size, hs) each."""
+
+    def __init__(self, config: GPTConfig, batch: int, dtype, size: int | None = None):
+        self.size = size or config.block_size
+        shape = (config.n_layer, batch, config.n_kv, self.size, config.head_size)
+        self.k = np.zeros(shape, dtype)
+        self.v = np.zeros(shape, dtype)
+        self.length = 0  # positions filled in every layer
+
+    @classmethod
+    def over(cls, k: np.ndarray, v: np.ndarray, length: int = 0) -> KVCache:
+        """A cache that stores into existing arrays (L, B, nkv, size, hs), e.g. one slot of a SlotCache."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.size, cache.length = k, v, k.shape[3], length
+        return cache
+
+    def write(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store keys and values (B, nkv, T, hs) of positions start .. start + T - 1."""
+        self.k[layer, :, :, start:start + k.shape[2]] = k
+        self.v[layer, :, :, start:start + v.shape[2]] = v
+
+    def read(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values (B, nkv, end, hs) of positions 0 .. end - 1."""
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+class SlotCache(KVCache):
+    """A KVCache whose batch rows are `slots` independent sequences, each with its own length (`lengths`).
+
+    Continuous batching keeps one sequence per slot: a slot is prefilled on its own (through slot(), a
+    KVCache over that slot's rows), then every active slot decodes together in one GPT.decode_slots call.
+    """
+
+    def __init__(self, config: GPTConfig, slots: int, dtype, size: int | None = None):
+        super().__init__(config, slots, dtype, size)
+        self.lengths = np.zeros(slots, dtype=np.int64)
+
+    def slot(self, s: int) -> KVCache:
+        return KVCache.over(self.k[:, s:s + 1], self.v[:, s:s + 1], int(self.lengths[s]))
+
 
 BITS = 4
 LEVELS = 2**BITS - 1
@@ -47,12 +103,12 @@ def _unpack(packed: np.ndarray, hs: int) -> np.ndarray:
 
 
 class QuantizedKVCache:
-    """Drop-in for pocketgpt.model.KVCache (write / read / length / size) that stores 4-bit entries."""
+    """A KVCache (write / read / length / size) that stores 4-bit entries."""
 
     def __init__(self, config: GPTConfig, batch: int, dtype=np.float32, size: int | None = None, group: int = 8):
         self.size, self.group, self.dtype = size or config.block_size, group, dtype
         self.length = 0
-        L, B, nh, hs = config.n_layer, batch, config.n_head, config.head_size
+        L, B, nh, hs = config.n_layer, batch, config.n_kv, config.head_size
         n_groups = -(-self.size // group)
         self.hs = hs
         self.k_codes = np.zeros((L, B, nh, n_groups * group, hs // 2), np.uint8)

@@ -2,7 +2,8 @@
 
 `x_forward(inputs..., params...) -> (out, cache)` and `x_backward(dout, cache) -> (dinputs, dparams)`.
 Every function works for float32 and float64 alike; nothing here knows about the model as a whole.
-Shapes: B batch, T time, C channels, V vocabulary, nh heads, hs head size, N = B*T rows.
+Shapes: B batch, T time, C channels, V vocabulary, nh query heads, nkv key/value heads, hs head size,
+F the MLP's hidden width, N = B*T rows.
 """
 
 from __future__ import annotations
@@ -17,23 +18,54 @@ GELU_K = math.sqrt(2.0 / math.pi)
 # ----------------------------------------------------------------------------- embedding
 
 
-def embedding_forward(idx, wte, wpe):
-    """Token plus position embedding: (B, T) ids -> (B, T, C)."""
-    T = idx.shape[1]
-    x = wte[idx] + wpe[:T]  # (B, T, C)
-    return x, (idx, wte.shape[0], T)
+def embedding_forward(idx, wte, wpe=None, positions=None):
+    """Token embedding, plus the learned position embedding when wpe is given: (B, T) ids -> (B, T, C).
+    positions (T,) or (B, T) default to 0..T-1."""
+    positions = np.arange(idx.shape[1]) if positions is None else positions
+    x = wte[idx]  # (B, T, C)
+    if wpe is not None:
+        x += wpe[positions]
+    return x, (idx, wte.shape[0], positions)
 
 
-def embedding_backward(dx, cache, dwte, dwpe):
-    """Accumulates into dwte (V, C) and dwpe (block_size, C)."""
-    idx, V, T = cache
+def embedding_backward(dx, cache, dwte, dwpe=None):
+    """Accumulates into dwte (V, C) and, when given, dwpe (block_size, C); positions (T,) as in training."""
+    idx, V, positions = cache
     C = dx.shape[-1]
     if V <= 2048:  # a one-hot matmul beats a scatter-add while the one-hot matrix is small
         onehot = (idx.reshape(-1, 1) == np.arange(V)).astype(dx.dtype)  # (N, V)
         dwte += onehot.T @ dx.reshape(-1, C)  # (V, N) @ (N, C) -> (V, C)
     else:
         np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))
-    dwpe[:T] += dx.sum(axis=0)  # (B, T, C) -> (T, C)
+    if dwpe is not None:
+        dwpe[positions] += dx.sum(axis=0)  # (B, T, C) -> (T, C)
+
+
+# ----------------------------------------------------------------------------- rotary positions
+
+
+def rope_tables(n_positions: int, head_size: int, theta: float, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (n_positions, hs / 2) of the angles p * theta^(-2i / hs), computed in float64."""
+    inv_freq = theta ** (-np.arange(0, head_size, 2, dtype=np.float64) / head_size)  # (hs / 2,)
+    angles = np.arange(n_positions, dtype=np.float64)[:, None] * inv_freq  # (P, hs / 2)
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def rope_forward(x, cos, sin):
+    """Rotate each pair (x_i, x_{i + hs/2}) of every head by its position's angle (Hugging Face's Llama layout:
+    the two halves of a head, not adjacent channels): (B, nh, T, hs) -> (B, nh, T, hs). cos and sin broadcast
+    to (B, nh, T, hs / 2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1), (cos, sin)
+
+
+def rope_backward(dy, cache):
+    """The inverse rotation (a rotation's transpose) applied to dy."""
+    cos, sin = cache
+    half = dy.shape[-1] // 2
+    d1, d2 = dy[..., :half], dy[..., half:]
+    return np.concatenate([d1 * cos + d2 * sin, d2 * cos - d1 * sin], axis=-1)
 
 
 # ----------------------------------------------------------------------------- norms
@@ -101,7 +133,7 @@ def linear_forward(x, w, b):
     """y = x W^T + b with W stored (out, in), as torch.nn.Linear: (..., in) -> (..., out)."""
     n_in, n_out = w.shape[1], w.shape[0]
     x2 = x.reshape(-1, n_in)
-    if x2.shape[0] <= SMALL_N:  # decoding: a token, a speculative block, a batch of slots (2-7x faster)
+    if x2.shape[0] <= SMALL_N:  # decoding: a token, a speculative block, a batch of slots
         y = np.ascontiguousarray((w @ x2.T).T)
     else:
         y = x2 @ w.T  # one (N, in) @ (in, out) GEMM rather than one per batch row
@@ -162,51 +194,62 @@ def gelu_backward(dy, cache):
     return dx
 
 
-ACTIVATION = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward)}
+def swiglu_forward(h):
+    """silu(gate) * up, with gate and up the two halves of h: (..., 2F) -> (..., F)."""
+    F = h.shape[-1] // 2
+    gate, up = h[..., :F], h[..., F:]
+    sig = 1.0 / (1.0 + np.exp(-gate))
+    silu = gate * sig
+    return silu * up, (gate, up, sig, silu)
+
+
+def swiglu_backward(dy, cache):
+    """d gate = dy * up * sig (1 + gate (1 - sig)), d up = dy * silu: (..., F) -> (..., 2F)."""
+    gate, up, sig, silu = cache
+    dgate = dy * up * sig * (1.0 + gate * (1.0 - sig))
+    return np.concatenate([dgate, dy * silu], axis=-1)
+
+
+ACTIVATION = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward),
+              "swiglu": (swiglu_forward, swiglu_backward)}
 
 
 # ----------------------------------------------------------------------------- attention
 
 
-def attention_forward(qkv, n_head, n_query=None):
-    """Causal self-attention on a fused projection: (B, T, 3C) -> (B, T, C).
+def attention_forward(q, k, v, mask):
+    """softmax(q k^T / sqrt(hs) + mask) v, per head: q (B, nh, Tq, hs), k and v (B, nkv, Tk, hs) -> (B, nh, Tq, hs).
 
-    With n_query, only the last n_query positions ask (every position still offers its key and value):
-    (B, T, 3C) -> (B, n_query, C), the same rows as the full output's last n_query.
+    nh is a multiple of nkv (grouped-query attention; nkv = nh is multi-head, nkv = 1 multi-query): query head h
+    reads key/value head h // (nh / nkv). The g = nh / nkv query heads of one key/value head are stacked along
+    time, so each key/value head is one (g Tq, hs) @ (hs, Tk) product. mask is additive (0 or -inf),
+    broadcastable to (B, 1, 1, Tq, Tk).
     """
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // n_head
-    Tq = T if n_query is None else n_query
-    heads = qkv.reshape(B, T, 3, n_head, hs)
+    B, nh, Tq, hs = q.shape
+    nkv, Tk = k.shape[1], k.shape[2]
+    g = nh // nkv
     scale = 1.0 / math.sqrt(hs)
-    q = heads[:, T - Tq:, 0].transpose(0, 2, 1, 3) * scale  # (B, nh, Tq, hs), pre-scaled (and contiguous)
-    k = heads[:, :, 1].transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-    v = heads[:, :, 2].transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-    att = q @ k.transpose(0, 1, 3, 2)  # (B, nh, Tq, T)
-    att += causal_mask(Tq, T, att.dtype)
+    qs = (q * scale).reshape(B, nkv, g * Tq, hs)  # pre-scaled, queries of a group stacked
+    att = qs @ k.transpose(0, 1, 3, 2)  # (B, nkv, g Tq, Tk)
+    att.reshape(B, nkv, g, Tq, Tk)[...] += mask
     softmax_(att)
-    y = (att @ v).transpose(0, 2, 1, 3).reshape(B, Tq, C)  # (B, nh, Tq, hs) -> (B, Tq, C)
-    return y, (q, k, v, att, scale)
+    y = (att @ v).reshape(B, nh, Tq, hs)
+    return y, (qs, k, v, att, scale, q.shape)
 
 
 def attention_backward(dy, cache):
-    """d qkv (B, T, 3C) from dy (B, Tq, C); the query rows of positions that did not ask stay zero."""
-    q, k, v, att, scale = cache  # q is pre-scaled
-    B, nh, Tq, hs = q.shape
-    T = k.shape[2]
-    dy = dy.reshape(B, Tq, nh, hs).transpose(0, 2, 1, 3)  # (B, Tq, C) -> (B, nh, Tq, hs)
-    dqkv = np.empty((B, T, 3, nh, hs), dy.dtype)
-    dqkv[:, :, 2] = (att.transpose(0, 1, 3, 2) @ dy).transpose(0, 2, 1, 3)  # dv
-    dscores = dy @ v.transpose(0, 1, 3, 2)  # d att, (B, nh, Tq, T)
+    """(dq, dk, dv) from dy (B, nh, Tq, hs); dk and dv sum over the query heads that share a key/value head."""
+    qs, k, v, att, scale, q_shape = cache
+    B, nkv, gT, hs = qs.shape
+    dy = dy.reshape(B, nkv, gT, hs)
+    dv = att.transpose(0, 1, 3, 2) @ dy  # (B, nkv, Tk, hs)
+    dscores = dy @ v.transpose(0, 1, 3, 2)  # d att, (B, nkv, g Tq, Tk)
     dscores -= np.einsum("bhts,bhts->bht", dscores, att)[..., None]
     dscores *= att  # softmax backward
     dq = dscores @ k
     dq *= scale
-    dqkv[:, :T - Tq, 0] = 0.0  # empty unless only the last Tq asked
-    dqkv[:, T - Tq:, 0] = dq.transpose(0, 2, 1, 3)
-    dqkv[:, :, 1] = (dscores.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)  # dk
-    return dqkv.reshape(B, T, 3 * nh * hs)  # (B, T, 3C)
+    dk = dscores.transpose(0, 1, 3, 2) @ qs  # (B, nkv, Tk, hs)
+    return dq.reshape(q_shape), dk, dv
 
 
 def causal_mask(T_q: int, T_k: int, dtype) -> np.ndarray:

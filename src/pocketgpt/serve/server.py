@@ -1,17 +1,19 @@
 """An OpenAI-compatible HTTP server (Starlette + uvicorn, the `serve` extra) with continuous batching.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with "stream": true
-for server-sent events that end with `data: [DONE]`. One thread runs the batcher (pocketgpt.batching, or
-pocketgpt.speculative with a draft) step after step while there is work; requests join at the next step
-and leave when done, and a client that disconnects has its sequence cancelled, which frees its slot.
+for server-sent events that end with `data: [DONE]`. One thread runs a scheduler (pocketgpt.generate's
+Batcher, or its SpeculativeBatcher with a draft) step after step while there is work; requests join at the
+next step and leave when done, and a client that disconnects has its sequence cancelled, which frees its slot.
+Each request is parsed into the library's own Request and Sampling, so it is validated by the same rules as
+a Python caller's; a rule that fails becomes a 400 naming the JSON parameter.
 
 Chat template: each message becomes "ROLE:\\n<content>\\n\\n" with the role in capitals (SYSTEM, USER,
 ASSISTANT), and the prompt ends with "ASSISTANT:\\n" -- the layout of a speech in tinyshakespeare. A blank
 line ("\\n\\n") ends the reply unless the request gives its own stop strings.
 
 Errors are OpenAI-shaped ({"error": {"message", "type", "param", "code"}}): 400 for malformed JSON and bad
-parameters (max_tokens beyond the context, temperature < 0, characters outside the vocabulary), 404 for an
-unknown model, 429 when the running and waiting requests already fill the slots and the queue.
+parameters (max_tokens beyond the context, a temperature outside [0, 2], characters outside the vocabulary),
+404 for an unknown model, 429 when the running and waiting requests already fill the slots and the queue.
 """
 
 from __future__ import annotations
@@ -23,15 +25,14 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from pocketgpt.batching import Batcher, Sequence
-from pocketgpt.generate import TextStream, encode_prompt
+from pocketgpt.errors import InputError, SettingsError
+from pocketgpt.generate import Batcher, Request, Sampling, Sequence, TextStream, encode_prompt
 
 CHAT_STOP = "\n\n"
 
@@ -59,16 +60,7 @@ def chat_prompt(messages) -> str:
     return "".join(parts) + "ASSISTANT:\n"
 
 
-@dataclass
-class Params:
-    prompt: list[int]
-    max_tokens: int
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    seed: int | None
-    stops: list[str]
-    stream: bool
+FIELDS = {"max_new_tokens": "max_tokens"}  # library field -> JSON parameter, where the names differ
 
 
 class Engine:
@@ -87,7 +79,7 @@ class Engine:
 
     def start(self) -> None:
         # Hand the GIL over every 0.5 ms (Python's default is 5 ms): the batcher thread otherwise waits
-        # behind the event loop after each NumPy call (measured: 1.6x one client's tokens/s).
+        # behind the event loop after each NumPy call.
         sys.setswitchinterval(0.0005)
         self.thread.start()
 
@@ -119,12 +111,13 @@ def _body_field(body: dict, name: str, kinds, default=None):
     return value
 
 
-def parse(engine: Engine, body: dict, chat: bool) -> Params:
-    """Validate a request body into generation parameters (APIError 400/404 otherwise)."""
+def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
+    """Validate a request body into a generation Request and whether to stream (APIError 400/404 otherwise)."""
     model = body.get("model")
     if model != engine.name:
         raise APIError(404, f"the model {model!r} does not exist; this server has {engine.name!r}", "model",
                        "model_not_found")
+    where = "messages" if chat else "prompt"
     if chat:
         text = chat_prompt(body.get("messages"))
     else:
@@ -137,37 +130,35 @@ def parse(engine: Engine, body: dict, chat: bool) -> Params:
         raise APIError(400, "n must be 1", "n")
     try:
         prompt = encode_prompt(engine.tokenizer, text, engine.documents)
-    except ValueError as e:
-        raise APIError(400, f"{'messages' if chat else 'prompt'}: {e}", "messages" if chat else "prompt") from None
+    except InputError as e:
+        raise APIError(400, f"{where}: {e}", where) from None
     block = engine.model.config.block_size
     room = block - len(prompt)
     if room < 1:
         raise APIError(400, f"this model's maximum context length is {block} tokens; the prompt has {len(prompt)}",
-                       "messages" if chat else "prompt", "context_length_exceeded")
+                       where, "context_length_exceeded")
     max_tokens = _body_field(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
                              (int,), room if chat else 16)
     if max_tokens < 1 or max_tokens > room:
         raise APIError(400, f"max_tokens must be between 1 and {room}: this model's maximum context length is "
                        f"{block} tokens and the prompt has {len(prompt)}", "max_tokens", "context_length_exceeded")
-    temperature = float(_body_field(body, "temperature", (int, float), 1.0))
-    if not 0 <= temperature <= 2:
-        raise APIError(400, f"temperature must be between 0 and 2 (got {temperature})", "temperature")
-    top_p = _body_field(body, "top_p", (int, float))
-    if top_p is not None and not 0 < top_p <= 1:
-        raise APIError(400, f"top_p must be in (0, 1] (got {top_p})", "top_p")
-    top_k = _body_field(body, "top_k", (int,))
-    if top_k is not None and top_k < 1:
-        raise APIError(400, f"top_k must be >= 1 (got {top_k})", "top_k")
     stops = _body_field(body, "stop", (str, list))
     stops = [stops] if isinstance(stops, str) else stops
-    if stops is not None and (len(stops) > 4 or not all(isinstance(s, str) for s in stops)):
-        raise APIError(400, "stop must be a string or a list of up to 4 strings", "stop")
-    stops = stops if stops is not None else ([CHAT_STOP] if chat else [])
-    return Params(prompt, max_tokens, temperature, top_k, top_p, _body_field(body, "seed", (int,)), stops,
-                  bool(_body_field(body, "stream", (bool,), False)))
+    if stops is not None and not all(isinstance(s, str) for s in stops):
+        raise APIError(400, "stop must be a string or a list of strings", "stop")
+    settings = {k: _body_field(body, k, kinds) for k, kinds in
+                (("temperature", (int, float)), ("top_p", (int, float)), ("top_k", (int,)), ("seed", (int,)))}
+    try:
+        sampling = Sampling(**{k: v for k, v in settings.items() if v is not None},
+                            stop=tuple(stops) if stops is not None else (CHAT_STOP,) if chat else ())
+        request = Request(tuple(prompt), max_tokens, sampling, engine.tokenizer.stop_tokens)
+    except SettingsError as e:
+        param = FIELDS.get(e.fields[0], e.fields[0])
+        raise APIError(400, e.named(lambda f: FIELDS.get(f, f)), param) from None
+    return request, bool(_body_field(body, "stream", (bool,), False))
 
 
-async def _read_json(request: Request) -> dict:
+async def _read_json(request: HTTPRequest) -> dict:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -181,14 +172,13 @@ class Completion:
     """One request's sequence. Its tokens become text in the batcher's thread (where a stop string also
     cancels the sequence); the event loop hears of each new piece of text when streaming, and of the end."""
 
-    def __init__(self, engine: Engine, params: Params):
-        self.engine, self.params = engine, params
+    def __init__(self, engine: Engine, request: Request, stream: bool):
+        self.engine, self.request, self.streaming = engine, request, stream
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.text = TextStream(engine.tokenizer.decode, params.stops)
+        self.text = TextStream(engine.tokenizer.decode, request.sampling.stop)
         self.pieces_done: list[str] = []
-        self.seq = Sequence(params.prompt, params.max_tokens, params.temperature, params.top_k, params.top_p,
-                            params.seed, engine.tokenizer.bos, on_token=self._on_token, on_finish=self._on_finish)
+        self.seq = Sequence(request, on_token=self._on_token, on_finish=self._on_finish)
         engine.submit(self.seq)
 
     def _on_token(self, token: int) -> None:  # in the batcher's thread
@@ -205,7 +195,7 @@ class Completion:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
 
     def _post(self, piece: str) -> None:
-        if self.params.stream:
+        if self.streaming:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
         else:
             self.pieces_done.append(piece)
@@ -215,7 +205,7 @@ class Completion:
         while (piece := await self.queue.get()) is not None:
             yield piece
 
-    async def result(self, request: Request) -> str:
+    async def result(self, request: HTTPRequest) -> str:
         """The whole text, once the sequence has finished (cancelled if the client goes away meanwhile)."""
         end = asyncio.ensure_future(self.queue.get())
         while not (await asyncio.wait({end}, timeout=1.0))[0]:
@@ -235,28 +225,28 @@ class Completion:
             self.engine.wake.set()
 
     def usage(self) -> dict:
-        n, m = len(self.params.prompt), len(self.seq.tokens)
+        n, m = len(self.request.prompt), len(self.seq.tokens)
         return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
 
 
 def create_app(engine: Engine) -> Starlette:
-    async def health(request: Request):
+    async def health(request: HTTPRequest):
         return JSONResponse({"status": "ok", "model": engine.name, "running": engine.batcher.load()})
 
-    async def models(request: Request):
+    async def models(request: HTTPRequest):
         return JSONResponse({"object": "list", "data": [
             {"id": engine.name, "object": "model", "created": engine.created, "owned_by": "pocketgpt"}]})
 
-    async def complete(request: Request, chat: bool):
+    async def complete(request: HTTPRequest, chat: bool):
         try:
-            params = parse(engine, await _read_json(request), chat)
-            job = Completion(engine, params)
+            gen_request, stream = parse(engine, await _read_json(request), chat)
+            job = Completion(engine, gen_request, stream)
         except APIError as e:
             return e.response()
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": engine.name}
-        if not params.stream:
+        if not stream:
             text = await job.result(request)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
                       else {"index": 0, "text": text, "logprobs": None})
@@ -287,14 +277,14 @@ def create_app(engine: Engine) -> Starlette:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def completions(request: Request):
+    async def completions(request: HTTPRequest):
         return await complete(request, chat=False)
 
-    async def chat_completions(request: Request):
+    async def chat_completions(request: HTTPRequest):
         return await complete(request, chat=True)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(_: Starlette):
         engine.start()
         yield
         engine.stop()

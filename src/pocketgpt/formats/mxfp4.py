@@ -6,11 +6,15 @@ Per block of 32 weights x (17 bytes, 4.25 bits per weight):
   bytes 1-16   byte j = c[j] | c[j + 16] << 4 (ggml's layout), c the FP4 E2M1 codes of x / scale:
                bit 3 sign, bits 1-2 exponent, bit 0 mantissa; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6,
                rounded to nearest with ties to the even code and saturating at 6.
+This is ggml's MXFP4 block (its table holds the E2M1 values doubled and its scale is halved to match);
+pocketgpt.formats.ggml runs matrices of these blocks.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from pocketgpt.errors import InputError
 
 QK = 32
 BLOCK_BYTES = 1 + QK // 2
@@ -31,7 +35,7 @@ def quantize_mxfp4(w: np.ndarray) -> np.ndarray:
     """(..., n) float -> (..., n // 32 * 17) uint8 blocks."""
     w = np.asarray(w, np.float32)
     if w.shape[-1] % QK:
-        raise ValueError(f"rows of {w.shape[-1]} values do not split into blocks of {QK}")
+        raise InputError(f"rows of {w.shape[-1]} values do not split into blocks of {QK}")
     b = w.reshape(-1, QK)
     absmax = np.abs(b).max(axis=1)
     _, e = np.frexp(absmax)  # absmax = m * 2^e, m in [0.5, 1): floor(log2(absmax)) = e - 1

@@ -1,4 +1,4 @@
-"""Integer group quantization of weight matrices: 2, 3, 4 or 8 bits, symmetric or asymmetric, bit-packed.
+"""pocketgpt's integer group format: 2, 3, 4 or 8 bits, symmetric or asymmetric, bit-packed.
 
 A weight matrix W (out, in) is cut along `in` into groups of `group_size` columns; each (row, group)
 has its own float16 scale s (and, when asymmetric, an integer zero point z):
@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pocketgpt.errors import InputError
+from pocketgpt.formats.packed import Packed
+
 BITS = (2, 3, 4, 8)
-GROUP_SIZES = (32, 64, 128)
 
 
 def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -42,23 +44,49 @@ def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
 
 
 @dataclass
-class GroupQuantized:
+class GroupQuantized(Packed):
     """A quantized (out, in) matrix: packed codes, per-group scales and (asymmetric) zero points."""
 
-    packed: np.ndarray  # (out, in * bits / 8) uint8
+    packed: np.ndarray  # (out, ceil(in * bits / 8)) uint8
     scales: np.ndarray  # (out, in // group_size) float16
     zeros: np.ndarray | None  # (out, in // group_size) uint8, asymmetric only
     shape: tuple[int, int]
     bits: int
     group_size: int
+    act_bits: int = 0  # 8 for SmoothQuant's W8A8: inputs rounded to int8 per token
+
+    format = "int"
 
     @property
     def symmetric(self) -> bool:
         return self.zeros is None
 
-    @property
-    def nbytes(self) -> int:
-        return self.packed.nbytes + self.scales.nbytes + (0 if self.zeros is None else self.zeros.nbytes)
+    def parts(self) -> dict[str, np.ndarray]:
+        parts = {"qweight": self.packed, "scales": self.scales}
+        if self.zeros is not None:
+            parts["zeros"] = self.zeros
+        return parts
+
+    def meta(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+                "act_bits": self.act_bits}
+
+    @classmethod
+    def expected_parts(cls, shape, meta):
+        out, n = shape
+        bits, group_size = meta.get("bits"), meta.get("group_size")
+        check_format(bits, group_size, n)
+        groups = n // group_size
+        parts = {"qweight": ((out, -(-n * bits // 8)), np.dtype(np.uint8)),
+                 "scales": ((out, groups), np.dtype(np.float16))}
+        if not meta.get("symmetric", True):
+            parts["zeros"] = ((out, groups), np.dtype(np.uint8))
+        return parts
+
+    @classmethod
+    def from_parts(cls, parts, shape, meta):
+        return cls(parts["qweight"], parts["scales"], parts.get("zeros"), tuple(shape), int(meta["bits"]),
+                   int(meta["group_size"]), int(meta.get("act_bits", 0)))
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         out, n = self.shape
@@ -72,9 +100,9 @@ class GroupQuantized:
 
 def check_format(bits: int, group_size: int, n_in: int) -> None:
     if bits not in BITS:
-        raise ValueError(f"bits must be one of {', '.join(map(str, BITS))} (got {bits})")
-    if group_size < 1 or n_in % group_size:
-        raise ValueError(f"group size {group_size} does not divide the {n_in} input columns")
+        raise InputError(f"bits must be one of {', '.join(map(str, BITS))} (got {bits})")
+    if not isinstance(group_size, int) or group_size < 1 or n_in % group_size:
+        raise InputError(f"group size {group_size} does not divide the {n_in} input columns")
 
 
 def float16_up(x: np.ndarray) -> np.ndarray:
@@ -120,3 +148,19 @@ def quantize_groups(w: np.ndarray, bits: int = 4, group_size: int = 64, symmetri
     scales, zeros = group_params(w, bits, group_size, symmetric, clip)
     codes = quantize_codes(w, scales, zeros, bits)
     return GroupQuantized(pack_bits(codes, bits), scales, zeros, tuple(w.shape), bits, group_size)
+
+
+def quantize_per_token(x: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Dynamic symmetric per-token quantization of activations (..., C), returned dequantized."""
+    levels = 2 ** (bits - 1) - 1
+    scale = np.abs(x).max(axis=-1, keepdims=True) / levels
+    safe = np.where(scale == 0, 1, scale)
+    return np.clip(np.round(x / safe), -levels, levels) * safe
+
+
+def largest_group(widths: list[int], at_most: int = 128) -> int:
+    """The largest power of two up to at_most that divides every width (1 if none larger does)."""
+    group = at_most
+    while group > 1 and any(w % group for w in widths):
+        group //= 2
+    return group

@@ -1,6 +1,8 @@
-"""llama.cpp's Q8_0 and Q4_0 blocks: quantize and dequantize, bit-identical to ggml's reference quantizer.
+"""llama.cpp's block formats (ggml): Q8_0 and Q4_0, quantized bit-identically to ggml's reference quantizer,
+and MXFP4 (pocketgpt.formats.mxfp4), as `GGMLBlocks` matrices.
 
-Both cut each row into blocks of 32 weights and give each block one float16 scale d.
+Each cuts every row into blocks of 32 weights with one scale per block; a matrix is stored as its rows of
+blocks, (out, in / 32 * block bytes) uint8, exactly as a GGUF file holds it.
 
 Q8_0, 34 bytes per block:
   bytes 0-1   d = max|w| / 127, float16 little-endian
@@ -13,16 +15,26 @@ All arithmetic is float32 in the order ggml uses, so the bytes equal the `gguf` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from pocketgpt.errors import InputError
+from pocketgpt.formats import mxfp4
+from pocketgpt.formats.packed import Packed
+
 QK = 32  # weights per block
-BLOCK_BYTES = {"q8_0": 2 + QK, "q4_0": 2 + QK // 2}
+BLOCK_BYTES = {"q8_0": 2 + QK, "q4_0": 2 + QK // 2, "mxfp4": mxfp4.BLOCK_BYTES}
+
+
+def check_row(n: int) -> None:
+    if n % QK:
+        raise InputError(f"rows of {n} values do not split into blocks of {QK}")
 
 
 def _blocks(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w, dtype=np.float32)
-    if w.shape[-1] % QK:
-        raise ValueError(f"rows of {w.shape[-1]} values do not split into blocks of {QK}")
+    check_row(w.shape[-1])
     return w.reshape(-1, QK)  # (n_blocks, 32)
 
 
@@ -73,5 +85,40 @@ def dequantize_q4_0(blocks: np.ndarray, n: int) -> np.ndarray:
     return (d * (u.astype(np.float32) - 8)).reshape(*blocks.shape[:-1], n)
 
 
-QUANTIZE = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0}
-DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0}
+QUANTIZE = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0, "mxfp4": mxfp4.quantize_mxfp4}
+DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0, "mxfp4": mxfp4.dequantize_mxfp4}
+
+
+@dataclass
+class GGMLBlocks(Packed):
+    """An (out, in) matrix as rows of ggml blocks of one kind."""
+
+    kind: str
+    blocks: np.ndarray  # (out, in / 32 * BLOCK_BYTES[kind]) uint8
+    shape: tuple[int, int]
+
+    @property
+    def format(self) -> str:
+        return self.kind
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {"blocks": self.blocks}
+
+    @classmethod
+    def expected_parts(cls, shape, meta):
+        out, n = shape
+        check_row(n)
+        return {"blocks": ((out, n // QK * BLOCK_BYTES[meta["kind"]]), np.dtype(np.uint8))}
+
+    @classmethod
+    def from_parts(cls, parts, shape, meta):
+        return cls(meta["kind"], parts["blocks"], tuple(shape))
+
+    def dequantize(self, dtype=np.float32) -> np.ndarray:
+        return DEQUANTIZE[self.kind](self.blocks, self.shape[1]).astype(dtype, copy=False)
+
+
+def quantize_blocks(w: np.ndarray, kind: str) -> GGMLBlocks:
+    """An (out, in) float matrix as ggml blocks of `kind`."""
+    w = np.asarray(w, np.float32)
+    return GGMLBlocks(kind, QUANTIZE[kind](w), tuple(w.shape))

@@ -1,0 +1,162 @@
+"""`pocketgpt sample` and `pocketgpt serve`: text from a model, printed as it comes or served over HTTP.
+Sampling flags map one-to-one onto pocketgpt.generate.Sampling; draft flags onto make_draft."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pocketgpt.cli.common import UsageError, emit_json, port, positive_int, say, unescape
+from pocketgpt.generate import (
+    Request,
+    Sampling,
+    Sequence,
+    SpecStats,
+    TextStream,
+    default_length,
+    encode_prompt,
+    make_draft,
+    run_sequence,
+)
+from pocketgpt.generate.sampling import MAX_TEMPERATURE
+from pocketgpt.interop import load
+from pocketgpt.model.gpt import CACHE_KINDS
+
+
+def add_sampling_args(p) -> None:
+    s = Sampling()
+    p.add_argument("--temperature", type=float, default=s.temperature,
+                   help=f"0 is greedy, at most {MAX_TEMPERATURE:g} (default {s.temperature})")
+    p.add_argument("--top-k", dest="top_k", type=positive_int, help="sample among the k likeliest tokens only "
+                   "(default: all)")
+    p.add_argument("--top-p", dest="top_p", type=float, help="sample from the smallest set holding this much "
+                   "probability, in (0, 1] (default: all)")
+    p.add_argument("--seed", type=int, help="a 64-bit seed, -1 for fresh randomness; sample i of --count uses "
+                   "seed + i (default: fresh)")
+
+
+def add_draft_args(p) -> None:
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--draft", metavar="DRAFT", help="speculative decoding with a smaller model of the same tokenizer")
+    d.add_argument("--draft-quantized", dest="draft_quantized", action="store_true",
+                   help="speculative decoding with a 4-bit copy of the model itself")
+    d.add_argument("--draft-ngram", dest="draft_ngram", action="store_true",
+                   help="speculative decoding with n-gram lookup in the context (no draft model)")
+    p.add_argument("--draft-k", dest="draft_k", type=positive_int, default=4,
+                   help="tokens drafted per round (default 4)")
+    p.add_argument("--adaptive", action="store_true", help="grow k after a fully accepted round, shrink it otherwise")
+
+
+def add(sub) -> None:
+    s = sub.add_parser("sample", help="generate text from a model", description="Generate text; prints tokens as "
+                       "they arrive. Text-mode samples are separated by a line of ---.")
+    s.add_argument("checkpoint", metavar="MODEL", help="a checkpoint folder or a Hugging Face folder")
+    s.add_argument("--count", type=positive_int, default=10, help="samples (default 10)")
+    s.add_argument("--prompt", default="", help="text to continue, \\n for a newline (default: none)")
+    add_sampling_args(s)
+    s.add_argument("--max-tokens", dest="max_new_tokens", type=positive_int,
+                   help="new tokens per sample (default: the context for documents, 256 for text)")
+    s.add_argument("--kv-cache", dest="kv_cache", choices=CACHE_KINDS, default="float",
+                   help="q4: keys and values stored in 4 bits, KIVI-style (default float)")
+    s.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample at this text (repeatable; \\n for a newline; default: none)")
+    add_draft_args(s)
+    s.add_argument("--json", action="store_true", help="print the samples (and speculative statistics) as JSON")
+    s.set_defaults(func=run_sample, parser=s)
+
+    v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching",
+                       description="Serve a model over an OpenAI-compatible API (/v1/models, /v1/completions, "
+                       "/v1/chat/completions, /health); needs the serve extra.")
+    v.add_argument("checkpoint", metavar="MODEL", help="a checkpoint folder or a Hugging Face folder")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    v.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
+    v.add_argument("--name", help="the model id clients ask for (default: the checkpoint folder's name)")
+    v.add_argument("--slots", type=positive_int, default=32, help="sequences decoded together (default 32)")
+    v.add_argument("--max-queue", dest="max_queue", type=int, default=64,
+                   help="requests that may wait for a slot before the server answers 429 (default 64)")
+    add_draft_args(v)
+    v.set_defaults(func=run_serve, parser=v)
+
+
+def draft_of(args, target):
+    """The draft the flags ask for, or None."""
+    if args.draft is not None:
+        other = load(args.draft)
+        return make_draft("model", model=other.model()), f"model {args.draft}", other.tokenizer
+    if args.draft_quantized:
+        return make_draft("quantized", target), "4-bit self", None
+    if args.draft_ngram:
+        return make_draft("ngram"), "n-gram", None
+    return None, None, None
+
+
+def check_draft_tokenizer(args, ckpt, draft_tokenizer) -> None:
+    if draft_tokenizer is not None and draft_tokenizer.to_dict() != ckpt.tokenizer.to_dict():
+        raise UsageError(f"--draft {args.draft} has another tokenizer than {args.checkpoint}")
+
+
+def run_sample(args) -> int:
+    ckpt = load(args.checkpoint)
+    model, tok, documents = ckpt.model(), ckpt.tokenizer, ckpt.documents
+    draft, kind, draft_tok = draft_of(args, model)
+    check_draft_tokenizer(args, ckpt, draft_tok)
+    if draft is not None and args.kv_cache != "float":
+        raise UsageError("--kv-cache q4 applies to plain decoding, not to speculative decoding")
+    stops = tuple(unescape(s) for s in args.stop)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed, stops)
+    prompt = tuple(encode_prompt(tok, unescape(args.prompt), documents))
+    length = args.max_new_tokens or default_length(model.config.block_size, documents)
+    stats = SpecStats() if draft is not None else None
+    samples = []
+    for i in range(args.count):
+        seed = None if args.seed is None or args.seed == -1 else args.seed + i
+        seq = Sequence(Request(prompt, length, replace(sampling, seed=seed), tok.stop_tokens))
+        cache = None if draft is not None else model.new_cache(1, args.kv_cache)
+        text, pieces = TextStream(tok.decode, stops), []
+        if not args.json:
+            print(("---\n" if i and not documents else "") + unescape(args.prompt), end="", flush=True)
+        for token in run_sequence(model, seq, sliding=not documents, draft=draft, k=args.draft_k,
+                                  adaptive=args.adaptive, cache=cache, stats=stats):
+            pieces.append(text.push(token))
+            if not args.json:
+                print(pieces[-1], end="", flush=True)
+            if text.stopped:
+                break
+        pieces.append(text.flush())
+        samples.append("".join(pieces))
+        if not args.json:
+            print(pieces[-1])
+    if stats is not None and not args.json:
+        per_position = " ".join(f"{a:.2f}" for a in stats.per_position)
+        say(f"speculative ({kind}, k={args.draft_k}{', adaptive' if args.adaptive else ''}): acceptance "
+            f"{stats.acceptance_rate:.2f}, {stats.tokens_per_forward:.2f} tokens per target forward, per position "
+            f"[{per_position}], {stats.draft_seconds:.2f} s drafting and {stats.verify_seconds:.2f} s verifying")
+    if args.json:
+        emit_json({"samples": samples, **({"speculative": stats.to_dict()} if stats is not None else {})})
+    return 0
+
+
+def run_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from pocketgpt.serve.server import Engine, create_app
+    except ImportError as e:
+        raise UsageError(f"serving needs the serve extra (pip install 'pocketgpt[serve]'): {e}") from None
+    from pocketgpt.generate import Batcher, SpeculativeBatcher
+
+    ckpt = load(args.checkpoint)
+    model = ckpt.model()
+    draft, kind, draft_tok = draft_of(args, model)
+    check_draft_tokenizer(args, ckpt, draft_tok)
+    batcher = (SpeculativeBatcher(model, draft, args.draft_k, args.adaptive, args.slots) if draft is not None
+               else Batcher(model, args.slots))
+    name = args.name or Path(args.checkpoint).resolve().name
+    engine = Engine(model, ckpt.tokenizer, name, ckpt.documents, args.slots, args.max_queue, batcher)
+    say(f"serving {name} ({model.num_params:,} parameters{', ' + kind + ' draft' if draft else ''}) "
+        f"at http://{args.host}:{args.port}/v1 with {args.slots} slots")
+    try:
+        uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+    except SystemExit as e:  # uvicorn exits when it cannot bind the address
+        raise UsageError(f"could not listen on {args.host}:{args.port} (is the port in use?)") from e
+    return 0

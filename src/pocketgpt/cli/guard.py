@@ -1,0 +1,68 @@
+"""`pocketgpt guard`: verify an audit log, list the inventory of agents and tools, run the red team."""
+
+from __future__ import annotations
+
+import sys
+
+from pocketgpt.cli.common import Parser, UsageError, emit_json, fraction
+from pocketgpt.data import read_text
+from pocketgpt.guard import audit, inventory, policy, redteam
+
+
+def add(sub) -> None:
+    g = sub.add_parser("guard", help="the agent tool-call guard: verify an audit log, inventory, red team",
+                       description="Tools for pocketgpt.guard, the tool-call gateway for agents.")
+    gs = g.add_subparsers(dest="guard_command", required=True, parser_class=Parser)
+    gv = gs.add_parser("verify", help="check an audit log's hash chain; exit 1 and name the place if broken")
+    gv.add_argument("log", metavar="LOG")
+    gv.set_defaults(parser=gv)
+    gi = gs.add_parser("inventory", help="agents, tools, permissions and models; unused tools given a log")
+    gi.add_argument("policy", metavar="POLICY")
+    gi.add_argument("--log", help="an audit log: flags agents holding tools they never used")
+    gi.add_argument("--json", action="store_true", help="print the inventory as JSON")
+    gi.set_defaults(parser=gi)
+    gr = gs.add_parser("redteam", help="the built-in attack suite; exit 1 if attack success is above the limit")
+    gr.add_argument("policy", metavar="POLICY", nargs="?", help="default: the shipped example policy")
+    gr.add_argument("--max-attack-success", dest="max_attack_success", type=fraction, default=0.02,
+                    help="the share of attacks that may succeed with the guard before the run fails (default 0.02)")
+    gr.add_argument("--json", action="store_true", help="print the results as JSON")
+    gr.set_defaults(parser=gr)
+    g.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.guard_command == "verify":
+        try:
+            problems, last = audit.verify(args.log)
+        except OSError as e:
+            raise UsageError(f"{args.log}: {e.strerror or e}") from None
+        if problems:
+            for p in problems:
+                print(f"{args.log}: {p}", file=sys.stderr)
+            return 1
+        print(f"{args.log}: intact, {0 if last is None else last['seq'] + 1} records")
+        return 0
+    try:
+        pol = policy.load_policy(args.policy or redteam.EXAMPLE_POLICY)
+    except policy.PolicyError as e:
+        raise UsageError(e) from None
+    if args.guard_command == "inventory":
+        inv = inventory.inventory(pol, args.log)
+        print(inventory.render(inv))
+        if args.json:
+            emit_json(inv)
+        return 0
+    lines = [line for line in read_text("shakespeare")[0].splitlines() if line.strip()]
+    result = redteam.redteam(pol, benign_texts=lines)
+    ok = result["attack_success_with_guard"] <= args.max_attack_success
+    summary = (f"{result['attacks']} attacks over {result['domains']} domains: attack success "
+               f"{100 * result['attack_success_with_guard']:.1f}% with the guard, "
+               f"{100 * result['attack_success_without_guard']:.1f}% without; benign utility "
+               f"{100 * result['benign_utility_with_guard']:.1f}% with, "
+               f"{100 * result['benign_utility_without_guard']:.1f}% without; scanner detection "
+               f"{100 * result['scanner_detection_rate']:.1f}%, false positives "
+               f"{100 * result['scanner_false_positive_rate']:.2f}% of {result['benign_texts']} benign texts")
+    print(summary if ok else summary + f" -- FAIL: attack success above {100 * args.max_attack_success:g}%")
+    if args.json:
+        emit_json(result)
+    return 0 if ok else 1

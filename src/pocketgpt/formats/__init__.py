@@ -1,0 +1,36 @@
+"""Packed weight formats, each documented byte by byte beside the code that packs it: pocketgpt's integer
+groups (groups), llama.cpp's blocks (ggml: Q8_0, Q4_0, MXFP4). NumPy only; nothing here knows a model.
+
+FORMATS maps the name a checkpoint records to the class that rebuilds the matrix (`load_packed`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pocketgpt.errors import InputError
+from pocketgpt.formats.ggml import DEQUANTIZE, GGMLBlocks
+from pocketgpt.formats.groups import GroupQuantized
+from pocketgpt.formats.packed import Packed, check_parts
+
+FORMATS: dict[str, type[Packed]] = {"int": GroupQuantized, **{kind: GGMLBlocks for kind in DEQUANTIZE}}
+
+__all__ = ["FORMATS", "GGMLBlocks", "GroupQuantized", "Packed", "describe", "load_packed"]
+
+
+def describe(w: Packed) -> dict:
+    """What config.json records of a packed matrix."""
+    return {"format": w.format, **w.meta()}
+
+
+def load_packed(name: str, description: dict, parts: dict[str, np.ndarray], shape: tuple[int, int]) -> Packed:
+    """The packed matrix `name` from its config.json description and its parts (InputError if they do not fit)."""
+    fmt = description.get("format") if isinstance(description, dict) else None
+    if fmt not in FORMATS:
+        raise InputError(f"{name}: unknown packed format {fmt!r} (known: {', '.join(FORMATS)})")
+    meta = {k: v for k, v in description.items() if k != "format"}
+    if FORMATS[fmt] is GGMLBlocks:
+        meta["kind"] = fmt
+    cls = FORMATS[fmt]
+    check_parts(cls, name, parts, shape, meta)
+    return cls.from_parts(parts, shape, meta)

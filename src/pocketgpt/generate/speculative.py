@@ -1,0 +1,296 @@
+"""Speculative decoding: a cheap draft proposes k tokens, the target checks them all in one forward pass.
+
+The acceptance rule leaves the target's distribution unchanged (Leviathan et al. 2023; Chen et al. 2023):
+draft token x_i, drawn from the draft's q_i, is accepted with probability min(1, p_i(x_i) / q_i(x_i)); at the
+first rejection one token is drawn from normalize(max(0, p_i - q_i)) and the remaining drafts are dropped;
+when all k are accepted, a bonus token is drawn from p_{k+1}. p and q are the distributions after the same
+temperature, top-k and top-p, so at temperature 0 both are one-hot and the output is the target's greedy
+output. An n-gram draft (prompt lookup) has no distribution: its q is one-hot on the proposed token.
+
+Caches: the target's cache holds every token of the context but the last; a round feeds that last token
+and the k drafts, and then rolls the cache back to the accepted length (positions past it are overwritten
+later). A model draft's cache likewise keeps only tokens that were accepted. Once the context fills the
+target's window, drafting stops: with sliding=True decoding goes on exactly as plain decoding does (each
+step re-reads the last block_size tokens), so the output is plain decoding's for any length.
+
+Drafts come from `make_draft(kind, ...)`: "model" (a smaller GPT of the same tokenizer), "quantized" (the
+target's own low-bit copy, round to nearest), "ngram" (lookup in the context, no model). A draft is a
+description; `session()` gives each sequence its own state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pocketgpt.errors import InputError, check_settings
+from pocketgpt.formats.groups import largest_group, quantize_groups
+from pocketgpt.generate.batching import Scheduler
+from pocketgpt.generate.decode import continue_decoding, decode
+from pocketgpt.generate.request import Request, Sequence, check_context, emit_all
+from pocketgpt.generate.sampling import Sampling, draw, probs_from_logits
+from pocketgpt.model import GPT, linear_names, packed_copy
+
+KINDS = ("model", "quantized", "ngram")
+MAX_ADAPTIVE_K = 16
+
+
+@dataclass
+class SpecStats:
+    """What a speculative run did: rounds, drafted and accepted tokens, target forward passes, and the time
+    spent drafting and verifying."""
+
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    tokens: int = 0
+    target_forwards: int = 0  # verification passes (the prompt's prefill not counted)
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    position_drafted: list[int] = field(default_factory=list)  # [i]: rounds that drafted an i+1-th token
+    position_accepted: list[int] = field(default_factory=list)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(self.drafted, 1)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / max(self.target_forwards, 1)
+
+    @property
+    def per_position(self) -> list[float]:
+        return [a / d for a, d in zip(self.position_accepted, self.position_drafted)]
+
+    def to_dict(self) -> dict:
+        return {"rounds": self.rounds, "drafted": self.drafted, "accepted": self.accepted, "tokens": self.tokens,
+                "target_forwards": self.target_forwards, "acceptance_rate": self.acceptance_rate,
+                "tokens_per_forward": self.tokens_per_forward, "per_position_acceptance": self.per_position,
+                "draft_seconds": self.draft_seconds, "verify_seconds": self.verify_seconds}
+
+    def record(self, drafted: int, accepted: int) -> None:
+        self.rounds += 1
+        self.target_forwards += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        while len(self.position_drafted) < drafted:
+            self.position_drafted.append(0)
+            self.position_accepted.append(0)
+        for i in range(drafted):
+            self.position_drafted[i] += 1
+            self.position_accepted[i] += i < accepted
+
+
+# ----------------------------------------------------------------------------- drafts
+
+
+class NGramDraft:
+    """Prompt lookup: find the latest earlier occurrence of the context's last n tokens (n from max_n down to
+    min_n) and propose the tokens that followed it. Costs no model at all, and keeps no state."""
+
+    def __init__(self, max_n: int = 4, min_n: int = 1):
+        check_settings([(1 <= min_n <= max_n, "min_n", f"must be in 1..max_n (got {min_n}, max_n {max_n})")])
+        self.max_n, self.min_n = max_n, min_n
+
+    def session(self) -> NGramDraft:
+        return self
+
+    def room(self, context_len: int) -> int:
+        return MAX_ADAPTIVE_K
+
+    def propose(self, context: list[int], k: int, sampling: Sampling, rng) -> tuple[list[int], list]:
+        for n in range(min(self.max_n, len(context) - 1), self.min_n - 1, -1):
+            tail = context[-n:]
+            for start in range(len(context) - n - 1, -1, -1):
+                if context[start:start + n] == tail:
+                    tokens = context[start + n:start + n + k]
+                    return tokens, [None] * len(tokens)
+        return [], []
+
+    def rollback(self, length: int) -> None:
+        pass
+
+
+class ModelDraft:
+    """A draft GPT; each session() has its own cache."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+
+    def session(self) -> _ModelSession:
+        return _ModelSession(self.model)
+
+
+class _ModelSession:
+    def __init__(self, model: GPT):
+        self.model = model
+        self.cache = model.new_cache(1)
+
+    def room(self, context_len: int) -> int:
+        """Drafts that fit: feeding the context and k - 1 drafts must stay within the draft's context."""
+        return self.cache.size - context_len + 1
+
+    def propose(self, context: list[int], k: int, sampling: Sampling, rng) -> tuple[list[int], list]:
+        tokens, dists = [], []
+        feed = context[self.cache.length:]
+        for _ in range(k):
+            logits = self.model.forward_cached(np.array([feed]), self.cache, outputs=1)[0, -1]
+            if sampling.greedy:  # the one-hot q needs no computing
+                x, q = int(np.argmax(logits)), None
+            else:
+                q = probs_from_logits(logits, sampling)
+                x = draw(q, rng)
+            tokens.append(x)
+            dists.append(q)
+            feed = [x]
+        return tokens, dists  # the cache now holds the context and every draft but the last
+
+    def rollback(self, length: int) -> None:
+        self.cache.length = min(self.cache.length, length)
+
+
+def quantized_copy(model: GPT, bits: int = 4, group_size: int | None = None) -> GPT:
+    """The model with every block linear rounded to nearest in `bits`-bit symmetric groups (group_size: by
+    default the largest of 32, 16, ... that divides every input width)."""
+    widths = [model.weight(n).shape[1] for n in linear_names(model.config)]
+    group = group_size or largest_group(widths, 32)
+    return packed_copy(model, lambda w: quantize_groups(w, bits, group))
+
+
+def make_draft(kind: str, target: GPT | None = None, *, model: GPT | None = None, bits: int = 4,
+               group_size: int | None = None, max_n: int = 4, min_n: int = 1):
+    """A draft of one of KINDS: model (`model`, same tokenizer as the target), quantized (the target's own
+    `bits`-bit copy), ngram (lookup of the context's last max_n..min_n tokens)."""
+    if kind == "model":
+        if model is None:
+            raise InputError("a model draft needs the draft model")
+        return ModelDraft(model)
+    if kind == "quantized":
+        if target is None:
+            raise InputError("a quantized draft needs the target to quantize")
+        if target.packed:
+            raise InputError("the target is already quantized; its own low-bit copy needs its float weights")
+        return ModelDraft(quantized_copy(target, bits, group_size))
+    if kind == "ngram":
+        return NGramDraft(max_n, min_n)
+    raise InputError(f"unknown draft kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def verify(logits: np.ndarray, drafts: list[int], dists: list, sampling: Sampling, rng) -> tuple[int, int]:
+    """The acceptance rule over the target's logits (k + 1, V) for k drafts with their distributions (None:
+    one-hot on the draft). Returns how many drafts were accepted and the token that follows them."""
+    if sampling.greedy:  # p and q are one-hot, so a draft is kept exactly when it is the argmax
+        best = np.argmax(logits, axis=1)
+        accepted = next((i for i, x in enumerate(drafts) if x != best[i]), len(drafts))
+        return accepted, int(best[accepted])
+    p = [probs_from_logits(row, sampling) for row in logits]
+    for i, (x, q) in enumerate(zip(drafts, dists)):
+        qx = 1.0 if q is None else q[x]
+        if rng.random() * qx < p[i][x]:  # u < p(x) / q(x), without dividing by a zero q
+            continue
+        residual = np.maximum(p[i] - (np.eye(1, p[i].size, x)[0] if q is None else q), 0.0)
+        return i, draw(residual / residual.sum() if residual.sum() > 0 else p[i], rng)
+    return len(drafts), draw(p[len(drafts)], rng)  # every draft accepted: the bonus token
+
+
+def as_draft(draft):
+    """A GPT passed as a draft becomes a model draft."""
+    return ModelDraft(draft) if isinstance(draft, GPT) else draft
+
+
+def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = False, sliding: bool = False,
+              stats: SpecStats | None = None) -> Iterator[int]:
+    """Decode seq with speculative rounds, yielding each token it keeps (see the module docstring).
+
+    k drafts per round; with adaptive=True, k grows by one after a round where every draft was accepted and
+    shrinks by one otherwise (between 1 and MAX_ADAPTIVE_K). `stats` is filled in as tokens come out.
+    """
+    check_settings([(isinstance(k, int) and k >= 1, "k", f"must be >= 1 (got {k})")])
+    block = target.config.block_size
+    prompt = list(seq.request.prompt)
+    check_context(len(prompt), block, sliding)
+    if len(prompt) > block:  # the window slides from the first token on: nothing to speculate over
+        yield from decode(target, seq, sliding)
+        return
+    stats = stats if stats is not None else SpecStats()
+    session = as_draft(draft).session()
+    sampling, rng = seq.request.sampling, seq.rng
+    context = prompt
+    cache = target.new_cache(1)
+    if len(context) > 1:
+        target.forward_cached(np.array([context[:-1]]), cache)  # everything but the last token
+    while len(context) <= block and not seq.done:
+        left = seq.request.max_new_tokens - len(seq.tokens)
+        room = min(k, block - len(context), left - 1, session.room(len(context)))
+        t0 = time.perf_counter()
+        drafts, dists = session.propose(context, room, sampling, rng) if room > 0 else ([], [])
+        t1 = time.perf_counter()
+        start = cache.length  # == len(context) - 1
+        logits = target.forward_cached(np.array([context[-1:] + drafts]), cache)[0]  # (len(drafts) + 1, V)
+        accepted, token = verify(logits, drafts, dists, sampling, rng)
+        stats.draft_seconds += t1 - t0
+        stats.verify_seconds += time.perf_counter() - t1
+        cache.length = start + 1 + accepted
+        session.rollback(len(context) + accepted)
+        stats.record(len(drafts), accepted)
+        if adaptive:
+            k = min(k + 1, MAX_ADAPTIVE_K) if accepted == len(drafts) and drafts else max(1, k - 1)
+        for t in emit_all(seq, drafts[:accepted] + [token], context):
+            stats.tokens += 1
+            yield t
+    if not seq.done:
+        if sliding:
+            yield from continue_decoding(target, seq, context, cache, sliding)
+        else:
+            seq.finish("length")
+
+
+def speculative_generate(target: GPT, prompt: list[int], *, max_new_tokens: int, draft, k: int = 4,
+                         adaptive: bool = False, sampling: Sampling = Sampling(), stop_tokens: Iterable[int] = (),
+                         sliding: bool = False, rng: np.random.Generator | None = None,
+                         stats: SpecStats | None = None) -> Iterator[int]:
+    """Yield up to max_new_tokens ids after `prompt`, distributed exactly as `generate(target, ...)` would
+    sample them (token-identical at temperature 0), stopping at a stop token (not yielded). `draft`: a
+    make_draft() result or a GPT."""
+    seq = Sequence(Request(tuple(prompt), max_new_tokens, sampling, frozenset(stop_tokens)), rng=rng)
+    return speculate(target, seq, draft, k, adaptive, sliding, stats)
+
+
+class SpeculativeBatcher(Scheduler):
+    """The Batcher interface (submit, cancel, step, busy, load) over speculative decoding: up to `slots`
+    sequences run at once, each with its own caches; every step advances each of them by one token (a
+    speculative round is computed when its first token is asked for)."""
+
+    def __init__(self, model: GPT, draft, k: int = 4, adaptive: bool = False, slots: int = 8):
+        super().__init__(model, slots)
+        self.draft, self.k, self.adaptive = as_draft(draft), k, adaptive
+        self.active: dict[Sequence, Iterator[int]] = {}
+        self.stats = SpecStats()
+
+    def step(self) -> None:
+        while (seq := self.admit()) is not None:
+            self.active[seq] = speculate(self.model, seq, self.draft, self.k, self.adaptive, stats=self.stats)
+        for seq, tokens in list(self.active.items()):
+            if seq.cancelled:
+                seq.finish("cancelled")
+            else:
+                next(tokens, None)
+            if seq.done:
+                del self.active[seq]
+
+
+def run_sequence(model: GPT, seq: Sequence, *, sliding: bool = False, draft=None, k: int = 4,
+                 adaptive: bool = False, cache=None, stats: SpecStats | None = None) -> Iterator[int]:
+    """seq decoded to its end: speculatively when a draft is given (stats filled in), else plainly (into
+    `cache` if given)."""
+    if draft is not None:
+        if cache is not None:
+            raise InputError("speculative decoding keeps its own float caches; a cache applies to plain decoding")
+        return speculate(model, seq, draft, k, adaptive, sliding, stats)
+    return decode(model, seq, sliding, cache)

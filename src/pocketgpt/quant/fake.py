@@ -1,0 +1,22 @@
+"""Fake quantization: a float GPT whose block linears are seen through round-to-nearest quantization in the
+forward pass (dequant(quant(W))). Backward then gives the gradient for the fake-quantized matrix, which QAT
+applies to the float W as if the rounding were the identity (the straight-through estimator)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pocketgpt.model import GPT, linear_names
+from pocketgpt.quant.recipe import QuantRecipe, rtn_packer
+
+
+class FakeQuantGPT(GPT):
+    def __init__(self, model: GPT, recipe: QuantRecipe):
+        self.recipe = recipe
+        self.pack = rtn_packer(recipe)
+        self.fake = set(linear_names(model.config))
+        super().__init__(model.config, {k: v.copy() for k, v in model.params.items()}, dtype=model.dtype)
+
+    def weight(self, name: str) -> np.ndarray:
+        w = self.params[name]
+        return self.pack(w).dequantize(self.dtype) if name in self.fake else w
