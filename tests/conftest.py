@@ -1,9 +1,12 @@
 """Shared test helpers: central finite differences in float64, small model configurations, a small trained
-model."""
+model, and a server on a free local port."""
 
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -62,3 +65,32 @@ def trained():
     train(model, ds, dataclasses.replace(TRAIN_DEFAULTS["shakespeare-cpu"], steps=200, eval_interval=0, warmup=20))
     calib = Batches(ds, 16, config.block_size, seed=1)
     return model, ds, [calib.next() for _ in range(4)], evaluate(model, ds)
+
+
+class Served:
+    """A uvicorn server on a free local port, in a thread."""
+
+    def __init__(self, engine):
+        import openai
+        import uvicorn
+
+        from pocketgpt.serve.server import create_app
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.engine = engine
+        self.server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -19,7 +19,7 @@ from pocketgpt.generate import Sampling, generate
 from pocketgpt.interop.hf import InteropError, export_hf, import_hf
 from pocketgpt.model import GPT
 from pocketgpt.tokenizers.bpe import train_bpe
-from pocketgpt.train import Checkpoint, load_checkpoint, load_dataset
+from pocketgpt.train import Checkpoint, load_checkpoint, load_dataset, save_checkpoint
 
 LOGITS_ATOL = 1e-4  # float32, two implementations of the same math
 
@@ -148,3 +148,23 @@ def test_import_errors_are_one_line_with_exit_code_2(tmp_path, bpe, capsys):
     hf.save_pretrained(tmp_path / "mismatch")
     big.save(tmp_path / "mismatch")
     assert "do not belong together" in run(str(tmp_path / "mismatch"))
+
+
+@pytest.mark.parametrize("data", ["names", "shakespeare"])
+def test_a_character_model_exported_to_hugging_face_imports_back_as_it_was(tmp_path, data, capsys):
+    ds = load_dataset(data)
+    config = PRESETS["shakespeare-cpu"].replace(vocab_size=ds.tokenizer.vocab_size, n_layer=1, n_embd=32)
+    model = GPT(config, seed=3)
+    save_checkpoint(tmp_path / "ours", Checkpoint.of(model, ds.tokenizer, ds.spec()))
+    assert main(["export", str(tmp_path / "ours"), str(tmp_path / "hf"), "--format", "hf"]) == 0
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    back = load_checkpoint(tmp_path / "back")
+    assert back.tokenizer.to_dict() == ds.tokenizer.to_dict() and back.data == ds.spec()
+    tokens = np.arange(20)[None] % config.vocab_size
+    np.testing.assert_allclose(back.model().forward(tokens)[0], model.forward(tokens)[0], rtol=0, atol=1e-6)
+    samples = []
+    for folder in ("ours", "back"):  # the same samples from both, in the same mode
+        capsys.readouterr()
+        assert main(["sample", str(tmp_path / folder), "--count", "2", "--seed", "3", "--max-tokens", "12"]) == 0
+        samples.append(capsys.readouterr().out)
+    assert samples[0] == samples[1] and samples[0].strip()

@@ -5,41 +5,16 @@ slot, and OpenAI-shaped 4xx errors after which the server keeps serving."""
 from __future__ import annotations
 
 import concurrent.futures
-import socket
 import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from conftest import Served
 
 from pocketgpt.generate import NGramDraft, Request, Sampling, Sequence, SpeculativeBatcher, encode_prompt, generate
-from pocketgpt.serve.server import Engine, chat_prompt, create_app
-
-
-class Served:
-    """A uvicorn server on a free local port, in a thread."""
-
-    def __init__(self, engine: Engine):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.engine = engine
-        self.server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from pocketgpt.serve.server import Engine, chat_prompt
 
 
 @pytest.fixture(scope="module")

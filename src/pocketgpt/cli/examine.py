@@ -22,7 +22,7 @@ def add(sub) -> None:
     i = sub.add_parser("info", help="what a checkpoint holds, and whether its files are intact",
                        description="Architecture, parameters, dtype, quantization, tokenizer, training step and "
                        "settings, and every file with its size and whether its SHA-256 digest verifies.")
-    i.add_argument("checkpoint", metavar="DIR")
+    i.add_argument("checkpoint", metavar="DIR", help="a checkpoint folder")
     i.add_argument("--json", action="store_true", help="print the whole description as JSON")
     i.set_defaults(func=run_info, parser=i)
 
@@ -43,7 +43,7 @@ def run_info(args) -> int:
     c = info["model"]
     lines = [f"{info['checkpoint']}: {info['parameters']:,} parameters, {info['dtype']}, "
              f"{info['weight_bytes'] / 1e6:.2f} MB of weights (format version {info['format_version']})",
-             f"architecture: {c['n_layer']} layers, {c['n_embd']} channels, {c['n_head']} heads "
+             f"architecture: {plural(c['n_layer'], 'layer')}, {c['n_embd']} channels, {plural(c['n_head'], 'head')} "
              f"({c['n_kv_head'] or c['n_head']} key/value), context {c['block_size']}, vocabulary {c['vocab_size']}, "
              f"{c['norm']}, {c['activation']}, {c['positions']} positions"]
     if info["packed_weights"]:
@@ -62,3 +62,7 @@ def run_info(args) -> int:
         emit_json(info)
     bad = [f for f in info["files"] if f["digest"] not in ("ok", "not recorded")]
     return 1 if bad else 0
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")

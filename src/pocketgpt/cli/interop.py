@@ -16,7 +16,7 @@ def add(sub) -> None:
                        description="Export a checkpoint: --format hf writes a folder that "
                        "transformers.GPT2LMHeadModel.from_pretrained loads, with its tokenizer; --format gguf "
                        "writes one file that llama.cpp runs (architecture gpt2).")
-    x.add_argument("checkpoint", metavar="DIR")
+    x.add_argument("checkpoint", metavar="MODEL", help="the checkpoint to export")
     x.add_argument("out", metavar="OUT", help="a folder (hf) or a .gguf file (gguf)")
     x.add_argument("--format", choices=("hf", "gguf"), required=True, help="the format to write")
     x.add_argument("--type", choices=TYPES, default="f32", help="gguf weight type for matrices (default f32)")

@@ -18,6 +18,7 @@ from pocketgpt.model import GPT, count_params
 from pocketgpt.tokenizers import BPETokenizer
 from pocketgpt.train import (
     TrainSettings,
+    check_training_memory,
     dataset_of,
     load_checkpoint,
     load_dataset,
@@ -125,14 +126,18 @@ def run(args) -> int:
         dataset = load_dataset(args.data or "names", args.mode, tokenizer)
         config = preset(preset_name).replace(vocab_size=dataset.tokenizer.vocab_size, **arch)
         settings = settings_for(preset_name, count_params(config), **given)
+        check_training_memory(count_params(config), settings)
         model = GPT(config, dtype=settings.dtype, seed=settings.seed)
         out, resume = Path(args.out or Path("out") / Path(args.data or "names").stem), None
 
-    start_step = resume.train_state["step"] if resume else 0
-    say(f"training {model.num_params:,} parameters on {dataset.name} ({dataset.mode} mode, vocab "
-        f"{dataset.tokenizer.vocab_size}) for {settings.steps} steps -> {out}")
-    bar = tqdm(total=settings.steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=0.25)
-    t0 = time.perf_counter()
+    bar, t0 = None, time.perf_counter()
+
+    def on_start(start_step: int) -> None:
+        nonlocal bar
+        say(f"training {model.num_params:,} parameters on {dataset.name} ({dataset.mode} mode, vocab "
+            f"{dataset.tokenizer.vocab_size}) for {settings.steps} steps -> {out}")
+        bar = tqdm(total=settings.steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=0.25,
+                   disable=None)
 
     def on_step(info):
         tok_s = info["tokens"] / max(time.perf_counter() - t0, 1e-9)
@@ -144,9 +149,10 @@ def run(args) -> int:
 
     try:
         result = train(model, dataset, settings, out=out, resume=resume, overwrite=overwrite, data=data_record,
-                       on_step=on_step)
+                       on_start=on_start, on_step=on_step)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     say(f"validation loss {result['val_loss']:.4f} | {result['tokens_per_s']:,.0f} tokens/s | checkpoint {out}")
     samples = print_samples(model, dataset.tokenizer, dataset.mode == "lines", args.samples, settings.seed,
                             quiet=args.json)

@@ -37,7 +37,7 @@ def add(sub) -> None:
     xt.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     xt.set_defaults(parser=xt)
     xe = xs.add_parser("eval", help="success rate with 95%% CI on held-out seeds, with and without the instruction")
-    xe.add_argument("checkpoint", metavar="CKPT")
+    xe.add_argument("checkpoint", metavar="CKPT", help="a policy from pocketgpt vla train")
     xe.add_argument("--env", help="default: the environment the policy was trained on")
     xe.add_argument("--episodes", type=positive_int, default=500, help="held-out episodes per row (default 500)")
     xe.add_argument("--budget", type=positive_int, default=16, help="the short step budget (default 16); the "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketgpt.files import atomic_file
 from pocketgpt.formats.ggml import QK, QUANTIZE
 from pocketgpt.interop.hf import InteropError, gpt2_expressible
 from pocketgpt.model import param_shapes
@@ -81,9 +82,20 @@ def export_gguf(ckpt: Checkpoint, out: str | Path, qtype: str = "f32") -> dict:
     tokens, types, merges, order, eos = vocabulary(ckpt.tokenizer)
     if len(tokens) != config.vocab_size:
         raise InteropError(f"the tokenizer has {len(tokens)} tokens but the model {config.vocab_size}; "
-                         "GGUF needs one string per embedding row")
+                           "GGUF needs one string per embedding row")
+    try:
+        with atomic_file(out) as tmp:
+            report = _write(gguf, ckpt, tmp, qtype, tokens, types, merges, order, eos)
+    except OSError as e:
+        raise InteropError(f"{out}: could not write the file ({e.strerror or e}); nothing was left behind") from None
+    return report
+
+
+def _write(gguf, ckpt: Checkpoint, path: Path, qtype: str, tokens, types, merges, order, eos) -> dict:
+    """Write the GGUF file at path; returns {tensor: (type, bytes)}."""
+    config = ckpt.config
     C = config.n_embd
-    writer = gguf.GGUFWriter(str(out), arch="gpt2")
+    writer = gguf.GGUFWriter(str(path), arch="gpt2")
     writer.add_name("pocketgpt")
     writer.add_block_count(config.n_layer)
     writer.add_context_length(config.block_size)
@@ -124,4 +136,3 @@ def export_gguf(ckpt: Checkpoint, out: str | Path, qtype: str = "f32") -> dict:
     writer.write_tensors_to_file()
     writer.close()
     return report
-

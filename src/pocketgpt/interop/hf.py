@@ -3,8 +3,9 @@
 pocketgpt names parameters after GPT-2's checkpoint keys and stores every linear weight (out, in);
 GPT-2's Conv1D stores (in, out), so exactly the weights in TRANSPOSED flip on the way in and out.
 A model whose architecture GPT-2 cannot express (RMSNorm, ReLU, no final norm) is refused by name.
-Export needs nothing beyond the core; import of pytorch_model.bin and the character tokenizer's
-tokenizer.json need the `interop` extra (torch, tokenizers).
+Export needs nothing beyond the core (a character tokenizer is written as a tokenizer.json by
+pocketgpt.tokenizers.hf); importing pytorch_model.bin needs torch (the `interop` extra). The checkpoint's
+data record travels in config.json under DATA_KEY, so that an exported model imports back as it was.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from safetensors.numpy import load_file, save_file
 
 from pocketgpt.config import GPTConfig
 from pocketgpt.errors import InputError
+from pocketgpt.files import atomic_file, write_text
 from pocketgpt.model import param_shapes
-from pocketgpt.tokenizers import BPETokenizer, CharTokenizer
+from pocketgpt.tokenizers import BPETokenizer
+from pocketgpt.tokenizers.hf import BOS_TOKEN, char_tokenizer_json, load_tokenizer_json
 from pocketgpt.train import Checkpoint
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names for GPT-2's tanh GELU
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers that old checkpoints carry
-BOS_TOKEN = "<bos>"  # how a character tokenizer's BOS is spelled in tokenizer.json
+DATA_KEY = "pocketgpt_data"  # config.json: the data record of a pocketgpt export (transformers keeps extra keys)
 
 
 class InteropError(InputError):
@@ -71,7 +74,8 @@ def export_hf(ckpt: Checkpoint, out: str | Path) -> Path:
         tensors[f"transformer.{name}"] = np.ascontiguousarray(w.T if _is_transposed(name) else w)
     if not config.tie_embeddings:
         tensors["lm_head.weight"] = np.ascontiguousarray(params["lm_head.weight"], np.float32)
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    with atomic_file(out / "model.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
     bos = ckpt.tokenizer.bos
     hf = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
@@ -79,35 +83,25 @@ def export_hf(ckpt: Checkpoint, out: str | Path) -> Path:
         "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": config.init_std,
         "tie_word_embeddings": config.tie_embeddings, "bos_token_id": bos, "eos_token_id": bos,
-        "scale_attn_weights": True, "use_cache": True,
+        "scale_attn_weights": True, "use_cache": True, DATA_KEY: ckpt.data,
     }
-    (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
-    if isinstance(ckpt.tokenizer, BPETokenizer):
-        ckpt.tokenizer.save(out)
+    write_json(out / "config.json", hf)
+    tok = ckpt.tokenizer
+    if isinstance(tok, BPETokenizer):
+        tok.save(out)
         special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-        (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **special,
-                                                               "model_max_length": config.block_size}, indent=2))
+        write_json(out / "tokenizer_config.json", {"tokenizer_class": "GPT2Tokenizer", **special,
+                                                   "model_max_length": config.block_size})
     else:
-        _export_char_tokenizer(ckpt.tokenizer, out, config.block_size)
+        write_json(out / "tokenizer.json", char_tokenizer_json(tok))
+        special = {"bos_token": BOS_TOKEN, "eos_token": BOS_TOKEN} if tok.bos is not None else {}
+        write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **special,
+                                                   "model_max_length": config.block_size})
     return out
 
 
-def _export_char_tokenizer(tok: CharTokenizer, out: Path, max_length: int) -> None:
-    """tokenizer.json for PreTrainedTokenizerFast: one token per character, ids as pocketgpt's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {c: i for i, c in enumerate(tok.chars)}
-    if tok.bos is not None:
-        vocab[BOS_TOKEN] = tok.bos
-    t = Tokenizer(models.WordLevel(vocab, unk_token=None))
-    t.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
-    t.decoder = decoders.Fuse()  # join without spaces
-    if tok.bos is not None:
-        t.add_special_tokens([BOS_TOKEN])
-    t.save(str(out / "tokenizer.json"))
-    special = {"bos_token": BOS_TOKEN, "eos_token": BOS_TOKEN} if tok.bos is not None else {}
-    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **special,
-                                                           "model_max_length": max_length}, indent=2))
+def write_json(path: Path, obj: dict) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- import
@@ -183,10 +177,14 @@ def import_hf(src: str | Path) -> Checkpoint:
         if params[name].shape != shape:
             raise InteropError(f"{src}: {name} has shape {params[name].shape}, config.json implies {shape}")
     try:
-        tokenizer = BPETokenizer.load(src / "vocab.json", src / "merges.txt")
-    except ValueError as e:
+        if (src / "vocab.json").is_file() or not (src / "tokenizer.json").is_file():
+            tokenizer = BPETokenizer.load(src / "vocab.json", src / "merges.txt")
+        else:
+            tokenizer = load_tokenizer_json(src / "tokenizer.json")
+    except InputError as e:
         raise InteropError(f"{src}: tokenizer: {e}") from None
     if tokenizer.vocab_size > config.vocab_size:
         raise InteropError(f"{src}: the tokenizer has {tokenizer.vocab_size} tokens but the weights only "
                            f"{config.vocab_size}: they do not belong together")
-    return Checkpoint(config, params, tokenizer, "float32", {"mode": "text"})
+    data = hf.get(DATA_KEY) if isinstance(hf.get(DATA_KEY), dict) else {}
+    return Checkpoint(config, params, tokenizer, "float32", {"mode": "text", **data})

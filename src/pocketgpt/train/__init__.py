@@ -26,6 +26,7 @@ from pocketgpt.train.loop import (
     TRAIN_DEFAULTS,
     TrainSettings,
     adamw_step,
+    check_training_memory,
     decay_mask,
     default_workers,
     evaluate,
@@ -37,7 +38,7 @@ from pocketgpt.train.loop import (
 )
 
 __all__ = ["Batches", "Checkpoint", "CheckpointError", "CheckpointExists", "Dataset", "FINETUNE", "TRAIN_DEFAULTS",
-           "TrainSettings", "adamw_step", "check_can_save", "checkpoint_info", "dataset_of", "decay_mask",
-           "default_workers", "eval_batches", "evaluate", "is_checkpoint", "load_checkpoint", "load_dataset", "loop",
-           "make_optimizer", "pad_documents", "resume_settings", "save_checkpoint", "settings_for", "tokenize",
-           "train"]
+           "TrainSettings", "adamw_step", "check_can_save", "check_training_memory", "checkpoint_info", "dataset_of",
+           "decay_mask", "default_workers", "eval_batches", "evaluate", "is_checkpoint", "load_checkpoint",
+           "load_dataset", "loop", "make_optimizer", "pad_documents", "resume_settings", "save_checkpoint",
+           "settings_for", "tokenize", "train"]

@@ -107,6 +107,12 @@ def settings_for(preset: str | None, num_params: int, **given) -> TrainSettings:
     return replace(base, **given)
 
 
+def check_training_memory(num_params: int, s: TrainSettings) -> None:
+    """MemoryError (with the figures) unless the weights, gradients, AdamW moments and each worker's gradient
+    buffer of a model this size fit in the memory available now (activations come on top)."""
+    check_memory(num_params * np.dtype(s.dtype).itemsize * (4 + s.workers), f"training {num_params:,} parameters")
+
+
 def decay_mask(model: GPT) -> np.ndarray:
     """1 for matrices (decayed), 0 for biases and norm gains, laid out like model.flat."""
     return np.concatenate([np.full(math.prod(s), float(len(s) >= 2)) for s in model.shapes.values()])
@@ -194,16 +200,17 @@ def make_checkpoint(model: GPT, dataset: Dataset, settings: TrainSettings, step:
 
 def train(model: GPT, dataset: Dataset, settings: TrainSettings, *, out: str | Path | None = None,
           resume: Checkpoint | None = None, overwrite: bool = False, data: dict | None = None,
-          on_step: Callable[[dict], None] | None = None) -> dict:
+          on_start: Callable[[int], None] | None = None, on_step: Callable[[dict], None] | None = None) -> dict:
     """Train `model` in place for settings.steps steps (continuing `resume` if given); returns a summary.
 
     out: the checkpoint folder, written at every evaluation and at the end; an existing checkpoint there is
     replaced only when resuming that run or with overwrite=True. data: extra fields for the checkpoint's
-    "data" record (e.g. where the starting weights came from). on_step receives {step, loss, lr, grad_norm,
-    tokens, val_loss?} after each step (a progress bar, for instance).
+    "data" record (e.g. where the starting weights came from). on_start(first step) runs once every check has
+    passed, before the first step; on_step receives {step, loss, lr, grad_norm, tokens, val_loss?} after each
+    step (a progress bar, for instance).
     """
     s = settings
-    check_memory(model.flat.size * model.dtype.itemsize * (4 + s.workers), "training this model")
+    check_training_memory(model.flat.size, s)
     if out is not None:
         check_can_save(out, overwrite=overwrite or resume is not None)  # fail now, not after training
     retain_freed_memory()
@@ -221,6 +228,8 @@ def train(model: GPT, dataset: Dataset, settings: TrainSettings, *, out: str | P
         if start > s.steps:
             raise InputError(f"the checkpoint is at step {start}, beyond the {s.steps} steps asked for; "
                              f"ask for at least {start}")
+    if on_start is not None:
+        on_start(start)
 
     def at_eval(done: int) -> float:
         val_loss = evaluate(model, dataset)
