@@ -4,6 +4,7 @@ one-line usage error. No computation lives here."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -23,6 +24,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def defaults(fn) -> dict:
+    """A library function's keyword defaults: the flags that map onto its arguments take them from here."""
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
 
 
 def positive_int(s: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pocketgpt.cli.common import UsageError, emit_json, port, positive_int, say, unescape
+from pocketgpt.cli.common import UsageError, defaults, emit_json, port, positive_int, say, unescape
 from pocketgpt.generate import (
     Request,
     Sampling,
@@ -17,10 +17,12 @@ from pocketgpt.generate import (
     encode_prompt,
     make_draft,
     run_sequence,
+    speculate,
 )
 from pocketgpt.generate.sampling import MAX_TEMPERATURE
 from pocketgpt.interop import load
 from pocketgpt.model.gpt import CACHE_KINDS
+from pocketgpt.serve import MAX_QUEUE, SLOTS
 
 
 def add_sampling_args(p) -> None:
@@ -42,8 +44,9 @@ def add_draft_args(p) -> None:
                    help="speculative decoding with a 4-bit copy of the model itself")
     d.add_argument("--draft-ngram", dest="draft_ngram", action="store_true",
                    help="speculative decoding with n-gram lookup in the context (no draft model)")
-    p.add_argument("--draft-k", dest="draft_k", type=positive_int, default=4,
-                   help="tokens drafted per round (default 4)")
+    k = defaults(speculate)["k"]
+    p.add_argument("--draft-k", dest="draft_k", type=positive_int, default=k, help=f"tokens drafted per round "
+                   f"(default {k})")
     p.add_argument("--adaptive", action="store_true", help="grow k after a fully accepted round, shrink it otherwise")
 
 
@@ -71,9 +74,9 @@ def add(sub) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     v.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
     v.add_argument("--name", help="the model id clients ask for (default: the checkpoint folder's name)")
-    v.add_argument("--slots", type=positive_int, default=32, help="sequences decoded together (default 32)")
-    v.add_argument("--max-queue", dest="max_queue", type=int, default=64,
-                   help="requests that may wait for a slot before the server answers 429 (default 64)")
+    v.add_argument("--slots", type=positive_int, default=SLOTS, help=f"sequences decoded together (default {SLOTS})")
+    v.add_argument("--max-queue", dest="max_queue", type=int, default=MAX_QUEUE,
+                   help=f"requests that may wait for a slot before the server answers 429 (default {MAX_QUEUE})")
     add_draft_args(v)
     v.set_defaults(func=run_serve, parser=v)
 

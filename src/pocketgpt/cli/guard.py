@@ -23,8 +23,9 @@ def add(sub) -> None:
     gi.set_defaults(parser=gi)
     gr = gs.add_parser("redteam", help="the built-in attack suite; exit 1 if attack success is above the limit")
     gr.add_argument("policy", metavar="POLICY", nargs="?", help="default: the shipped example policy")
-    gr.add_argument("--max-attack-success", dest="max_attack_success", type=fraction, default=0.02,
-                    help="the share of attacks that may succeed with the guard before the run fails (default 0.02)")
+    gr.add_argument("--max-attack-success", dest="max_attack_success", type=fraction,
+                    default=redteam.MAX_ATTACK_SUCCESS, help="the share of attacks that may succeed with the guard "
+                    f"before the run fails (default {redteam.MAX_ATTACK_SUCCESS})")
     gr.add_argument("--json", action="store_true", help="print the results as JSON")
     gr.set_defaults(parser=gr)
     g.set_defaults(func=run)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pocketgpt.cli.common import UsageError, distinct, finish, positive_int, progress_bar
+from pocketgpt.cli.common import UsageError, defaults, distinct, finish, positive_int, progress_bar
 from pocketgpt.data import MODES
 from pocketgpt.interop import load
 from pocketgpt.quant import FORMATS, METHODS, ROTATIONS, QuantRecipe, quantize
 from pocketgpt.quant.quantize import CALIB_SEQUENCES, FINE_TUNE_STEPS
+from pocketgpt.quant.report import quantization_report, write_report
 from pocketgpt.train import Checkpoint, check_can_save, dataset_of, evaluate, save_checkpoint
 
 
@@ -21,9 +22,9 @@ def add(sub) -> None:
                        "and after and the weight bytes.")
     q.add_argument("checkpoint", metavar="MODEL", help="a float checkpoint folder or a Hugging Face folder")
     q.add_argument("out", metavar="OUT", help="the checkpoint folder to write")
-    q.add_argument("--method", choices=METHODS, default="gptq",
+    q.add_argument("--method", choices=METHODS, default=r.method,
                    help="smoothquant: W8A8 (use --bits 8); qat: backprop with a straight-through estimator; "
-                   "zeroqat: forward passes only (default gptq)")
+                   f"zeroqat: forward passes only (default {r.method})")
     q.add_argument("--format", choices=FORMATS, default=r.format,
                    help=f"int: integer groups; the others are llama.cpp's blocks, rtn only (default {r.format})")
     q.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=r.bits, help=f"bits per weight of the int "
@@ -43,7 +44,9 @@ def add(sub) -> None:
     q.add_argument("--steps", type=positive_int, default=FINE_TUNE_STEPS,
                    help=f"qat/zeroqat: fine-tuning steps; learned rotation: Cayley steps (default {FINE_TUNE_STEPS})")
     q.add_argument("--lr", type=float, help="qat/zeroqat: learning rate (default 1e-4 for qat, 1e-5 for zeroqat)")
-    q.add_argument("--seed", type=int, default=0, help="which training sequences calibrate or fine-tune (default 0)")
+    seed = defaults(quantize)["seed"]
+    q.add_argument("--seed", type=int, default=seed, help=f"which training sequences calibrate or fine-tune (default "
+                   f"{seed})")
     q.add_argument("--data", help="data to calibrate, fine-tune and evaluate on (default: the checkpoint's)")
     q.add_argument("--mode", choices=MODES, help="lines or text (default: the checkpoint's)")
     q.add_argument("--force", action="store_true", help="replace an existing checkpoint at OUT")
@@ -57,8 +60,9 @@ def add(sub) -> None:
     p.add_argument("--out", help="folder for the report (default MODEL-quant-report)")
     p.add_argument("--group-size", dest="group_size", type=positive_int, default=r.group_size,
                    help=f"weights per scale (default {r.group_size})")
-    p.add_argument("--steps", type=positive_int, default=100, help="QAT steps; ZeroQAT gets 1.5x as many (default "
-                   "100)")
+    steps = defaults(quantization_report)["fine_tune_steps"]
+    p.add_argument("--steps", type=positive_int, default=steps, help=f"QAT steps; ZeroQAT gets 1.5x as many "
+                   f"(default {steps})")
     p.add_argument("--data", help="data to calibrate and evaluate on (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=run_report, parser=p)
@@ -103,8 +107,6 @@ def run_report(args) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("the plot needs matplotlib: pip install 'pocketgpt[report]'") from None
-    from pocketgpt.quant.report import write_report
-
     ckpt = float_checkpoint(args.checkpoint, "report on")
     out = Path(args.out or f"{Path(args.checkpoint)}-quant-report")
     dataset = dataset_of(ckpt.data, ckpt.tokenizer, args.data)

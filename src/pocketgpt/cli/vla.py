@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pocketgpt.cli.common import Parser, UsageError, emit_json, finish, positive_int, progress_bar
+from pocketgpt.cli.common import Parser, UsageError, defaults, emit_json, finish, positive_int, progress_bar
 from pocketgpt.train import check_can_save, load_checkpoint, save_checkpoint
+from pocketgpt.vla.env import collect
+from pocketgpt.vla.policy import evaluation_table, train_policy
+
+COLLECT, TRAIN, EVALUATE = defaults(collect), defaults(train_policy), defaults(evaluation_table)
 
 
 def add(sub) -> None:
@@ -14,10 +18,12 @@ def add(sub) -> None:
                        "the instruction and emits an action; needs the vla extra (minigrid).")
     xs = x.add_subparsers(dest="vla_command", required=True, parser_class=Parser)
     xc = xs.add_parser("collect", help="record the BabyAI expert bot's episodes")
-    xc.add_argument("--env", default="BabyAI-GoToLocal-v0", help="the environment (default BabyAI-GoToLocal-v0)")
-    xc.add_argument("--episodes", type=positive_int, default=3000, help="episodes to record (default 3000)")
-    xc.add_argument("--seed", type=int, default=0, help="first training seed; evaluation seeds start at 1,000,000 "
-                    "(default 0)")
+    c, t, e = COLLECT, TRAIN, EVALUATE
+    xc.add_argument("--env", default=c["name"], help=f"the environment (default {c['name']})")
+    xc.add_argument("--episodes", type=positive_int, default=c["episodes"],
+                    help=f"episodes to record (default {c['episodes']})")
+    xc.add_argument("--seed", type=int, default=c["seed_start"], help="first training seed; evaluation seeds start at "
+                    f"1,000,000 (default {c['seed_start']})")
     xc.add_argument("--out", help="demonstrations file (default ENV-EPISODES.npz)")
     xc.add_argument("--force", action="store_true", help="replace an existing demonstrations file")
     xc.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -25,23 +31,25 @@ def add(sub) -> None:
     xt = xs.add_parser("train", help="behaviour cloning on collected demonstrations")
     xt.add_argument("--data", required=True, help="a file from pocketgpt vla collect")
     xt.add_argument("--out", default="out/vla", help="the policy's checkpoint folder (default out/vla)")
-    xt.add_argument("--steps", type=positive_int, default=3000, help="training steps (default 3000)")
-    xt.add_argument("--batch-size", dest="batch_size", type=positive_int, default=64,
-                    help="decisions per step (default 64)")
-    xt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 0.001)")
+    xt.add_argument("--steps", type=positive_int, default=t["steps"], help=f"training steps (default {t['steps']})")
+    xt.add_argument("--batch-size", dest="batch_size", type=positive_int, default=t["batch_size"],
+                    help=f"decisions per step (default {t['batch_size']})")
+    xt.add_argument("--lr", type=float, default=t["lr"], help=f"peak learning rate (default {t['lr']:g})")
     xt.add_argument("--n-layer", dest="n_layer", type=positive_int, help="blocks (default: vla_config's, 2)")
     xt.add_argument("--n-embd", dest="n_embd", type=positive_int, help="channels (default: vla_config's, 128)")
     xt.add_argument("--n-head", dest="n_head", type=positive_int, help="attention heads (default: vla_config's, 16)")
-    xt.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches (default 0)")
+    xt.add_argument("--seed", type=int, default=t["seed"], help=f"seed of the weights and the batches (default "
+                    f"{t['seed']})")
     xt.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
     xt.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     xt.set_defaults(parser=xt)
     xe = xs.add_parser("eval", help="success rate with 95%% CI on held-out seeds, with and without the instruction")
     xe.add_argument("checkpoint", metavar="CKPT", help="a policy from pocketgpt vla train")
     xe.add_argument("--env", help="default: the environment the policy was trained on")
-    xe.add_argument("--episodes", type=positive_int, default=500, help="held-out episodes per row (default 500)")
-    xe.add_argument("--budget", type=positive_int, default=16, help="the short step budget (default 16); the "
-                    "environment's own limit is always reported too")
+    xe.add_argument("--episodes", type=positive_int, default=e["episodes"],
+                    help=f"held-out episodes per row (default {e['episodes']})")
+    xe.add_argument("--budget", type=positive_int, default=e["budget"], help=f"the short step budget (default "
+                    f"{e['budget']}); the environment's own limit is always reported too")
     xe.add_argument("--no-baselines", dest="no_baselines", action="store_true",
                     help="skip the random-action and expert-bot rows")
     xe.add_argument("--json", action="store_true", help="print the rows as JSON")

@@ -76,7 +76,7 @@ def export_gguf(ckpt: Checkpoint, out: str | Path, qtype: str = "f32") -> dict:
     import gguf
 
     if qtype not in TYPES:
-        raise InteropError(f"--type must be one of {', '.join(TYPES)} (got {qtype!r})")
+        raise InteropError(f"type must be one of {', '.join(TYPES)} (got {qtype!r})")
     config = ckpt.config
     gpt2_expressible(config)
     tokens, types, merges, order, eos = vocabulary(ckpt.tokenizer)

@@ -27,7 +27,7 @@ CALIBRATED = ("gptq", "awq", "smoothquant")  # methods that read calibration inp
 
 @dataclass(frozen=True)
 class QuantRecipe:
-    method: str = "rtn"
+    method: str = "gptq"  # what `pocketgpt quantize` uses unless told: the best of the calibrated methods here
     bits: int = 4
     group_size: int = 64
     symmetric: bool = True

@@ -1,2 +1,5 @@
 """The serving layer: an OpenAI-compatible HTTP server over the generation layer's schedulers (the `serve`
-extra: Starlette and uvicorn)."""
+extra: Starlette and uvicorn, imported by pocketgpt.serve.server only)."""
+
+SLOTS = 32  # sequences decoded together
+MAX_QUEUE = 64  # requests that may wait for a slot before the server answers 429

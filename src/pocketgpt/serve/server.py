@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from pocketgpt.errors import InputError, SettingsError
 from pocketgpt.generate import Batcher, Request, Sampling, Sequence, TextStream, encode_prompt
+from pocketgpt.serve import MAX_QUEUE, SLOTS
 
 CHAT_STOP = "\n\n"
 
@@ -66,7 +67,7 @@ FIELDS = {"max_new_tokens": "max_tokens"}  # library field -> JSON parameter, wh
 class Engine:
     """A batcher, the thread that steps it, and what the HTTP handlers need to know about the model."""
 
-    def __init__(self, model, tokenizer, name: str, documents: bool, slots: int = 32, max_queue: int = 64,
+    def __init__(self, model, tokenizer, name: str, documents: bool, slots: int = SLOTS, max_queue: int = MAX_QUEUE,
                  batcher=None):
         self.model, self.tokenizer, self.name, self.documents = model, tokenizer, name, documents
         self.slots, self.max_queue = slots, max_queue

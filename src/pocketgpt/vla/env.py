@@ -87,7 +87,7 @@ class Demos:
             raise InputError(f"{path}: not a demonstrations file ({e})") from None
 
 
-def collect(name: str, episodes: int, seed_start: int = 0, progress=None) -> Demos:
+def collect(name: str = "BabyAI-GoToLocal-v0", episodes: int = 3000, seed_start: int = 0, progress=None) -> Demos:
     """Run the BabyAI expert bot for `episodes` episodes (seeds seed_start, seed_start + 1, ...);
     progress(done, total) after each episode."""
     from minigrid.utils.baby_ai_bot import BabyAIBot

@@ -6,7 +6,8 @@ A chunk is T steps of a D-dimensional action, scaled to about [-1, 1]. Encoding:
   2. scale by `scale` and round to integers (most high-frequency coefficients become 0);
   3. flatten frequency-major: all dimensions' coefficient 0, then all dimensions' coefficient 1, ...
      (long runs of zeros at the end);
-  4. byte-pair merges over those integers (`merges` of them), learnt on a corpus of chunks.
+  4. byte-pair merges over those integers (`merges` of them), learnt on a corpus of chunks with the same
+     algorithm as the text tokenizer's (pocketgpt.tokenizers.bpe).
 Decoding reverses each step (the rounding is the only loss: every DCT coefficient is within 0.5 / scale).
 Integers outside the range seen in training are clipped to it when encoding.
 
@@ -15,11 +16,14 @@ Integers outside the range seen in training are clipped to it when encoding.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from pocketgpt.files import write_text
+from pocketgpt.tokenizers.bpe import apply_merges, learn_merges
 
 
 def dct_matrix(n: int) -> np.ndarray:
@@ -28,18 +32,6 @@ def dct_matrix(n: int) -> np.ndarray:
     m = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n))
     m[0] /= np.sqrt(2.0)
     return m
-
-
-def _merge(seq: list[int], pair: tuple[int, int], new: int) -> list[int]:
-    out, i = [], 0
-    while i < len(seq):
-        if i + 1 < len(seq) and seq[i] == pair[0] and seq[i + 1] == pair[1]:
-            out.append(new)
-            i += 2
-        else:
-            out.append(seq[i])
-            i += 1
-    return out
 
 
 class FASTTokenizer:
@@ -59,13 +51,7 @@ class FASTTokenizer:
 
     def encode(self, chunk: np.ndarray) -> list[int]:
         seq = [int(q) - self.lo for q in np.clip(self.coefficients(chunk), self.lo, self.hi)]
-        while len(seq) > 1:  # apply the earliest-learnt merge present, as GPT-2's BPE does
-            pairs = {(a, b) for a, b in zip(seq, seq[1:]) if (a, b) in self.ranks}
-            if not pairs:
-                break
-            best = min(pairs, key=self.ranks.__getitem__)
-            seq = _merge(seq, best, self.ranks[best])
-        return seq
+        return apply_merges(seq, self.ranks, self.ranks.__getitem__)  # a merge's token id is also its rank
 
     def decode(self, tokens: list[int]) -> np.ndarray:
         T, D = self.shape
@@ -82,8 +68,8 @@ class FASTTokenizer:
         return self.dct.T @ (coeffs.reshape(T, D) / self.scale)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"scale": self.scale, "lo": self.lo, "hi": self.hi,
-                                          "merges": self.merges, "shape": list(self.shape)}))
+        write_text(path, json.dumps({"scale": self.scale, "lo": self.lo, "hi": self.hi,
+                                     "merges": self.merges, "shape": list(self.shape)}))
 
     @classmethod
     def load(cls, path: str | Path) -> FASTTokenizer:
@@ -97,20 +83,10 @@ def train_fast(chunks: np.ndarray, scale: float = 10.0, merges: int = 512) -> FA
     probe = FASTTokenizer(scale, 0, 0, [], (T, D))
     ints = np.stack([probe.coefficients(c) for c in chunks])
     lo, hi = int(ints.min()), int(ints.max())
-    tok = FASTTokenizer(scale, lo, hi, [], (T, D))
     seqs = [[int(q) - lo for q in row] for row in ints]
-    learnt: list[tuple[int, int]] = []
-    while len(learnt) < merges:
-        counts = Counter(p for s in seqs for p in zip(s, s[1:]))
-        if not counts:
-            break
-        pair, n = counts.most_common(1)[0]
-        if n < 2:
-            break
-        new = tok.base + len(learnt)
-        learnt.append(pair)
-        seqs = [_merge(s, pair, new) for s in seqs]
-    return FASTTokenizer(scale, lo, hi, learnt, (T, D))
+    new_ids = itertools.count(hi - lo + 1)  # merged tokens are numbered after the integers
+    learnt = learn_merges(seqs, [1] * len(seqs), merges, lambda pair: next(new_ids), min_count=2)
+    return FASTTokenizer(scale, lo, hi, [tuple(map(int, p)) for p in learnt], (T, D))
 
 
 def naive_encode(chunk: np.ndarray, bins: int = 256) -> list[int]:

@@ -239,7 +239,7 @@ def evaluate_policy(env_name: str, episodes: int, act, budget: int | None = None
             "budget": budget or int(envs[0].unwrapped.max_steps)}
 
 
-def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int, budget: int = 16,
+def evaluation_table(env_name: str, policy: VLAPolicy, episodes: int = 500, budget: int = 16,
                      baselines: bool = True, seed_start: int = EVAL_SEED_START, progress=None) -> list[dict]:
     """The policy with and without its instruction, at `budget` steps and at the environment's own limit;
     with baselines, random actions and the expert bot too. progress(done, total) after each row."""
