@@ -53,6 +53,10 @@ def tiny_configs():
                                                                activation="gelu", tie_embeddings=True),
         "layernorm-bias": PRESETS["shakespeare-cpu"].replace(**small, bias=True, embed_norm=True),
         "gpt2": PRESETS["gpt2"].replace(**small),
+        "llama-gqa": PRESETS["smollm2-135m"].replace(**{**small, "n_head": 4}, n_kv_head=2, ffn_size=12),
+        "llama-mqa-untied": PRESETS["smollm2-135m"].replace(**small, n_kv_head=1, ffn_size=10, tie_embeddings=False),
+        "llama-deep-preset": PRESETS["shakespeare-deep"].replace(vocab_size=11, block_size=8, n_layer=2, n_embd=12,
+                                                                 n_head=3, n_kv_head=1, ffn_size=6),
     }
 
 

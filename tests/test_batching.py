@@ -19,8 +19,12 @@ def model():
     return GPT(config, dtype=np.float64, seed=4)
 
 
-def test_decode_slots_matches_the_uncached_forward(model):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decode_slots_matches_the_uncached_forward(model, family):
     """Three sequences of different lengths in slots 2, 0, 3 of a 4-slot cache, decoded together."""
+    if family == "llama":  # rotary positions at each slot's own position, grouped-query attention
+        model = GPT(PRESETS["smollm2-135m"].replace(vocab_size=13, block_size=24, n_layer=2, n_embd=32, n_head=4,
+                                                    n_kv_head=2, ffn_size=40), dtype=np.float64, seed=4)
     rng = np.random.default_rng(0)
     seqs = {2: list(rng.integers(0, 13, 5)), 0: list(rng.integers(0, 13, 9)), 3: list(rng.integers(0, 13, 1))}
     cache = SlotCache(model.config, 4, np.float64)

@@ -59,7 +59,7 @@ SAMPLE = {"shakespeare": "ROMEO:\nWhat, ho! apothecary!\n\n  Come hither, man.",
 def test_export_refuses_what_gpt2_cannot_express(tmp_path):
     ds = load_dataset("names")
     config = PRESETS["microgpt"].replace(vocab_size=27)
-    with pytest.raises(InteropError, match="GPT-2 cannot express this model: norm rmsnorm"):
+    with pytest.raises(InteropError, match="neither GPT-2 nor Llama can express this model: norm rmsnorm"):
         export_hf(Checkpoint(config, GPT(config).params, ds.tokenizer), tmp_path)
 
 
@@ -137,8 +137,8 @@ def test_import_errors_are_one_line_with_exit_code_2(tmp_path, bpe, capsys):
     hf = random_gpt2(bpe)
     hf.save_pretrained(tmp_path / "llama")
     cfg = json.loads((tmp_path / "llama" / "config.json").read_text())
-    (tmp_path / "llama" / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
-    assert "model_type 'llama' is not supported" in run(str(tmp_path / "llama"))
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen3"}))
+    assert "model_type 'qwen3' is not supported" in run(str(tmp_path / "llama"))
     hf.save_pretrained(tmp_path / "shapes")
     (tmp_path / "shapes" / "config.json").write_text(json.dumps({**cfg, "n_embd": 64}))
     assert "has shape" in run(str(tmp_path / "shapes"))

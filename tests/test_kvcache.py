@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pocketgpt.config import PRESETS
 from pocketgpt.model import GPT, KVCache, QuantizedKVCache
@@ -32,8 +33,10 @@ def test_quantized_cache_reads_back_within_half_a_step_and_float_for_the_open_gr
     assert np.abs(values[:, :, :16] - v[:, :, :16]).max() < 0.5 * np.abs(v).max() / 15 * 2.2
 
 
-def test_decoding_with_the_quantized_cache_stays_close_to_the_float_cache():
-    config = PRESETS["shakespeare-cpu"].replace(vocab_size=30, n_layer=2, block_size=32)
+@pytest.mark.parametrize("preset", ["shakespeare-cpu", "smollm2-135m"])
+def test_decoding_with_the_quantized_cache_stays_close_to_the_float_cache(preset):
+    config = PRESETS[preset].replace(vocab_size=30, n_layer=2, block_size=32, n_embd=128, n_head=4,
+                                     n_kv_head=2 if PRESETS[preset].n_kv_head else 0, ffn_size=0)
     model = GPT(config, seed=0)
     tokens = np.random.default_rng(1).integers(0, 30, (3, 32))
     exact = decode(model, tokens, KVCache(config, 3, np.float32), prefill=11)
@@ -42,6 +45,14 @@ def test_decoding_with_the_quantized_cache_stays_close_to_the_float_cache():
     q = np.exp(approx - approx.max(-1, keepdims=True))
     p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
     assert np.abs(p - q).sum(-1).max() < 0.05  # total variation of every next-token distribution
+
+
+def test_the_cache_holds_key_value_heads_only():
+    """SmolLM2 has 9 query heads sharing 3 key/value heads: its cache is a third of a multi-head one's."""
+    config = PRESETS["smollm2-135m"].replace(block_size=64)
+    grouped, full = KVCache(config, 1, np.float32), KVCache(config.replace(n_kv_head=0), 1, np.float32)
+    assert grouped.k.shape == (30, 1, 3, 64, 64) and 3 * grouped.nbytes == full.nbytes
+    assert 3 * QuantizedKVCache(config, 1).nbytes == QuantizedKVCache(config.replace(n_kv_head=0), 1).nbytes
 
 
 def test_quantized_cache_takes_under_030_of_the_float_bytes():

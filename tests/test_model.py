@@ -101,7 +101,8 @@ def test_outputs_at_the_last_positions_give_the_full_loss_gradient_and_logits(ti
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_cached_decoding_gives_the_same_logits_as_a_full_forward(name):
-    config = PRESETS[name].replace(vocab_size=20, block_size=12, n_layer=2, n_head=4, n_embd=32)
+    config = PRESETS[name].replace(vocab_size=20, block_size=12, n_layer=2, n_head=4, n_embd=32,
+                                   n_kv_head=2 if PRESETS[name].n_kv_head else 0)
     model = GPT(config, dtype=np.float64, seed=2)
     tokens = np.random.default_rng(0).integers(0, 20, (2, 12))
     full, _, _ = model.forward(tokens)

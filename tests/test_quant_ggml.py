@@ -1,15 +1,19 @@
-"""Q8_0 and Q4_0 blocks: bit-identical to the `gguf` package's quantizer; exact round trips; error bounds."""
+"""llama.cpp's blocks: Q8_0, Q4_0 and Q4_1 bit-identical to the `gguf` package's quantizer; every format's
+dequantization (the K-quants included) bit-identical to the gguf package's; exact round trips; error bounds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
-from gguf.quants import quantize
+from gguf.quants import dequantize, quantize
 
-from pocketgpt.formats.ggml import BLOCK_BYTES, DEQUANTIZE, QUANTIZE
+from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, DEQUANTIZE, QUANTIZE
 
-TYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
+TYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}
+ALL_TYPES = {**TYPES, "mxfp4": GGMLQuantizationType.MXFP4, "q4_k": GGMLQuantizationType.Q4_K,
+             "q5_k": GGMLQuantizationType.Q5_K, "q6_k": GGMLQuantizationType.Q6_K}
+HALVES = {"q8_0": [0], "q4_0": [0], "q4_1": [0, 2], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208], "mxfp4": []}
 
 
 def hard_cases() -> np.ndarray:
@@ -40,20 +44,44 @@ def test_dequantize_then_quantize_is_exact(name):
     np.testing.assert_array_equal(DEQUANTIZE[name](again, 64), DEQUANTIZE[name](blocks, 64))
 
 
-@pytest.mark.parametrize("name,levels", [("q8_0", 127), ("q4_0", 8)])
+@pytest.mark.parametrize("name,levels", [("q8_0", 127), ("q4_0", 8), ("q4_1", 7.5)])
 def test_round_to_nearest_error_is_at_most_half_a_step(name, levels):
     w = np.random.default_rng(2).standard_normal((16, 128)).astype(np.float32)
     blocks = w.reshape(-1, 32)
     back = DEQUANTIZE[name](QUANTIZE[name](w), 128).reshape(-1, 32)
     step = np.abs(blocks).max(axis=1, keepdims=True) / levels  # |d| of each block
+    if name == "q4_1":  # 15 steps from the block's minimum to its maximum
+        step = (blocks.max(axis=1, keepdims=True) - blocks.min(axis=1, keepdims=True)) / 15
     err = np.abs(back - blocks)
     slack = step * levels * 2.0**-11 + 1e-7  # d is stored as float16 (relative error 2^-11)
+    if name == "q4_1":  # d times codes up to 15, and the minimum, each rounded to float16
+        slack = (15 * step + np.abs(blocks.min(axis=1, keepdims=True))) * 2.0**-11 + 1e-7
     inside = np.ones_like(blocks, bool)
     if name == "q4_0":  # levels -8..7 with d = m / -8: values past 7.5 steps opposite to m clip to 7
         m = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None], axis=1)
         inside = blocks / (m / -8) <= 7.5
         assert np.all(err <= step + slack)
     assert np.all(err[inside] <= (step * 0.5 + slack).repeat(32, axis=1)[inside])
+
+
+@pytest.mark.parametrize("name", list(ALL_TYPES))
+def test_dequantization_is_bit_identical_to_gguf(name):
+    """Random bytes are valid blocks (once their float16 fields hold finite values): every bit pattern of the
+    codes, scales and mins is read as ggml reads it."""
+    rng = np.random.default_rng(3)
+    rows, per_row = 6, 2
+    blocks = rng.integers(0, 256, (rows, per_row, BLOCK_BYTES[name]), dtype=np.uint8)
+    for offset in HALVES[name]:  # finite float16 scales of a plausible size
+        blocks[..., offset:offset + 2] = rng.normal(0, 0.05, (rows, per_row)).astype(np.float16).view(np.uint8) \
+            .reshape(rows, per_row, 2)
+    if name == "mxfp4":
+        blocks[..., 0] = rng.integers(110, 140, (rows, per_row))  # scales 2^-17 .. 2^12
+    blocks = blocks.reshape(rows, -1)
+    n = per_row * BLOCK_WEIGHTS[name]
+    ours = DEQUANTIZE[name](blocks, n)
+    theirs = dequantize(blocks, ALL_TYPES[name])
+    assert ours.shape == theirs.shape == (rows, n) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_rows_must_split_into_blocks():

@@ -14,7 +14,8 @@ import pytest
 from conftest import Served
 
 from pocketgpt.generate import NGramDraft, Request, Sampling, Sequence, SpeculativeBatcher, encode_prompt, generate
-from pocketgpt.serve.server import Engine, chat_prompt
+from pocketgpt.serve.server import Engine
+from pocketgpt.tokenizers.chat import plain_prompt as chat_prompt
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,22 @@ PRESETS: dict[str, GPTConfig] = {
         norm_weights=True, activation="gelu", bias=True, tie_embeddings=True, init_std=0.02,
         scale_residual_init=True, embed_norm=False, final_norm=True,
     ),
+    # SmolLM2-135M (Hugging Face's, the language model of SmolVLM): the Llama family, deep and thin as MobileLLM
+    # argues small models should be: 30 layers of 576 channels, 9 query heads sharing 3 key/value heads,
+    # rotary positions (theta 100000), RMSNorm with gains, a SwiGLU MLP of width 1536, tied embeddings.
+    "smollm2-135m": GPTConfig(
+        vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3, n_embd=576, positions="rope",
+        rope_theta=100000.0, norm="rmsnorm", norm_weights=True, norm_eps=1e-5, activation="swiglu", ffn_size=1536,
+        bias=False, tie_embeddings=True, init_std=0.02, scale_residual_init=False, embed_norm=False, final_norm=True,
+    ),
+    # A MobileLLM-style counterpart of shakespeare-cpu with as many parameters (0.805 M against 0.804 M at
+    # vocabulary 65): 14 layers of 72 channels instead of 4 of 128, 6 query heads sharing 2 key/value heads,
+    # SwiGLU, rotary positions, tied embeddings (benchmarks/mobilellm.py trains both with the same recipe).
+    "shakespeare-deep": GPTConfig(
+        vocab_size=65, block_size=64, n_layer=14, n_head=6, n_kv_head=2, n_embd=72, positions="rope",
+        norm="rmsnorm", norm_weights=True, activation="swiglu", ffn_size=200, bias=False, tie_embeddings=True,
+        init_std=0.02, scale_residual_init=True, embed_norm=False, final_norm=True,
+    ),
 }
 
 

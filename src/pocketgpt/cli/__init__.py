@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 
 from pocketgpt import __version__
-from pocketgpt.cli import examine, generation, guard, interop, quant, tokenizer, train, vla
+from pocketgpt.cli import chat, examine, generation, guard, interop, quant, tokenizer, train, vla
 from pocketgpt.cli.common import Parser
 from pocketgpt.errors import InputError, SettingsError
 from pocketgpt.train import CheckpointExists
 
-GROUPS = (train, generation, examine, interop, quant, tokenizer, guard, vla)
+GROUPS = (train, generation, chat, examine, interop, quant, tokenizer, guard, vla)
 
 
 def build_parser() -> Parser:

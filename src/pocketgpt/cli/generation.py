@@ -22,7 +22,7 @@ from pocketgpt.generate import (
 from pocketgpt.generate.sampling import MAX_TEMPERATURE
 from pocketgpt.interop import load
 from pocketgpt.model.gpt import CACHE_KINDS
-from pocketgpt.serve import MAX_QUEUE, SLOTS
+from pocketgpt.serve import CONTEXT, MAX_QUEUE, SLOTS
 
 
 def add_sampling_args(p) -> None:
@@ -53,7 +53,7 @@ def add_draft_args(p) -> None:
 def add(sub) -> None:
     s = sub.add_parser("sample", help="generate text from a model", description="Generate text; prints tokens as "
                        "they arrive. Text-mode samples are separated by a line of ---.")
-    s.add_argument("checkpoint", metavar="MODEL", help="a checkpoint folder or a Hugging Face folder")
+    s.add_argument("checkpoint", metavar="MODEL", help="a checkpoint folder, a GGUF file or a Hugging Face folder")
     s.add_argument("--count", type=positive_int, default=10, help="samples (default 10)")
     s.add_argument("--prompt", default="", help="text to continue, \\n for a newline (default: none)")
     add_sampling_args(s)
@@ -70,11 +70,13 @@ def add(sub) -> None:
     v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching",
                        description="Serve a model over an OpenAI-compatible API (/v1/models, /v1/completions, "
                        "/v1/chat/completions, /health); needs the serve extra.")
-    v.add_argument("checkpoint", metavar="MODEL", help="a checkpoint folder or a Hugging Face folder")
+    v.add_argument("checkpoint", metavar="MODEL", help="a checkpoint folder, a GGUF file or a Hugging Face folder")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     v.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
     v.add_argument("--name", help="the model id clients ask for (default: the checkpoint folder's name)")
     v.add_argument("--slots", type=positive_int, default=SLOTS, help=f"sequences decoded together (default {SLOTS})")
+    v.add_argument("--context", type=positive_int, default=CONTEXT, help=f"positions each slot holds, at most the "
+                   f"model's context (default {CONTEXT})")
     v.add_argument("--max-queue", dest="max_queue", type=int, default=MAX_QUEUE,
                    help=f"requests that may wait for a slot before the server answers 429 (default {MAX_QUEUE})")
     add_draft_args(v)
@@ -153,7 +155,7 @@ def run_serve(args) -> int:
     draft, kind, draft_tok = draft_of(args, model)
     check_draft_tokenizer(args, ckpt, draft_tok)
     batcher = (SpeculativeBatcher(model, draft, args.draft_k, args.adaptive, args.slots) if draft is not None
-               else Batcher(model, args.slots))
+               else Batcher(model, args.slots, args.context))
     name = args.name or Path(args.checkpoint).resolve().name
     engine = Engine(model, ckpt.tokenizer, name, ckpt.documents, args.slots, args.max_queue, batcher)
     say(f"serving {name} ({model.num_params:,} parameters{', ' + kind + ' draft' if draft else ''}) "

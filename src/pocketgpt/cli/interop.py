@@ -7,7 +7,7 @@ from pathlib import Path
 from pocketgpt.cli.common import UsageError, distinct, say
 from pocketgpt.interop import load
 from pocketgpt.interop.gguf import TYPES, export_gguf
-from pocketgpt.interop.hf import export_hf, import_hf
+from pocketgpt.interop.hf import export_hf
 from pocketgpt.train import save_checkpoint
 
 
@@ -23,10 +23,11 @@ def add(sub) -> None:
     x.add_argument("--force", action="store_true", help="replace an existing OUT")
     x.set_defaults(func=run_export, parser=x)
 
-    i = sub.add_parser("import", help="convert a local Hugging Face folder into a checkpoint",
-                       description="Import a model (model.safetensors or pytorch_model.bin, config.json, and "
-                       "vocab.json + merges.txt or tokenizer.json) from a local folder; nothing is downloaded.")
-    i.add_argument("source", metavar="SOURCE", help="a Hugging Face folder")
+    i = sub.add_parser("import", help="convert a GGUF file or a local Hugging Face folder into a checkpoint",
+                       description="Import a model: a GGUF file (architecture llama), or a Hugging Face folder "
+                       "(config.json; model.safetensors or pytorch_model.bin; vocab.json + merges.txt or "
+                       "tokenizer.json); nothing is downloaded.")
+    i.add_argument("source", metavar="SOURCE", help="a .gguf file or a Hugging Face folder")
     i.add_argument("out", metavar="OUT", help="the checkpoint folder to write")
     i.add_argument("--force", action="store_true", help="replace an existing checkpoint at OUT")
     i.set_defaults(func=run_import, parser=i)
@@ -53,7 +54,7 @@ def run_export(args) -> int:
 
 def run_import(args) -> int:
     distinct(args.source, args.out)
-    ckpt = import_hf(args.source)
+    ckpt = load(args.source)
     save_checkpoint(args.out, ckpt, overwrite=args.force)
     c = ckpt.config
     say(f"imported {args.source}: {c.n_layer} layers, {c.n_embd} channels, vocabulary {c.vocab_size}, context "

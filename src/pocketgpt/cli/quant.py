@@ -20,7 +20,8 @@ def add(sub) -> None:
                        "ZeroQAT)", description="Quantize the attention and MLP weights (pocketgpt's integer groups "
                        "of 2-8 bits, or llama.cpp's Q8_0, Q4_0, MXFP4 blocks); prints the validation loss before "
                        "and after and the weight bytes.")
-    q.add_argument("checkpoint", metavar="MODEL", help="a float checkpoint folder or a Hugging Face folder")
+    q.add_argument("checkpoint", metavar="MODEL",
+                   help="a float checkpoint folder, a GGUF file or a Hugging Face folder")
     q.add_argument("out", metavar="OUT", help="the checkpoint folder to write")
     q.add_argument("--method", choices=METHODS, default=r.method,
                    help="smoothquant: W8A8 (use --bits 8); qat: backprop with a straight-through estimator; "
@@ -56,7 +57,8 @@ def add(sub) -> None:
     p = sub.add_parser("quant-report", help="every quantization method at 8, 4 and 3 bits: table and plot",
                        description="Quantize a float checkpoint with every method (RTN, SmoothQuant, GPTQ, AWQ, "
                        "rotations, QAT, ZeroQAT), evaluate each, and write quant-report.md and quant-report.png.")
-    p.add_argument("checkpoint", metavar="MODEL", help="a float checkpoint folder or a Hugging Face folder")
+    p.add_argument("checkpoint", metavar="MODEL",
+                   help="a float checkpoint folder, a GGUF file or a Hugging Face folder")
     p.add_argument("--out", help="folder for the report (default MODEL-quant-report)")
     p.add_argument("--group-size", dest="group_size", type=positive_int, default=r.group_size,
                    help=f"weights per scale (default {r.group_size})")

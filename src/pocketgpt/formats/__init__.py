@@ -1,5 +1,6 @@
 """Packed weight formats, each documented byte by byte beside the code that packs it: pocketgpt's integer
-groups (groups), llama.cpp's blocks (ggml: Q8_0, Q4_0, MXFP4). NumPy only; nothing here knows a model.
+groups (groups), llama.cpp's blocks (ggml: Q8_0, Q4_0, Q4_1, MXFP4; kquants: Q4_K, Q5_K, Q6_K). NumPy only;
+nothing here knows a model.
 
 FORMATS maps the name a checkpoint records to the class that rebuilds the matrix (`load_packed`).
 """

@@ -1,8 +1,9 @@
-"""llama.cpp's block formats (ggml): Q8_0 and Q4_0, quantized bit-identically to ggml's reference quantizer,
-and MXFP4 (pocketgpt.formats.mxfp4), as `GGMLBlocks` matrices.
+"""llama.cpp's block formats (ggml) as `GGMLBlocks` matrices: Q8_0, Q4_0 and Q4_1, quantized bit-identically to
+ggml's reference quantizer; MXFP4 (pocketgpt.formats.mxfp4); the K-quants Q4_K, Q5_K, Q6_K
+(pocketgpt.formats.kquants, dequantized only).
 
-Each cuts every row into blocks of 32 weights with one scale per block; a matrix is stored as its rows of
-blocks, (out, in / 32 * block bytes) uint8, exactly as a GGUF file holds it.
+Each cuts every row into blocks (32 weights; 256 for the K-quants) with their own scales; a matrix is stored
+as its rows of blocks, (out, in / block * block bytes) uint8, exactly as a GGUF file holds it.
 
 Q8_0, 34 bytes per block:
   bytes 0-1   d = max|w| / 127, float16 little-endian
@@ -10,6 +11,9 @@ Q8_0, 34 bytes per block:
 Q4_0, 18 bytes per block:
   bytes 0-1   d = m / -8, float16, where m is the block's weight of largest magnitude (sign kept)
   bytes 2-17  byte j = u[j] | u[j + 16] << 4, u = min(15, trunc(w / d + 8.5)); w ~ d * (u - 8)
+Q4_1, 20 bytes per block:
+  bytes 0-1   d = (max - min) / 15, float16;  bytes 2-3  m = min, float16
+  bytes 4-19  byte j = u[j] | u[j + 16] << 4, u = min(15, trunc((w - min) / d + 0.5)); w ~ d * u + m
 All arithmetic is float32 in the order ggml uses, so the bytes equal the `gguf` package's.
 """
 
@@ -20,16 +24,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketgpt.errors import InputError
-from pocketgpt.formats import mxfp4
+from pocketgpt.formats import kquants, mxfp4
 from pocketgpt.formats.packed import Packed
 
 QK = 32  # weights per block
-BLOCK_BYTES = {"q8_0": 2 + QK, "q4_0": 2 + QK // 2, "mxfp4": mxfp4.BLOCK_BYTES}
+BLOCK_BYTES = {"q8_0": 2 + QK, "q4_0": 2 + QK // 2, "q4_1": 4 + QK // 2, "mxfp4": mxfp4.BLOCK_BYTES,
+               **kquants.BLOCK_BYTES}
+BLOCK_WEIGHTS = {kind: kquants.QK_K if kind in kquants.BLOCK_BYTES else QK for kind in BLOCK_BYTES}
 
 
-def check_row(n: int) -> None:
-    if n % QK:
-        raise InputError(f"rows of {n} values do not split into blocks of {QK}")
+def check_row(n: int, kind: str = "q8_0") -> None:
+    if n % BLOCK_WEIGHTS[kind]:
+        raise InputError(f"rows of {n} values do not split into {kind} blocks of {BLOCK_WEIGHTS[kind]}")
 
 
 def _blocks(w: np.ndarray) -> np.ndarray:
@@ -85,8 +91,28 @@ def dequantize_q4_0(blocks: np.ndarray, n: int) -> np.ndarray:
     return (d * (u.astype(np.float32) - 8)).reshape(*blocks.shape[:-1], n)
 
 
-QUANTIZE = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0, "mxfp4": mxfp4.quantize_mxfp4}
-DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0, "mxfp4": mxfp4.dequantize_mxfp4}
+def quantize_q4_1(w: np.ndarray) -> np.ndarray:
+    """(..., n) float -> (..., n // 32 * 20) uint8 blocks."""
+    b = _blocks(w)
+    lo, hi = b.min(axis=1, keepdims=True), b.max(axis=1, keepdims=True)
+    d = (hi - lo) / np.float32(15)
+    u = np.minimum(np.trunc((b - lo) * _inverse(d) + np.float32(0.5)), 15).astype(np.uint8)
+    packed = u[:, :QK // 2] | (u[:, QK // 2:] << np.uint8(4))
+    out = np.concatenate([d.astype(np.float16).view(np.uint8), lo.astype(np.float16).view(np.uint8), packed], axis=1)
+    return out.reshape(*np.shape(w)[:-1], -1)
+
+
+def dequantize_q4_1(blocks: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q4_1"])
+    d = b[:, :2].copy().view(np.float16).astype(np.float32)
+    m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
+    u = np.concatenate([b[:, 4:] & np.uint8(0x0F), b[:, 4:] >> np.uint8(4)], axis=1)
+    return (d * u.astype(np.float32) + m).reshape(*blocks.shape[:-1], n)
+
+
+QUANTIZE = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0, "q4_1": quantize_q4_1, "mxfp4": mxfp4.quantize_mxfp4}
+DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0, "q4_1": dequantize_q4_1,
+              "mxfp4": mxfp4.dequantize_mxfp4, **kquants.DEQUANTIZE}
 
 
 @dataclass
@@ -94,7 +120,7 @@ class GGMLBlocks(Packed):
     """An (out, in) matrix as rows of ggml blocks of one kind."""
 
     kind: str
-    blocks: np.ndarray  # (out, in / 32 * BLOCK_BYTES[kind]) uint8
+    blocks: np.ndarray  # (out, in / BLOCK_WEIGHTS[kind] * BLOCK_BYTES[kind]) uint8
     shape: tuple[int, int]
 
     @property
@@ -107,8 +133,9 @@ class GGMLBlocks(Packed):
     @classmethod
     def expected_parts(cls, shape, meta):
         out, n = shape
-        check_row(n)
-        return {"blocks": ((out, n // QK * BLOCK_BYTES[meta["kind"]]), np.dtype(np.uint8))}
+        kind = meta["kind"]
+        check_row(n, kind)
+        return {"blocks": ((out, n // BLOCK_WEIGHTS[kind] * BLOCK_BYTES[kind]), np.dtype(np.uint8))}
 
     @classmethod
     def from_parts(cls, parts, shape, meta):

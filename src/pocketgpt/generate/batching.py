@@ -28,14 +28,15 @@ class Scheduler(ABC):
     """What the server drives: submit() and cancel() from any thread, step() from one, busy and load().
     Subclasses keep their running sequences in self.active and start them in step()."""
 
-    def __init__(self, model: GPT, slots: int):
+    def __init__(self, model: GPT, slots: int, context: int | None = None):
         self.model, self.slots = model, slots
+        self.context = min(context or model.config.block_size, model.config.block_size)  # positions a sequence may fill
         self.waiting: deque[Sequence] = deque()
         self.active: dict = {}
         self.lock = threading.Lock()
 
     def submit(self, seq: Sequence) -> None:
-        check_context(len(seq.request.prompt), self.model.config.block_size, sliding=False)
+        check_context(len(seq.request.prompt), self.context, sliding=False)
         with self.lock:
             self.waiting.append(seq)
 
@@ -73,11 +74,12 @@ class Scheduler(ABC):
 
 
 class Batcher(Scheduler):
-    """Runs Sequences in up to `slots` KV-cache slots, decoding all of them in one call per step."""
+    """Runs Sequences in up to `slots` KV-cache slots of `context` positions each (default: the model's context),
+    decoding all of them in one call per step."""
 
-    def __init__(self, model: GPT, slots: int = 32):
-        super().__init__(model, slots)
-        self.cache = SlotCache(model.config, slots, model.dtype)
+    def __init__(self, model: GPT, slots: int = 32, context: int | None = None):
+        super().__init__(model, slots, context)
+        self.cache = SlotCache(model.config, slots, model.dtype, self.context)
         self.active: dict[int, Sequence] = {}
         self.pending: dict[int, int] = {}  # slot -> sampled token not yet fed to the model
 

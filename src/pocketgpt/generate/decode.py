@@ -31,8 +31,8 @@ def generate(model: GPT, prompt: list[int], *, max_new_tokens: int, sampling: Sa
 def decode(model: GPT, seq: Sequence, sliding: bool = False, cache=None) -> Iterator[int]:
     """Decode one Sequence to its end, yielding each token it keeps."""
     prompt = list(seq.request.prompt)
-    check_context(len(prompt), model.config.block_size, sliding)
     cache = cache if cache is not None else model.new_cache(1)
+    check_context(len(prompt), cache.size, sliding)
     context = prompt[-cache.size:]
     logits = model.forward_cached(np.array([context]), cache, outputs=1)[0, -1]  # prefill -> (V,)
     yield from continue_decoding(model, seq, context, cache, sliding, logits)

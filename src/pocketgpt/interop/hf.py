@@ -1,8 +1,11 @@
-"""Hugging Face GPT-2 checkpoints in and out: a name-for-name copy with one list of transposed weights.
+"""Hugging Face folders in and out, for both families: GPT-2 (GPT2LMHeadModel) and Llama (LlamaForCausalLM,
+pocketgpt.interop.hf_llama).
 
-pocketgpt names parameters after GPT-2's checkpoint keys and stores every linear weight (out, in);
-GPT-2's Conv1D stores (in, out), so exactly the weights in TRANSPOSED flip on the way in and out.
-A model whose architecture GPT-2 cannot express (RMSNorm, ReLU, no final norm) is refused by name.
+GPT-2 is a name-for-name copy with one list of transposed weights: pocketgpt names parameters after GPT-2's
+checkpoint keys and stores every linear weight (out, in); GPT-2's Conv1D stores (in, out), so exactly the
+weights in TRANSPOSED flip on the way in and out. A model that neither family can express (microgpt's RMSNorm
+without gains and ReLU, say) is refused by name. Tokenizers: GPT-2's vocab.json + merges.txt, or a
+tokenizer.json (byte-level BPE or pocketgpt's character layout) with its tokenizer_config.json.
 Export needs nothing beyond the core (a character tokenizer is written as a tokenizer.json by
 pocketgpt.tokenizers.hf); importing pytorch_model.bin needs torch (the `interop` extra). The checkpoint's
 data record travels in config.json under DATA_KEY, so that an exported model imports back as it was.
@@ -20,9 +23,16 @@ from safetensors.numpy import load_file, save_file
 from pocketgpt.config import GPTConfig
 from pocketgpt.errors import InputError
 from pocketgpt.files import atomic_file, write_text
+from pocketgpt.interop.hf_llama import (
+    config_from_llama,
+    llama_config,
+    llama_expressible,
+    llama_tensors,
+    params_from_llama,
+)
 from pocketgpt.model import param_shapes
 from pocketgpt.tokenizers import BPETokenizer
-from pocketgpt.tokenizers.hf import BOS_TOKEN, char_tokenizer_json, load_tokenizer_json
+from pocketgpt.tokenizers.hf import bpe_tokenizer_json, char_tokenizer_json, load_tokenizer_json, tokenizer_config
 from pocketgpt.train import Checkpoint
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -42,8 +52,8 @@ def _is_transposed(name: str) -> bool:
 # ----------------------------------------------------------------------------- export
 
 
-def gpt2_expressible(config: GPTConfig) -> None:
-    """Raise unless GPT2LMHeadModel computes exactly what this config computes (missing biases become zeros)."""
+def gpt2_problems(config: GPTConfig) -> list[str]:
+    """What stops GPT2LMHeadModel from computing exactly what this config computes (missing biases become zeros)."""
     problems = []
     if config.norm != "layernorm" or not config.norm_weights:
         problems.append(f"norm {config.norm}{'' if config.norm_weights else ' without weights'} (GPT-2: LayerNorm)")
@@ -53,17 +63,49 @@ def gpt2_expressible(config: GPTConfig) -> None:
         problems.append("a norm after the embedding")
     if not config.final_norm:
         problems.append("no final norm")
+    if config.positions != "learned" or config.n_kv != config.n_head or config.ffn != 4 * config.n_embd:
+        problems.append("rotary positions, grouped-query attention or an MLP width other than 4 C")
+    return problems
+
+
+def gpt2_expressible(config: GPTConfig) -> None:
+    """Raise unless GPT2LMHeadModel computes exactly what this config computes."""
+    problems = gpt2_problems(config)
     if problems:
         raise InteropError("GPT-2 cannot express this model: " + "; ".join(problems))
 
 
 def export_hf(ckpt: Checkpoint, out: str | Path) -> Path:
-    """Write config.json, model.safetensors and tokenizer files that transformers loads as GPT2LMHeadModel."""
+    """Write config.json, model.safetensors and tokenizer files that transformers loads: GPT2LMHeadModel, or
+    LlamaForCausalLM for a model of the Llama family."""
     config = ckpt.config
-    gpt2_expressible(config)
+    llama = not llama_expressible(config)
+    if not llama and gpt2_problems(config):
+        raise InteropError("neither GPT-2 nor Llama can express this model: " + "; ".join(gpt2_problems(config)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     params = ckpt.float_params()  # a quantized checkpoint exports its dequantized weights
+    tok = ckpt.tokenizer
+    if llama:
+        tensors, hf = llama_tensors(params, config), llama_config(config, tok.bos, getattr(tok, "eos", tok.bos))
+    else:
+        tensors, hf = gpt2_tensors(params, config), gpt2_config(config, tok.bos)
+    with atomic_file(out / "model.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    write_json(out / "config.json", {**hf, DATA_KEY: ckpt.data})
+    if isinstance(tok, BPETokenizer) and not llama:
+        tok.save(out)  # GPT-2's own tokenizer files, which GPT2Tokenizer reads
+        special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+        write_json(out / "tokenizer_config.json", {"tokenizer_class": "GPT2Tokenizer", **special,
+                                                   "model_max_length": config.block_size})
+    else:
+        write_json(out / "tokenizer.json", bpe_tokenizer_json(tok) if isinstance(tok, BPETokenizer)
+                   else char_tokenizer_json(tok))
+        write_json(out / "tokenizer_config.json", tokenizer_config(tok, config.block_size))
+    return out
+
+
+def gpt2_tensors(params: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
     C = config.n_embd
     tensors = {}
     for name in param_shapes(GPTConfig(**{**config.to_dict(), "bias": True, "tie_embeddings": True})):
@@ -74,30 +116,16 @@ def export_hf(ckpt: Checkpoint, out: str | Path) -> Path:
         tensors[f"transformer.{name}"] = np.ascontiguousarray(w.T if _is_transposed(name) else w)
     if not config.tie_embeddings:
         tensors["lm_head.weight"] = np.ascontiguousarray(params["lm_head.weight"], np.float32)
-    with atomic_file(out / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    bos = ckpt.tokenizer.bos
-    hf = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
-        "n_positions": config.block_size, "n_embd": C, "n_layer": config.n_layer, "n_head": config.n_head,
-        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": config.norm_eps,
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": config.init_std,
-        "tie_word_embeddings": config.tie_embeddings, "bos_token_id": bos, "eos_token_id": bos,
-        "scale_attn_weights": True, "use_cache": True, DATA_KEY: ckpt.data,
-    }
-    write_json(out / "config.json", hf)
-    tok = ckpt.tokenizer
-    if isinstance(tok, BPETokenizer):
-        tok.save(out)
-        special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-        write_json(out / "tokenizer_config.json", {"tokenizer_class": "GPT2Tokenizer", **special,
-                                                   "model_max_length": config.block_size})
-    else:
-        write_json(out / "tokenizer.json", char_tokenizer_json(tok))
-        special = {"bos_token": BOS_TOKEN, "eos_token": BOS_TOKEN} if tok.bos is not None else {}
-        write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **special,
-                                                   "model_max_length": config.block_size})
-    return out
+    return tensors
+
+
+def gpt2_config(config: GPTConfig, bos: int | None) -> dict:
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+            "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+            "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
+            "layer_norm_epsilon": config.norm_eps, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "initializer_range": config.init_std, "tie_word_embeddings": config.tie_embeddings, "bos_token_id": bos,
+            "eos_token_id": bos, "scale_attn_weights": True, "use_cache": True}
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -127,9 +155,11 @@ def _read_weights(src: Path) -> dict[str, np.ndarray]:
 
 
 def config_from_hf(hf: dict, source: str) -> GPTConfig:
+    if hf.get("model_type") == "llama":
+        return config_from_llama(hf, source)
     if hf.get("model_type") != "gpt2":
-        raise InteropError(f"{source}: model_type {hf.get('model_type')!r} is not supported (only gpt2 and its "
-                           "family, such as distilgpt2)")
+        raise InteropError(f"{source}: model_type {hf.get('model_type')!r} is not supported (gpt2 and its family, "
+                           "such as distilgpt2; llama and its family, such as SmolLM2)")
     act = hf.get("activation_function", "gelu_new")
     if act not in GELU_TANH:
         raise InteropError(f"{source}: activation_function {act!r} is not GPT-2's tanh GELU")
@@ -150,7 +180,7 @@ def config_from_hf(hf: dict, source: str) -> GPTConfig:
 
 
 def import_hf(src: str | Path) -> Checkpoint:
-    """A pocketgpt checkpoint (float32) from a local Hugging Face GPT-2 folder with vocab.json + merges.txt."""
+    """A pocketgpt checkpoint (float32) from a local Hugging Face GPT-2 or Llama folder."""
     src = Path(src)
     if not src.is_dir():
         raise InteropError(f"{src}: no such folder")
@@ -162,6 +192,23 @@ def import_hf(src: str | Path) -> Checkpoint:
         raise InteropError(f"{src / 'config.json'} is not valid JSON: {e}") from None
     config = config_from_hf(hf, str(src / "config.json"))
     raw = _read_weights(src)
+    llama = hf.get("model_type") == "llama"
+    params = params_from_llama(raw, config, str(src)) if llama else gpt2_params(raw, config, src)
+    try:
+        if (src / "vocab.json").is_file() or not (src / "tokenizer.json").is_file():
+            tokenizer = BPETokenizer.load(src / "vocab.json", src / "merges.txt")
+        else:
+            tokenizer = load_tokenizer_json(src / "tokenizer.json")
+    except InputError as e:
+        raise InteropError(f"{src}: tokenizer: {e}") from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise InteropError(f"{src}: the tokenizer has {tokenizer.vocab_size} tokens but the weights only "
+                           f"{config.vocab_size}: they do not belong together")
+    data = hf.get(DATA_KEY) if isinstance(hf.get(DATA_KEY), dict) else {}
+    return Checkpoint(config, params, tokenizer, "float32", {"mode": "text", **data})
+
+
+def gpt2_params(raw: dict[str, np.ndarray], config: GPTConfig, src: Path) -> dict[str, np.ndarray]:
     params = {}
     for key, w in raw.items():
         name = key.removeprefix("transformer.")
@@ -176,15 +223,4 @@ def import_hf(src: str | Path) -> Checkpoint:
     for name, shape in expected.items():
         if params[name].shape != shape:
             raise InteropError(f"{src}: {name} has shape {params[name].shape}, config.json implies {shape}")
-    try:
-        if (src / "vocab.json").is_file() or not (src / "tokenizer.json").is_file():
-            tokenizer = BPETokenizer.load(src / "vocab.json", src / "merges.txt")
-        else:
-            tokenizer = load_tokenizer_json(src / "tokenizer.json")
-    except InputError as e:
-        raise InteropError(f"{src}: tokenizer: {e}") from None
-    if tokenizer.vocab_size > config.vocab_size:
-        raise InteropError(f"{src}: the tokenizer has {tokenizer.vocab_size} tokens but the weights only "
-                           f"{config.vocab_size}: they do not belong together")
-    data = hf.get(DATA_KEY) if isinstance(hf.get(DATA_KEY), dict) else {}
-    return Checkpoint(config, params, tokenizer, "float32", {"mode": "text", **data})
+    return params

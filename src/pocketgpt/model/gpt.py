@@ -409,11 +409,14 @@ class GPT:
 
     # ------------------------------------------------------------------------- inference with a KV cache
 
-    def new_cache(self, batch: int = 1, kind: str = "float") -> KVCache:
-        """An empty KV cache for `batch` sequences: float, or q4 (4-bit entries, QuantizedKVCache)."""
+    def new_cache(self, batch: int = 1, kind: str = "float", size: int | None = None) -> KVCache:
+        """An empty KV cache for `batch` sequences of up to `size` positions (default: the whole context): float,
+        or q4 (4-bit entries, QuantizedKVCache)."""
         if kind not in CACHE_KINDS:
             raise InputError(f"unknown KV cache kind {kind!r} (known: {', '.join(CACHE_KINDS)})")
-        return (QuantizedKVCache if kind == "q4" else KVCache)(self.config, batch, self.dtype)
+        if size is not None and not 1 <= size <= self.config.block_size:
+            raise InputError(f"a cache holds 1..{self.config.block_size} positions (got {size})")
+        return (QuantizedKVCache if kind == "q4" else KVCache)(self.config, batch, self.dtype, size)
 
     def forward_cached(self, idx, cache: KVCache, outputs: int | None = None) -> np.ndarray:
         """Logits (B, T, V) for the T new tokens (B, T) that follow the cache's positions; extends the cache.

@@ -91,7 +91,7 @@ def check_recipe(config: GPTConfig, recipe: QuantRecipe) -> None:
     try:
         for name in linear_names(config):
             n = shapes[name][1]
-            check_format(recipe.bits, recipe.group_size, n) if recipe.format == "int" else check_row(n)
+            check_format(recipe.bits, recipe.group_size, n) if recipe.format == "int" else check_row(n, recipe.format)
     except InputError as e:
         raise SettingsError([("group_size" if recipe.format == "int" else "format", str(e))]) from None
 

@@ -33,9 +33,8 @@ from starlette.routing import Route
 
 from pocketgpt.errors import InputError, SettingsError
 from pocketgpt.generate import Batcher, Request, Sampling, Sequence, TextStream, encode_prompt
+from pocketgpt.generate.chat import chat_ids
 from pocketgpt.serve import MAX_QUEUE, SLOTS
-
-CHAT_STOP = "\n\n"
 
 
 class APIError(Exception):
@@ -49,18 +48,6 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
-def chat_prompt(messages) -> str:
-    """The text a chat becomes (see the module docstring)."""
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "messages must be a non-empty list", "messages")
-    parts = []
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise APIError(400, "each message needs a string role and a string content", "messages")
-        parts.append(f"{m['role'].upper()}:\n{m['content']}\n\n")
-    return "".join(parts) + "ASSISTANT:\n"
-
-
 FIELDS = {"max_new_tokens": "max_tokens"}  # library field -> JSON parameter, where the names differ
 
 
@@ -72,6 +59,7 @@ class Engine:
         self.model, self.tokenizer, self.name, self.documents = model, tokenizer, name, documents
         self.slots, self.max_queue = slots, max_queue
         self.batcher = batcher if batcher is not None else Batcher(model, slots)
+        self.context = self.batcher.context  # positions a request may fill
         self.created = int(time.time())
         self.wake = threading.Event()
         self.stopping = False
@@ -119,21 +107,22 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
         raise APIError(404, f"the model {model!r} does not exist; this server has {engine.name!r}", "model",
                        "model_not_found")
     where = "messages" if chat else "prompt"
-    if chat:
-        text = chat_prompt(body.get("messages"))
-    else:
-        text = body.get("prompt", "")
-        if isinstance(text, list) and len(text) == 1 and isinstance(text[0], str):
-            text = text[0]
-        if not isinstance(text, str):
-            raise APIError(400, "prompt must be a string (or a list of one string)", "prompt")
     if _body_field(body, "n", (int,), 1) != 1:
         raise APIError(400, "n must be 1", "n")
+    template_stops: tuple[str, ...] = ()
     try:
-        prompt = encode_prompt(engine.tokenizer, text, engine.documents)
+        if chat:
+            prompt, template_stops = chat_ids(engine.tokenizer, body.get("messages"), engine.documents)
+        else:
+            text = body.get("prompt", "")
+            if isinstance(text, list) and len(text) == 1 and isinstance(text[0], str):
+                text = text[0]
+            if not isinstance(text, str):
+                raise APIError(400, "prompt must be a string (or a list of one string)", "prompt")
+            prompt = encode_prompt(engine.tokenizer, text, engine.documents)
     except InputError as e:
         raise APIError(400, f"{where}: {e}", where) from None
-    block = engine.model.config.block_size
+    block = engine.context
     room = block - len(prompt)
     if room < 1:
         raise APIError(400, f"this model's maximum context length is {block} tokens; the prompt has {len(prompt)}",
@@ -151,7 +140,7 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
                 (("temperature", (int, float)), ("top_p", (int, float)), ("top_k", (int,)), ("seed", (int,)))}
     try:
         sampling = Sampling(**{k: v for k, v in settings.items() if v is not None},
-                            stop=tuple(stops) if stops is not None else (CHAT_STOP,) if chat else ())
+                            stop=tuple(stops) if stops is not None else template_stops)
         request = Request(tuple(prompt), max_tokens, sampling, engine.tokenizer.stop_tokens)
     except SettingsError as e:
         param = FIELDS.get(e.fields[0], e.fields[0])

@@ -1,10 +1,13 @@
-"""Byte-level BPE (GPT-2's family): load vocab.json + merges.txt, encode, decode, and train a new one.
+"""Byte-level BPE (GPT-2's family, which real small models such as SmolLM2 use too): load vocab.json +
+merges.txt, encode, decode, and train a new one.
 
-Text is split by a pre-tokenizer pattern, each piece's UTF-8 bytes are mapped to printable characters
-(GPT-2's byte alphabet), and merges are applied lowest rank first. Special tokens such as <|endoftext|>
-are cut out of the text before that, as Hugging Face's tokenizers do. `apply_merges` and `learn_merges`
-are the BPE algorithm itself over any symbols; the FAST action tokenizer (pocketgpt.vla.fast) uses them
-over integers.
+Text is split by a pre-tokenizer (a sequence of patterns, each isolating its matches: GPT-2's, or digits one by
+one first, or Llama 3's), each piece's UTF-8 bytes are mapped to printable characters (GPT-2's byte alphabet),
+and merges are applied lowest rank first. Special tokens such as <|endoftext|> or <|im_start|> are cut out of
+the text before that, as Hugging Face's tokenizers do. A tokenizer also knows its BOS and EOS ids, the ids
+that end generation (EOS and end-of-turn tokens) and, for a chat model, its chat template. `apply_merges` and
+`learn_merges` are the BPE algorithm itself over any symbols; the FAST action tokenizer (pocketgpt.vla.fast)
+uses them over integers.
 Not here: normalizers, added-prefix-space options, or BPE that is not byte-level (SentencePiece).
 """
 
@@ -24,7 +27,26 @@ from pocketgpt.files import inside, write_bytes
 # GPT-2's pre-tokenizer: contractions, letters, numbers, other symbols (each with an optional leading
 # space), and runs of whitespace.
 PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+DIGIT = regex.compile(r"\p{N}")
+LLAMA3 = regex.compile(r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+                       r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+PRE_TOKENIZERS = {"gpt2": (PATTERN,), "digits-gpt2": (DIGIT, PATTERN), "llama3": (LLAMA3,)}
 EOT = "<|endoftext|>"
+END_OF_TURN = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")  # tokens that end a reply
+
+
+def split_isolated(pattern, text: str) -> list[str]:
+    """text cut at every match of pattern, each match and each stretch between matches a piece."""
+    pieces, end = [], 0
+    for m in pattern.finditer(text):
+        if m.start() > end:
+            pieces.append(text[end:m.start()])
+        if m.end() > m.start():
+            pieces.append(m.group())
+        end = m.end()
+    if end < len(text):
+        pieces.append(text[end:])
+    return pieces
 
 
 @lru_cache(maxsize=1)
@@ -111,20 +133,36 @@ def _join(pair: tuple[str, str]) -> str:
 
 
 class BPETokenizer:
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], special: list[str] | None = None):
+    """vocab: token string -> id; merges in rank order; special: tokens cut out of the text before BPE.
+    bos and eos default to <|endoftext|>'s id (GPT-2 frames documents with it); generation ends at eos and at
+    any END_OF_TURN token of the vocabulary (or at the given stop ids)."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], special: list[str] | None = None, *,
+                 bos: int | None = None, eos: int | None = None, stop: list[int] | None = None, pre: str = "gpt2",
+                 chat_template: str | None = None):
         self.vocab = vocab
         self.inverse = {i: s for s, i in vocab.items()}
         if len(self.inverse) != len(vocab):
             raise InputError("vocab.json maps two tokens to the same id")
+        if pre not in PRE_TOKENIZERS:
+            raise InputError(f"unknown pre-tokenizer {pre!r} (known: {', '.join(PRE_TOKENIZERS)})")
         self.ranks = {pair: r for r, pair in enumerate(merges)}
         self.merges = merges
         self.special = [s for s in (special if special is not None else [EOT]) if s in vocab]
-        self._special_re = (regex.compile("(" + "|".join(regex.escape(s) for s in self.special) + ")")
+        by_length = sorted(self.special, key=len, reverse=True)  # <|im_start|> before a prefix of it
+        self._special_re = (regex.compile("(" + "|".join(regex.escape(s) for s in by_length) + ")")
                             if self.special else None)
         self.to_char = byte_alphabet()
         self.to_byte = {c: b for b, c in self.to_char.items()}
-        self.bos = vocab.get(EOT)  # GPT-2 frames documents with <|endoftext|>
-        self.stop_tokens = frozenset() if self.bos is None else frozenset({self.bos})
+        self.pre, self.patterns = pre, PRE_TOKENIZERS[pre]
+        self.bos = vocab.get(EOT) if bos is None else bos
+        self.eos = self.bos if eos is None else eos
+        for name, i in (("bos", self.bos), ("eos", self.eos), *(("stop", i) for i in stop or [])):
+            if i is not None and i not in self.inverse:
+                raise InputError(f"{name} id {i} is not in the vocabulary")
+        ends = {vocab[t] for t in END_OF_TURN if t in vocab} if stop is None else set(stop)
+        self.stop_tokens = frozenset(ends | ({self.eos} if self.eos is not None else set()))
+        self.chat_template = chat_template
         self._cache: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------------- files
@@ -162,11 +200,17 @@ class BPETokenizer:
             write_bytes(Path(folder) / name, data)
 
     def to_dict(self) -> dict:
-        return {"type": "bpe", "vocab": "vocab.json", "merges": "merges.txt"}
+        d = {"type": "bpe", "vocab": "vocab.json", "merges": "merges.txt", "special": self.special, "bos": self.bos,
+             "eos": self.eos, "stop": sorted(self.stop_tokens), "pre": self.pre}
+        return {**d, "chat_template": self.chat_template} if self.chat_template else d
 
     @classmethod
     def from_dict(cls, d: dict, folder: Path) -> BPETokenizer:
-        return cls.load(inside(folder, d.get("vocab", "vocab.json")), inside(folder, d.get("merges", "merges.txt")))
+        base = cls.load(inside(folder, d.get("vocab", "vocab.json")), inside(folder, d.get("merges", "merges.txt")))
+        if "special" not in d:  # written before tokenizers knew their special ids: GPT-2's
+            return base
+        return cls(base.vocab, base.merges, d["special"], bos=d.get("bos"), eos=d.get("eos"), stop=d.get("stop"),
+                   pre=d.get("pre", "gpt2"), chat_template=d.get("chat_template"))
 
     @property
     def vocab_size(self) -> int:
@@ -182,9 +226,16 @@ class BPETokenizer:
         except KeyError as e:
             raise InputError(f"token {e.args[0]!r} is produced by the merges but missing from vocab.json") from None
 
+    def pieces(self, text: str) -> list[str]:
+        """The pre-tokenizer's pieces of text (no special tokens in it)."""
+        pieces = [text]
+        for pattern in self.patterns:
+            pieces = [p for piece in pieces for p in split_isolated(pattern, piece)]
+        return pieces
+
     def _encode_ordinary(self, text: str) -> list[int]:
         ids = []
-        for piece in PATTERN.findall(text):
+        for piece in self.pieces(text):
             cached = self._cache.get(piece)
             if cached is None:
                 cached = self._merge("".join(self.to_char[b] for b in piece.encode("utf-8")))

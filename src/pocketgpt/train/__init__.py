@@ -21,6 +21,7 @@ from pocketgpt.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from pocketgpt.train.evaluate import evaluate, perplexity
 from pocketgpt.train.loop import (
     FINETUNE,
     TRAIN_DEFAULTS,
@@ -29,7 +30,6 @@ from pocketgpt.train.loop import (
     check_training_memory,
     decay_mask,
     default_workers,
-    evaluate,
     loop,
     make_optimizer,
     resume_settings,
@@ -40,5 +40,5 @@ from pocketgpt.train.loop import (
 __all__ = ["Batches", "Checkpoint", "CheckpointError", "CheckpointExists", "Dataset", "FINETUNE", "TRAIN_DEFAULTS",
            "TrainSettings", "adamw_step", "check_can_save", "check_training_memory", "checkpoint_info", "dataset_of",
            "decay_mask", "default_workers", "eval_batches", "evaluate", "is_checkpoint", "load_checkpoint",
-           "load_dataset", "loop", "make_optimizer", "pad_documents", "resume_settings", "save_checkpoint",
-           "settings_for", "tokenize", "train"]
+           "load_dataset", "loop", "make_optimizer", "pad_documents", "perplexity", "resume_settings",
+           "save_checkpoint", "settings_for", "tokenize", "train"]

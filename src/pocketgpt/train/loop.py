@@ -20,8 +20,9 @@ import numpy as np
 from pocketgpt.errors import InputError, SettingsError, check_settings
 from pocketgpt.model import GPT
 from pocketgpt.model.runtime import check_memory, retain_freed_memory
-from pocketgpt.train.batches import Batches, Dataset, count_eval_batches, eval_batches
+from pocketgpt.train.batches import Batches, Dataset
 from pocketgpt.train.checkpoint import Checkpoint, CheckpointError, check_can_save, save_checkpoint
+from pocketgpt.train.evaluate import evaluate
 from pocketgpt.train.optim import SCHEDULES, AdamW, clip_grad_norm, lr_at
 
 MAX_SEED = 2**63 - 1
@@ -72,6 +73,7 @@ TRAIN_DEFAULTS: dict[str, TrainSettings] = {
                                      schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.99,
                                      grad_clip=1.0, eval_interval=250, workers=2),
 }
+TRAIN_DEFAULTS["shakespeare-deep"] = TRAIN_DEFAULTS["shakespeare-cpu"]  # the same recipe, for a fair comparison
 # Fine-tuning a checkpoint on new text (train --init-from): a short run at a small learning rate.
 FINETUNE = TrainSettings(steps=200, batch_size=8, lr=1e-4, min_lr=1e-5, warmup=20, schedule="cosine",
                          beta1=0.9, beta2=0.95, eval_interval=50)
@@ -116,20 +118,6 @@ def check_training_memory(num_params: int, s: TrainSettings) -> None:
 def decay_mask(model: GPT) -> np.ndarray:
     """1 for matrices (decayed), 0 for biases and norm gains, laid out like model.flat."""
     return np.concatenate([np.full(math.prod(s), float(len(s) >= 2)) for s in model.shapes.values()])
-
-
-def evaluate(model: GPT, dataset: Dataset, batch_size: int = 64,
-             progress: Callable[[int, int], None] | None = None) -> float:
-    """Mean loss per target token over the whole validation split (deterministic)."""
-    total, count = 0.0, 0.0
-    n_batches = count_eval_batches(dataset, model.config.block_size, batch_size)
-    for b, (x, y, w) in enumerate(eval_batches(dataset, model.config.block_size, batch_size)):
-        n = float(w.sum())
-        _, loss, _ = model.forward(x, y, w, denom=n, keep=False)
-        total, count = total + loss * n, count + n
-        if progress is not None:
-            progress(b + 1, n_batches)
-    return total / count
 
 
 def make_optimizer(model: GPT, s: TrainSettings) -> AdamW:

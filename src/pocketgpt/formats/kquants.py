@@ -1,0 +1,84 @@
+"""llama.cpp's K-quants Q4_K, Q5_K and Q6_K: what most downloaded GGUF files hold. Dequantization only
+(llama.cpp's quantizer makes them); every value equals ggml's own dequantization bit for bit.
+
+A super-block is QK_K = 256 weights in 8 sub-blocks of 32 (Q4_K, Q5_K) or 16 of 16 (Q6_K). All fields are
+little-endian; d and dmin are float16.
+
+Q4_K, 144 bytes: d (2) | dmin (2) | scales (12) | qs (128)
+  the 12 scale bytes hold 8 six-bit scales sc[j] and 8 six-bit mins m[j]: for j < 4, sc = b[j] & 63 and
+  m = b[j + 4] & 63; for j >= 4, sc = (b[j + 4] & 15) | (b[j - 4] >> 6) << 4 and m = (b[j + 4] >> 4) | (b[j] >> 6) << 4.
+  Sub-blocks 2i and 2i + 1 take the low and the high nibbles of qs[32 i .. 32 i + 31]:
+  w = d * sc[j] * q - dmin * m[j].
+Q5_K, 176 bytes: d (2) | dmin (2) | scales (12) | qh (32) | qs (128)
+  as Q4_K, with a fifth bit: sub-block j adds 16 to q where bit j of qh[l] (l = the weight's place in its
+  sub-block) is set.
+Q6_K, 210 bytes: ql (128) | qh (64) | scales (16, int8) | d (2)
+  each half of 128 weights uses 64 bytes of ql and 32 of qh: for l < 32 the four weights l, l + 32, l + 64,
+  l + 96 take the low nibble of ql[l], of ql[l + 32], the high nibble of ql[l], of ql[l + 32], and the two-bit
+  fields 0, 2, 4, 6 of qh[l] as their top bits; q - 32 times d times the int8 scale of its group of 16.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QK_K = 256
+BLOCK_BYTES = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
+
+
+def _half(b: np.ndarray) -> np.ndarray:
+    """Two bytes per row (n, 2) -> float32 (n, 1)."""
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def _scales_mins(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 12) packed bytes -> six-bit scales and mins, (n, 8) each, as float32."""
+    s = s.astype(np.uint8)
+    sc = np.empty((len(s), 8), np.uint8)
+    m = np.empty((len(s), 8), np.uint8)
+    sc[:, :4], m[:, :4] = s[:, :4] & 63, s[:, 4:8] & 63
+    sc[:, 4:] = (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)
+    m[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return sc.astype(np.float32), m.astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 128) bytes -> (n, 8, 32) codes: sub-block 2i the low nibbles of bytes 32i.., 2i + 1 the high ones."""
+    q = qs.reshape(-1, 4, 32)
+    return np.stack([q & 15, q >> 4], axis=2).reshape(-1, 8, 32)
+
+
+def dequantize_q4_k(blocks: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q4_k"])
+    d, dmin = _half(b[:, 0:2]), _half(b[:, 2:4])
+    sc, m = _scales_mins(b[:, 4:16])
+    q = _nibbles(b[:, 16:144]).astype(np.float32)
+    w = (d * sc)[..., None] * q - (dmin * m)[..., None]
+    return w.reshape(*np.shape(blocks)[:-1], n)
+
+
+def dequantize_q5_k(blocks: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q5_k"])
+    d, dmin = _half(b[:, 0:2]), _half(b[:, 2:4])
+    sc, m = _scales_mins(b[:, 4:16])
+    qh = b[:, 16:48]  # (n, 32): bit j of qh[l] is the fifth bit of weight l of sub-block j
+    high = (qh[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1  # (n, 8, 32)
+    q = (_nibbles(b[:, 48:176]) + 16 * high).astype(np.float32)
+    w = (d * sc)[..., None] * q - (dmin * m)[..., None]
+    return w.reshape(*np.shape(blocks)[:-1], n)
+
+
+def dequantize_q6_k(blocks: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q6_k"])
+    ql, qh = b[:, 0:128].reshape(-1, 2, 64), b[:, 128:192].reshape(-1, 2, 32)
+    scales = b[:, 192:208].view(np.int8).astype(np.float32).reshape(-1, 2, 8)
+    d = _half(b[:, 208:210])[:, :, None]  # (n, 1, 1)
+    low = np.stack([ql[..., :32] & 15, ql[..., 32:] & 15, ql[..., :32] >> 4, ql[..., 32:] >> 4], axis=2)
+    top = np.stack([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], axis=2)  # (n, 2, 4, 32)
+    q = ((low | (top << 4)).astype(np.int16) - 32).astype(np.float32)  # (n, 2 halves, 4 quarters, 32)
+    s = scales.reshape(-1, 2, 4, 2)  # group g = 2 * quarter + l // 16
+    w = d[..., None] * s.repeat(16, axis=3) * q
+    return w.reshape(*np.shape(blocks)[:-1], n)
+
+
+DEQUANTIZE = {"q4_k": dequantize_q4_k, "q5_k": dequantize_q5_k, "q6_k": dequantize_q6_k}
