@@ -72,6 +72,8 @@ def add(sub) -> None:
     t.add_argument("--dtype", choices=("float32", "float64"), help=f"parameter dtype (default {s.dtype})")
     t.add_argument("--workers", type=positive_int, help="threads that split each batch (default: the preset's, or "
                    "by model size)")
+    t.add_argument("--context", type=positive_int, help="tokens per training window, at most the model's context "
+                   "(default: the model's context; 256 with --init-from)")
     t.add_argument("--tokenizer", metavar="DIR", help="a BPE tokenizer (vocab.json, merges.txt) instead of "
                    "characters (default: characters of the data)")
     t.add_argument("--out", help="checkpoint folder (default out/<data>)")

@@ -20,13 +20,19 @@ from pocketgpt.errors import InputError
 from pocketgpt.model import GPT
 from pocketgpt.train.batches import Dataset, count_eval_batches, eval_batches
 
+LOGITS_BUDGET = 1 << 25  # logits (floats) one evaluation batch may hold: 128 MB in float32
 
-def evaluate(model: GPT, dataset: Dataset, batch_size: int = 64,
+
+def evaluate(model: GPT, dataset: Dataset, batch_size: int = 64, context: int | None = None,
              progress: Callable[[int, int], None] | None = None) -> float:
-    """Mean loss per target token over the whole validation split (deterministic)."""
+    """Mean loss per target token over the whole validation split (deterministic), in windows of `context`
+    tokens (default: the model's context), at most batch_size windows at a time and fewer where a large
+    vocabulary would make their logits outgrow LOGITS_BUDGET."""
     total, count = 0.0, 0.0
-    n_batches = count_eval_batches(dataset, model.config.block_size, batch_size)
-    for b, (x, y, w) in enumerate(eval_batches(dataset, model.config.block_size, batch_size)):
+    window = min(context or model.config.block_size, model.config.block_size)
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (window * model.config.vocab_size)))
+    n_batches = count_eval_batches(dataset, window, batch_size)
+    for b, (x, y, w) in enumerate(eval_batches(dataset, window, batch_size)):
         n = float(w.sum())
         _, loss, _ = model.forward(x, y, w, denom=n, keep=False)
         total, count = total + loss * n, count + n

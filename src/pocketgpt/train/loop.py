@@ -45,6 +45,7 @@ class TrainSettings:
     eval_interval: int = 0  # evaluate and checkpoint every this many steps; 0: only at the end
     dtype: str = "float32"
     workers: int = 1  # threads that split each batch (see GPT.loss_and_grad); pays off from ~1M parameters
+    context: int = 0  # tokens per training and validation window; 0: the model's whole context
 
     def __post_init__(self) -> None:
         check_settings([
@@ -63,7 +64,12 @@ class TrainSettings:
             (self.eval_interval >= 0, "eval_interval", f"must be >= 0 (got {self.eval_interval})"),
             (self.dtype in ("float32", "float64"), "dtype", f"must be float32 or float64 (got {self.dtype})"),
             (self.workers >= 1, "workers", f"must be >= 1 (got {self.workers})"),
+            (self.context >= 0, "context", f"must be >= 0 (got {self.context})"),
         ])
+
+    def window(self, model: GPT) -> int:
+        """Tokens per window for this model: the context asked for, at most the model's own."""
+        return min(self.context or model.config.block_size, model.config.block_size)
 
 
 # Training defaults per preset. shakespeare-cpu is nanoGPT's shakespeare_char recipe for a CPU.
@@ -75,8 +81,8 @@ TRAIN_DEFAULTS: dict[str, TrainSettings] = {
 }
 TRAIN_DEFAULTS["shakespeare-deep"] = TRAIN_DEFAULTS["shakespeare-cpu"]  # the same recipe, for a fair comparison
 # Fine-tuning a checkpoint on new text (train --init-from): a short run at a small learning rate.
-FINETUNE = TrainSettings(steps=200, batch_size=8, lr=1e-4, min_lr=1e-5, warmup=20, schedule="cosine",
-                         beta1=0.9, beta2=0.95, eval_interval=50)
+FINETUNE = TrainSettings(steps=200, batch_size=4, lr=1e-4, min_lr=1e-5, warmup=20, schedule="cosine",
+                         beta1=0.9, beta2=0.95, eval_interval=50, context=256)
 WORKERS_FROM = 500_000  # parameters from which splitting the batch over two threads pays
 
 
@@ -202,7 +208,7 @@ def train(model: GPT, dataset: Dataset, settings: TrainSettings, *, out: str | P
     if out is not None:
         check_can_save(out, overwrite=overwrite or resume is not None)  # fail now, not after training
     retain_freed_memory()
-    batches = Batches(dataset, s.batch_size, model.config.block_size, s.seed)
+    batches = Batches(dataset, s.batch_size, s.window(model), s.seed)
     optimizer = make_optimizer(model, s)
     start, history = 0, {"val_loss": []}
     if resume is not None:
@@ -220,7 +226,7 @@ def train(model: GPT, dataset: Dataset, settings: TrainSettings, *, out: str | P
         on_start(start)
 
     def at_eval(done: int) -> float:
-        val_loss = evaluate(model, dataset)
+        val_loss = evaluate(model, dataset, context=s.window(model))
         history["val_loss"].append([done, val_loss])
         if out is not None:
             save_checkpoint(out, make_checkpoint(model, dataset, s, done, optimizer, batches, history, data),
@@ -229,5 +235,5 @@ def train(model: GPT, dataset: Dataset, settings: TrainSettings, *, out: str | P
 
     result = loop(s, adamw_step(model, s, batches, optimizer), start=start, at_eval=at_eval, on_step=on_step)
     if result["val_loss"] is None:  # a resumed run that had nothing left to do
-        result["val_loss"] = evaluate(model, dataset)
+        result["val_loss"] = evaluate(model, dataset, context=s.window(model))
     return result
