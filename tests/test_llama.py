@@ -150,3 +150,14 @@ def test_a_damaged_or_foreign_gguf_is_a_one_line_error(tmp_path, capsys, damage,
         err = capsys.readouterr().err
         assert message in err and str(path) in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_a_gguf_model(tmp_path, capsys):
+    gguf_file = write_gguf(tmp_path / "tiny.gguf")
+    (tmp_path / "letters.txt").write_text("thequickbrownfoxjumpsoverthelazydog" * 60)
+    assert main(["train", "--init-from", str(gguf_file), "--data", str(tmp_path / "letters.txt"), "--mode", "text",
+                 "--steps", "4", "--context", "16", "--out", str(tmp_path / "tuned"), "--samples", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    tuned = load(tmp_path / "tuned")
+    assert result["steps"] == 4 and tuned.data["init_from"] == str(gguf_file)
+    assert not np.array_equal(tuned.params["wte.weight"], load(gguf_file).params["wte.weight"])

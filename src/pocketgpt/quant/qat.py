@@ -46,7 +46,8 @@ def _perturb(arrays: list[np.ndarray], seed: int, scale: float) -> None:
 
 
 def zeroqat(model: GPT, recipe: QuantRecipe, dataset: Dataset, steps: int = 200, lr: float = ZEROQAT_LR,
-            eps: float = 1e-3, batch_size: int = 16, seed: int = 0, tune: str = "all", on_step=None) -> GPT:
+            eps: float = 1e-3, batch_size: int = 16, seed: int = 0, tune: str = "all", context: int | None = None,
+            on_step=None) -> GPT:
     """Forward-only quantization-aware fine-tuning (two-point zeroth-order estimates), then RTN.
 
     tune="all" perturbs every parameter; tune="float" only those that stay float (embeddings, norms,
@@ -55,7 +56,7 @@ def zeroqat(model: GPT, recipe: QuantRecipe, dataset: Dataset, steps: int = 200,
     fake = FakeQuantGPT(model, recipe)
     names = [n for n in fake.params if tune == "all" or n not in fake.fake]
     arrays = [fake.params[n] for n in names]
-    batches = Batches(dataset, batch_size, model.config.block_size, seed)
+    batches = Batches(dataset, batch_size, min(context or model.config.block_size, model.config.block_size), seed)
     seeds = np.random.default_rng(seed + 1)
 
     def step(_: int, rate: float) -> dict:

@@ -26,6 +26,7 @@ from pocketgpt.train import Dataset, default_workers
 
 CALIB_SEQUENCES = 128
 FINE_TUNE_STEPS = 200
+MAX_CONTEXT = 512  # tokens per calibration or fine-tuning window, at most (a real model's context is far longer)
 
 
 def quantize(model: GPT, recipe: QuantRecipe, dataset: Dataset | None = None, *, calib: int = CALIB_SEQUENCES,
@@ -35,9 +36,10 @@ def quantize(model: GPT, recipe: QuantRecipe, dataset: Dataset | None = None, *,
 
     dataset: what calibrating (GPTQ, AWQ, SmoothQuant, a learned rotation) and fine-tuning (QAT, ZeroQAT)
     read: `calib` training sequences drawn with `seed`, or `steps` fine-tuning steps at `lr` (QAT_LR or
-    ZEROQAT_LR by default); a learned rotation takes `steps` Cayley steps. progress(done, total) reports
-    layers quantized or steps taken.
+    ZEROQAT_LR by default); a learned rotation takes `steps` Cayley steps. Windows hold the model's context,
+    at most MAX_CONTEXT tokens. progress(done, total) reports layers quantized or steps taken.
     """
+    window = min(model.config.block_size, MAX_CONTEXT)
     if model.packed:
         raise InputError("the model is already quantized; quantize its float checkpoint")
     check_recipe(model.config, recipe)
@@ -51,11 +53,12 @@ def quantize(model: GPT, recipe: QuantRecipe, dataset: Dataset | None = None, *,
             progress(info["step"], steps)
 
     if recipe.method == "qat":
-        settings = qat_settings(steps, lr or QAT_LR, seed, default_workers(model.num_params))
+        settings = replace(qat_settings(steps, lr or QAT_LR, seed, default_workers(model.num_params)), context=window)
         return qat(model, recipe, dataset, settings, on_step)
     if recipe.method == "zeroqat":
-        return zeroqat(model, recipe, dataset, steps=steps, lr=lr or ZEROQAT_LR, seed=seed, on_step=on_step)
-    batches = calibration_batches(dataset, calib, model.config.block_size, seed) if recipe.calibrated else None
+        return zeroqat(model, recipe, dataset, steps=steps, lr=lr or ZEROQAT_LR, seed=seed, context=window,
+                       on_step=on_step)
+    batches = calibration_batches(dataset, calib, window, seed) if recipe.calibrated else None
     if recipe.rotation == "hadamard":
         model = hadamard_rotate(model, seed)[0]
     elif recipe.rotation == "learned":
