@@ -114,7 +114,7 @@ def test_perplexity_with_llama_cpps_protocol_equals_transformers(ours, theirs):
     got = perplexity(model, ids, context=256, chunks=2)
     nll = 0.0
     for c in range(2):
-        chunk = torch.tensor([ids[c * 256:(c + 1) * 256]])
+        chunk = torch.from_numpy(ids[None, c * 256:(c + 1) * 256])
         with torch.no_grad():
             logp = torch.log_softmax(hf(chunk).logits[0].double(), -1)
         nll -= sum(float(logp[j, chunk[0, j + 1]]) for j in range(128, 255))
