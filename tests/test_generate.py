@@ -82,28 +82,3 @@ def test_bad_arguments(model):
         next(generate(model, list(range(11)), max_new_tokens=3))
     with pytest.raises(SettingsError, match="max_new_tokens"):
         next(generate(model, [1], max_new_tokens=0))
-
-
-def test_decode_steps_do_not_wake_blas_threads(model, monkeypatch):
-    """A product of a few rows (one decode step) runs on one BLAS thread; a long prefill keeps them all."""
-    from threadpoolctl import threadpool_info
-
-    import pocketgpt.model.gpt as gpt
-
-    seen = []
-    real = gpt.layers.linear_forward
-
-    def spy(x, w, b):
-        seen.append((x.reshape(-1, x.shape[-1]).shape[0], max(i["num_threads"] for i in threadpool_info()
-                                                               if i["user_api"] == "blas")))
-        return real(x, w, b)
-
-    monkeypatch.setattr(gpt.layers, "linear_forward", spy)
-    cache = model.new_cache(1)
-    model.forward_cached(np.zeros((1, 1), np.int64), cache)
-    assert seen and all(threads == 1 for rows, threads in seen)
-    big = GPT(model.config.replace(block_size=64), seed=0)
-    seen.clear()
-    big.forward_cached(np.zeros((1, 64), np.int64), big.new_cache(1))
-    full = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
-    assert all(threads == full for rows, threads in seen if rows > 32)

@@ -19,6 +19,7 @@ LAYERS = [
     "tokenizers",
     "config",
     "formats",  # packed weight layouts (NumPy)
+    "kernels",  # compiled kernels (numba) and their NumPy references; decides which runs
     "model",
     "train",
     "generate",

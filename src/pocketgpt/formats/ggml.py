@@ -2,8 +2,9 @@
 ggml's reference quantizer; MXFP4 (pocketgpt.formats.mxfp4); the K-quants Q4_K, Q5_K, Q6_K
 (pocketgpt.formats.kquants, dequantized only).
 
-Each cuts every row into blocks (32 weights; 256 for the K-quants) with their own scales; a matrix is stored
-as its rows of blocks, (out, in / block * block bytes) uint8, exactly as a GGUF file holds it.
+Each cuts every row into blocks (32 weights; 256 for the K-quants) with their own scales; a checkpoint stores a
+matrix as its rows of blocks, (out, in / block * block bytes) uint8, exactly as a GGUF file holds it (in memory
+the blocks are held split for the kernels: `GGMLBlocks`).
 
 Q8_0, 34 bytes per block:
   bytes 0-1   d = max|w| / 127, float16 little-endian
@@ -115,20 +116,71 @@ DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0, "q4_1": dequanti
               "mxfp4": mxfp4.dequantize_mxfp4, **kquants.DEQUANTIZE}
 
 
+SPLIT = ("q8_0", "q4_0", "q4_1", "mxfp4")  # kinds held split into codes and float32 scales (below)
+
+
 @dataclass
 class GGMLBlocks(Packed):
-    """An (out, in) matrix as rows of ggml blocks of one kind."""
+    """An (out, in) matrix of ggml blocks of one kind.
+
+    In memory the blocks of Q8_0, Q4_0, Q4_1 and MXFP4 are held split, in the form compiled kernels read in one
+    flat loop: `codes`, every block's code bytes in order ((out, in) int8 for Q8_0; (out, in / 2) uint8 for the
+    4-bit kinds, byte j of a block holding weights j and j + 16), `scale` (out, in / 32) float32 (d; for MXFP4
+    2^(e - 127)) and, for Q4_1, `minimum` (out, in / 32) float32. float16 to float32 is exact both ways, so
+    `blocks` rebuilds the stored bytes exactly. K-quant blocks are held as stored, in `codes`.
+    """
 
     kind: str
-    blocks: np.ndarray  # (out, in / BLOCK_WEIGHTS[kind] * BLOCK_BYTES[kind]) uint8
+    codes: np.ndarray
+    scale: np.ndarray | None
+    minimum: np.ndarray | None
     shape: tuple[int, int]
 
     @property
     def format(self) -> str:
         return self.kind
 
+    @classmethod
+    def from_blocks(cls, kind: str, blocks: np.ndarray, shape: tuple[int, int]) -> GGMLBlocks:
+        """The matrix from its stored blocks (out, in / BLOCK_WEIGHTS * BLOCK_BYTES) uint8."""
+        out, n = shape
+        if kind not in SPLIT:
+            return cls(kind, np.ascontiguousarray(blocks), None, None, tuple(shape))
+        b = np.asarray(blocks, np.uint8).reshape(out, n // QK, BLOCK_BYTES[kind])
+        if kind == "mxfp4":
+            scale = np.ldexp(np.float32(1), b[..., 0].astype(np.int32) - 127)
+        else:
+            scale = b[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+        minimum = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if kind == "q4_1" else None
+        head = {"q8_0": 2, "q4_0": 2, "q4_1": 4, "mxfp4": 1}[kind]
+        codes = b[..., head:].reshape(out, -1)
+        return cls(kind, codes.view(np.int8) if kind == "q8_0" else codes, scale, minimum, tuple(shape))
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """The blocks as a GGUF file stores them, (out, in / BLOCK_WEIGHTS * BLOCK_BYTES) uint8."""
+        if self.kind not in SPLIT:
+            return self.codes
+        out, n = self.shape
+        if self.kind == "mxfp4":
+            _, e = np.frexp(self.scale)  # 2^(e - 127) = 0.5 * 2^(e - 126)
+            head = [np.where(np.isinf(self.scale), 255, e + 126).astype(np.uint8)[..., None]]
+        else:
+            head = [self.scale.astype(np.float16)[..., None].view(np.uint8)]
+            if self.minimum is not None:
+                head.append(self.minimum.astype(np.float16)[..., None].view(np.uint8))
+        codes = self.codes.view(np.uint8).reshape(out, n // QK, -1)
+        return np.concatenate([*head, codes], axis=2).reshape(out, -1)
+
     def parts(self) -> dict[str, np.ndarray]:
         return {"blocks": self.blocks}
+
+    def _rebuild_meta(self) -> dict:
+        return {"kind": self.kind}
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] // BLOCK_WEIGHTS[self.kind] * BLOCK_BYTES[self.kind]
 
     @classmethod
     def expected_parts(cls, shape, meta):
@@ -139,7 +191,7 @@ class GGMLBlocks(Packed):
 
     @classmethod
     def from_parts(cls, parts, shape, meta):
-        return cls(meta["kind"], parts["blocks"], tuple(shape))
+        return cls.from_blocks(meta["kind"], parts["blocks"], tuple(shape))
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         return DEQUANTIZE[self.kind](self.blocks, self.shape[1]).astype(dtype, copy=False)
@@ -148,4 +200,4 @@ class GGMLBlocks(Packed):
 def quantize_blocks(w: np.ndarray, kind: str) -> GGMLBlocks:
     """An (out, in) float matrix as ggml blocks of `kind`."""
     w = np.asarray(w, np.float32)
-    return GGMLBlocks(kind, QUANTIZE[kind](w), tuple(w.shape))
+    return GGMLBlocks.from_blocks(kind, QUANTIZE[kind](w), tuple(w.shape))

@@ -47,6 +47,16 @@ class Packed(ABC):
     def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int], meta: dict) -> Packed:
         """The matrix from its parts, which check_parts has accepted."""
 
+    def take(self, rows) -> Packed:
+        """The matrix of the given rows (an index array or a slice), in the same format."""
+        parts = {name: part[rows] for name, part in self.parts().items()}
+        n_rows = next(iter(parts.values())).shape[0]
+        return type(self).from_parts(parts, (n_rows, self.shape[1]), self.meta() | self._rebuild_meta())
+
+    def _rebuild_meta(self) -> dict:
+        """What from_parts needs beyond meta() (e.g. the kind of a GGML block)."""
+        return {}
+
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts().values())
@@ -66,3 +76,11 @@ def check_parts(cls: type[Packed], name: str, parts: dict[str, np.ndarray], shap
         if got.shape != want or got.dtype != dtype:
             raise InputError(f"{name}.{part} is {got.dtype} {tuple(got.shape)}; a {shape[0]}x{shape[1]} "
                              f"{cls.__name__} matrix needs {np.dtype(dtype)} {want}")
+
+
+def stack_rows(matrices: list[Packed]) -> Packed:
+    """The rows of several matrices of one format and layout (same class and meta), one after another."""
+    first = matrices[0]
+    parts = {name: np.concatenate([m.parts()[name] for m in matrices]) for name in first.parts()}
+    return type(first).from_parts(parts, (sum(m.shape[0] for m in matrices), first.shape[1]),
+                                  first.meta() | first._rebuild_meta())

@@ -155,7 +155,7 @@ class _ModelSession:
 def quantized_copy(model: GPT, bits: int = 4, group_size: int | None = None) -> GPT:
     """The model with every block linear rounded to nearest in `bits`-bit symmetric groups (group_size: by
     default the largest of 32, 16, ... that divides every input width)."""
-    widths = [model.weight(n).shape[1] for n in linear_names(model.config)]
+    widths = [model.stored(n).shape[1] for n in linear_names(model.config)]
     group = group_size or largest_group(widths, 32)
     return packed_copy(model, lambda w: quantize_groups(w, bits, group))
 

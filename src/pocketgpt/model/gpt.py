@@ -2,9 +2,12 @@
 
 Parameter names are GPT-2's checkpoint keys (wte, wpe, h.N.ln_1, h.N.attn.c_attn, ...) for both families,
 with every linear weight stored (out, in): c_attn holds the query rows, then the key rows, then the value
-rows; a SwiGLU c_fc holds the gate rows, then the up rows. Linear weights may instead be packed (any format
-of pocketgpt.formats); a model with packed weights runs forward only. The model never branches on its
-dtype or its family: float32 and float64, GPT-2 and Llama run the same code, reading the config's fields.
+rows; a SwiGLU c_fc holds the gate rows, then the up rows. Linear weights and the token embedding (and an
+untied lm_head) may instead be packed (any format of pocketgpt.formats); a model with packed weights runs
+forward only. Training runs the layers' forward/backward pairs (pocketgpt.model.layers); inference (no
+gradient wanted) runs pocketgpt.kernels' operations, which read packed weights as they are stored. The model
+never branches on its dtype or its family: float32 and float64, GPT-2 and Llama run the same code, reading the
+config's fields.
 Shapes: B batch, T time (Tk: the keys a query sees), C channels, V vocabulary, nh query heads, nkv
 key/value heads, hs head size, L layers.
 """
@@ -17,13 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from pocketgpt import kernels
 from pocketgpt.config import GPTConfig
 from pocketgpt.errors import InputError
 from pocketgpt.formats import Packed
 from pocketgpt.formats.groups import quantize_per_token
 from pocketgpt.model import layers
 from pocketgpt.model.kvcache import KVCache, QuantizedKVCache, SlotCache
-from pocketgpt.model.runtime import blas_threads_for, check_memory, single_threaded_blas
+from pocketgpt.model.runtime import check_memory
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # in the order a block uses them
 CACHE_KINDS = ("float", "q4")
@@ -73,8 +77,13 @@ def count_params(config: GPTConfig) -> int:
 
 
 def linear_names(config: GPTConfig) -> list[str]:
-    """The weights of every block's linear layers, the ones that may be packed."""
+    """The weights of every block's linear layers, the ones quantization methods pack."""
     return [f"h.{i}.{lin}.weight" for i in range(config.n_layer) for lin in LINEARS]
+
+
+def packable_names(config: GPTConfig) -> list[str]:
+    """Every weight that may be held packed: the block linears, the token embedding and an untied lm_head."""
+    return [*linear_names(config), "wte.weight", *([] if config.tie_embeddings else ["lm_head.weight"])]
 
 
 def views(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -119,11 +128,6 @@ def merge_heads(y: np.ndarray) -> np.ndarray:
     return y.transpose(0, 2, 1, 3).reshape(B, T, n * hs)
 
 
-def own_keys(layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Training's attend: a sequence attends to its own keys and values."""
-    return k, v
-
-
 class GPT:
     """A GPT whose float parameters are named views into `self.flat` (one contiguous buffer) and whose block
     linears may instead be packed (`self.packed`)."""
@@ -135,8 +139,9 @@ class GPT:
         self.packed = dict(packed or {})
         all_shapes = param_shapes(config)
         for name, w in self.packed.items():
-            if name not in linear_names(config) or tuple(w.shape) != all_shapes[name]:
-                raise InputError(f"packed weight {name} {tuple(w.shape)} is not a block linear of this config")
+            if name not in packable_names(config) or tuple(w.shape) != all_shapes[name]:
+                raise InputError(f"packed weight {name} {tuple(w.shape)} is not a weight of this config that "
+                                 "may be packed")
         self.shapes = {k: v for k, v in all_shapes.items() if k not in self.packed}
         self.num_params = count_params(config)
         n_float = sum(math.prod(s) for s in self.shapes.values())
@@ -152,10 +157,14 @@ class GPT:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
 
+    def stored(self, name: str) -> np.ndarray | Packed:
+        """A weight as the forward pass reads it: a float array or a packed matrix."""
+        return self.packed.get(name, self.params.get(name))
+
     def weight(self, name: str) -> np.ndarray:
         """A weight as a float array (a packed one dequantized), whatever form it is stored in."""
-        w = self.packed.get(name)
-        return self.params[name] if w is None else w.dequantize(self.dtype)
+        w = self.stored(name)
+        return w.dequantize(self.dtype) if isinstance(w, Packed) else w
 
     @property
     def weight_bytes(self) -> int:
@@ -214,8 +223,12 @@ class GPT:
         return dx
 
     @property
+    def lm_head_name(self) -> str:
+        return "wte.weight" if self.config.tie_embeddings else "lm_head.weight"
+
+    @property
     def lm_head(self) -> np.ndarray:
-        return self.params["wte.weight" if self.config.tie_embeddings else "lm_head.weight"]
+        return self.params[self.lm_head_name]
 
     def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """cos and sin for positions (T,) -> (T, hs/2), or (B, T) -> (B, 1, T, hs/2); None without rope."""
@@ -242,10 +255,9 @@ class GPT:
                 caches["ln_e"] = ln_e
         return x
 
-    def _block(self, x, i, rope, attend, mask, n_out=None, caches=None):
-        """Block i over new tokens x (B, T, C). attend(i, k, v) stores the new keys and values where it keeps
-        them and returns all those the queries see (B, nkv, Tk, hs); mask is additive, broadcastable to
-        (B, 1, 1, Tq, Tk). With n_out only the last n_out positions ask and go on: (B, T, C) -> (B, n_out, C).
+    def _block(self, x, i, rope, mask, n_out, caches):
+        """Block i over tokens x (B, T, C), each attending to the keys of this sequence up to its own; mask is
+        additive (T, T). With n_out only the last n_out positions ask and go on: (B, T, C) -> (B, n_out, C).
         caches, a dict, receives what backward needs."""
         c, p = self.config, f"h.{i}"
         T = x.shape[1]
@@ -257,7 +269,7 @@ class GPT:
         if rope is not None:
             q, rope_q = layers.rope_forward(q, *rope)
             k, rope_k = layers.rope_forward(k, *rope)
-        keys, values = attend(i, k, v)  # (B, nkv, Tk, hs)
+        keys, values = k, v  # (B, nkv, T, hs)
         if n_out is not None:  # from here on (B, n_out, ...)
             q, x, mask = q[:, :, T - n_out:], x[:, T - n_out:], mask[T - n_out:]
         y, attn = layers.attention_forward(q, keys, values, mask)  # (B, nh, Tq, hs)
@@ -330,14 +342,22 @@ class GPT:
             raise InputError(f"sequence of {T} tokens is longer than block_size {c.block_size}")
         if outputs is not None and not 0 < outputs <= T:
             raise InputError(f"outputs must be 1..{T}, got {outputs}")
-        caches = {} if targets is not None and keep else None
         positions = np.arange(T)
-        rope, mask = self._rope(positions), layers.causal_mask(T, T, self.dtype)
-        x = self._embed(idx, positions, caches, features, feature_mask)
-        for i in range(c.n_layer):
-            n_out = outputs if i == c.n_layer - 1 else None
-            x = self._block(x, i, rope, own_keys, mask, n_out, caches)
-        logits = self._head(x, caches)
+        if targets is not None and keep:  # training: the layers' forward, keeping what backward needs
+            caches = {}
+            rope, mask = self._rope(positions), layers.causal_mask(T, T, self.dtype)
+            x = self._embed(idx, positions, caches, features, feature_mask)
+            for i in range(c.n_layer):
+                x = self._block(x, i, rope, mask, outputs if i == c.n_layer - 1 else None, caches)
+            logits = self._head(x, caches)
+        else:  # inference: the kernels; each layer's queries attend to this pass's keys
+            caches = None
+
+            def attend(i, q, k, v):
+                keys, values = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (k, v))  # (B, nkv, T, hs)
+                return kernels.attention(q, keys, values, None, T - q.shape[1])
+
+            logits = self._infer(idx, positions, attend, outputs, features, feature_mask)
         if targets is None:
             return logits, None, None
         targets = np.asarray(targets)
@@ -400,7 +420,7 @@ class GPT:
         slices = [slice(bounds[k], bounds[k + 1]) for k in range(workers)]
         if self._pool_size < workers:
             self._pool, self._pool_size = ThreadPoolExecutor(max_workers=workers), workers
-        with single_threaded_blas():
+        with kernels.single_threaded_blas():
             losses = list(self._pool.map(work, range(workers), slices))
         total = self._grad_buffers[0][0]
         for k in range(1, workers):
@@ -426,51 +446,89 @@ class GPT:
         """
         idx = np.asarray(idx)
         T = idx.shape[1]
-        start, end = cache.length, cache.length + T
-        if end > cache.size:
-            raise InputError(f"position {end - 1} is beyond the context of {cache.size} tokens")
+        start = cache.length
+        if start + T > cache.size:
+            raise InputError(f"position {start + T - 1} is beyond the context of {cache.size} tokens")
 
-        def attend(i, k, v):
-            cache.write(i, start, k, v)
-            return cache.read(i, end)  # (B, nkv, end, hs) each
+        def attend(i, q, k, v):
+            cache.write(i, start, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+            return cache.attend(i, q, start + T - q.shape[1])
 
-        positions = np.arange(start, end)
-        logits = self._infer(idx, positions, attend, layers.causal_mask(T, end, self.dtype), outputs)
-        cache.length = end
+        logits = self._infer(idx, np.arange(start, start + T), attend, outputs)
+        cache.length = start + T
         return logits
 
     def decode_slots(self, tokens, slots, cache: SlotCache) -> np.ndarray:
         """Logits (B, V) for one new token (B,) in each of the sequences in `slots` (B,); extends each slot.
 
-        Each slot has its own length; keys beyond a slot's own positions are masked out.
+        Each slot has its own length; keys beyond a slot's own positions are not read.
         """
-        tokens, slots = np.asarray(tokens), np.asarray(slots)
+        tokens, slots = np.asarray(tokens), np.asarray(slots, np.int64)
         pos = cache.lengths[slots]  # (B,)
         if (pos >= cache.size).any():
             raise InputError(f"a slot is full: the context holds {cache.size} tokens")
-        end = int(pos.max()) + 1
-        mask = np.where(np.arange(end) <= pos[:, None], 0.0, -np.inf).astype(self.dtype)  # (B, end)
-        lo = int(slots[0])  # slots in a run (lo, lo + 1, ...) are read as a view rather than gathered
-        rows = slice(lo, lo + len(slots)) if np.array_equal(slots, np.arange(lo, lo + len(slots))) else slots
 
-        def attend(i, k, v):
-            cache.k[i][slots, :, pos] = k[:, :, 0]  # (B, nkv, hs) at each slot's own position
-            cache.v[i][slots, :, pos] = v[:, :, 0]
-            return cache.k[i][rows, :, :end], cache.v[i][rows, :, :end]  # (B, nkv, end, hs)
+        def attend(i, q, k, v):
+            cache.k[i][slots, :, pos] = k[:, 0]  # (B, nkv, hs) at each slot's own position
+            cache.v[i][slots, :, pos] = v[:, 0]
+            return kernels.attention(q, cache.k[i], cache.v[i], slots, pos)
 
-        logits = self._infer(tokens[:, None], pos[:, None], attend, mask[:, None, None, None, :])
+        logits = self._infer(tokens[:, None], pos[:, None], attend)
         cache.lengths[slots] = pos + 1
         return logits[:, 0]
 
-    def _infer(self, idx, positions, attend, mask, outputs=None) -> np.ndarray:
-        """The forward without caches for backward: new tokens idx (B, T) at positions (T,) or (B, T)."""
+    # ------------------------------------------------------------------------- inference (pocketgpt.kernels)
+
+    def _norm(self, x, prefix):
         c = self.config
-        with blas_threads_for(idx.size, layers.SMALL_N):
-            rope = self._rope(positions)
-            x = self._embed(idx, positions)
-            for i in range(c.n_layer):
-                x = self._block(x, i, rope, attend, mask, outputs if i == c.n_layer - 1 else None)
-            return self._head(x)
+        w = self.params.get(f"{prefix}.weight")
+        if c.norm == "rmsnorm":
+            return kernels.rmsnorm(x, w, c.norm_eps)
+        return kernels.layernorm(x, w, self.params.get(f"{prefix}.bias"), c.norm_eps)
+
+    def _linear(self, x, prefix):
+        return kernels.linear(x, self.stored(f"{prefix}.weight"), self.params.get(f"{prefix}.bias"))
+
+    def _infer_block(self, x, i, rope, attend, n_out=None):
+        """Block i over new tokens x (B, T, C) -> (B, T or n_out, C). attend(i, q, k, v) stores the new keys and
+        values (B, T, nkv, hs) where it keeps them and returns the attention of the queries q (B, Tq, nh, hs),
+        the last Tq of the new tokens, as (B, Tq, nh, hs)."""
+        c, p = self.config, f"h.{i}"
+        B, T, _ = x.shape
+        q_size, kv_size = c.qkv_sizes
+        qkv = self._linear(self._norm(x, f"{p}.ln_1"), f"{p}.attn.c_attn")  # (B, T, (nh + 2 nkv) hs)
+        q = qkv[..., :q_size].reshape(B, T, c.n_head, c.head_size)
+        k = qkv[..., q_size:q_size + kv_size].reshape(B, T, c.n_kv, c.head_size)
+        v = qkv[..., q_size + kv_size:].reshape(B, T, c.n_kv, c.head_size)
+        if rope is not None:
+            q, k = kernels.rope(q, *rope), kernels.rope(k, *rope)
+        if n_out is not None:  # from here on (B, n_out, ...)
+            q, x = q[:, T - n_out:], x[:, T - n_out:]
+        y = attend(i, q, k, v)  # (B, Tq, nh, hs)
+        x = x + self._linear(y.reshape(B, y.shape[1], -1), f"{p}.attn.c_proj")
+        h = self._linear(self._norm(x, f"{p}.ln_2"), f"{p}.mlp.c_fc")  # (B, Tq, F or 2F)
+        h = INFER_ACTIVATION[c.activation](h)  # (B, Tq, F)
+        return x + self._linear(h, f"{p}.mlp.c_proj")
+
+    def _infer(self, idx, positions, attend, outputs=None, features=None, feature_mask=None) -> np.ndarray:
+        """Logits of new tokens idx (B, T) at positions (T,) or (B, T); see forward() for the rest."""
+        c = self.config
+        x = kernels.embedding(self.stored("wte.weight"), idx).astype(self.dtype, copy=False)  # (B, T, C)
+        if c.positions == "learned":
+            x = x + self.params["wpe.weight"][positions]
+        if features is not None:
+            x = x + self._linear(features, "inp") * np.asarray(feature_mask, self.dtype)[..., None]
+        if c.embed_norm:
+            x = self._norm(x, "ln_e")
+        rope = (self.rope_cos[positions], self.rope_sin[positions]) if c.positions == "rope" else None
+        for i in range(c.n_layer):
+            x = self._infer_block(x, i, rope, attend, outputs if i == c.n_layer - 1 else None)
+        if c.final_norm:
+            x = self._norm(x, "ln_f")
+        return kernels.linear(x, self.stored(self.lm_head_name))
+
+
+INFER_ACTIVATION = {"relu": lambda h: np.maximum(h, 0), "gelu": kernels.gelu, "swiglu": kernels.swiglu}
 
 
 def packed_copy(model: GPT, pack: Callable[[np.ndarray], Packed], names: list[str] | None = None) -> GPT:

@@ -5,27 +5,19 @@
 - SlotCache: a KVCache whose batch rows are independent sequences, each with its own length (continuous
   batching).
 - QuantizedKVCache: 4-bit entries in the manner of KIVI (below).
-The model talks to a cache only through write() and read() (and a SlotCache's arrays for one-token decode
-steps), so any of them serves generation.
+The model talks to a cache only through write() and attend() (and a SlotCache's arrays for one-token decode
+steps), so any of them serves generation; read() returns the keys and values as float arrays.
 
-A 4-bit KV cache in the manner of KIVI: keys quantized per channel, values per token, recent tokens float.
-Keys have outlier channels, so each channel gets its own range over a group of `group` consecutive tokens;
-values are quantized per token (over its head's channels). Both are asymmetric 4-bit (float16 scale,
-uint8 zero point, codes packed two per byte along the channels). The tokens of the group still being
-filled stay in float16 until the group is complete. Reads dequantize, so attention itself is unchanged.
-
-Per layer, storage for a full context of S tokens with head size hs (nkv heads, batch B):
-  keys    codes (B, nkv, S, hs/2) uint8 + per (group, channel) float16 scale and uint8 zero
-  values  codes (B, nkv, S, hs/2) uint8 + per token float16 scale and uint8 zero
-  float16 (B, nkv, group, hs) each for keys and values (the group being filled)
+The 4-bit entries' layout is pocketgpt.formats.kv4's.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from pocketgpt import kernels
 from pocketgpt.config import GPTConfig
-from pocketgpt.formats.groups import float16_up, pack_bits, unpack_bits
+from pocketgpt.formats.kv4 import expand, pack, quantize
 
 
 class KVCache:
@@ -54,6 +46,11 @@ class KVCache:
         """Keys and values (B, nkv, end, hs) of positions 0 .. end - 1."""
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def attend(self, layer: int, q: np.ndarray, first: int) -> np.ndarray:
+        """Attention of queries q (B, Tq, nh, hs) at positions first .. first + Tq - 1 over this layer's keys and
+        values up to each query's own position -> (B, Tq, nh, hs)."""
+        return kernels.attention(q, self.k[layer], self.v[layer], None, first)
+
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
@@ -72,34 +69,6 @@ class SlotCache(KVCache):
 
     def slot(self, s: int) -> KVCache:
         return KVCache.over(self.k[:, s:s + 1], self.v[:, s:s + 1], int(self.lengths[s]))
-
-
-BITS = 4
-LEVELS = 2**BITS - 1
-
-
-def _quantize(x: np.ndarray, axis: int):
-    """Asymmetric 4-bit codes of x with one range per slice along `axis` (the axis the range spans)."""
-    lo = np.minimum(x.min(axis=axis, keepdims=True), 0)
-    hi = np.maximum(x.max(axis=axis, keepdims=True), 0)
-    scale = float16_up((hi - lo) / LEVELS)
-    safe = np.where(scale == 0, 1, scale).astype(np.float32)
-    zero = np.clip(np.round(-lo / safe), 0, LEVELS).astype(np.uint8)
-    codes = np.clip(np.round(x / safe) + zero, 0, LEVELS).astype(np.uint8)
-    return codes, scale, zero
-
-
-def _dequantize(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
-    return (codes.astype(np.float32) - zero) * scale.astype(np.float32)
-
-
-def _pack(codes: np.ndarray) -> np.ndarray:
-    """(..., hs) codes -> (..., hs / 2) bytes."""
-    return pack_bits(codes.reshape(-1, codes.shape[-1]), BITS).reshape(*codes.shape[:-1], -1)
-
-
-def _unpack(packed: np.ndarray, hs: int) -> np.ndarray:
-    return unpack_bits(packed.reshape(-1, packed.shape[-1]), BITS, hs).reshape(*packed.shape[:-1], hs)
 
 
 class QuantizedKVCache:
@@ -134,25 +103,26 @@ class QuantizedKVCache:
         full = (end // G) - first  # groups completed by this write
         if full > 0:
             kg = k[:, :, :full * G].reshape(*k.shape[:2], full, G, self.hs)  # (B, nh, groups, G, hs)
-            codes, scale, zero = _quantize(kg, axis=3)  # per channel over the group's tokens
+            codes, scale, zero = quantize(kg, axis=3)  # per channel over the group's tokens
             rows = slice(first * G, (first + full) * G)
-            self.k_codes[layer, :, :, rows] = _pack(codes).reshape(*k.shape[:2], full * G, -1)
+            self.k_codes[layer, :, :, rows] = pack(codes).reshape(*k.shape[:2], full * G, -1)
             self.k_scale[layer, :, :, first:first + full], self.k_zero[layer, :, :, first:first + full] = scale, zero
-            codes, scale, zero = _quantize(v[:, :, :full * G], axis=3)  # per token over its channels
-            self.v_codes[layer, :, :, rows] = _pack(codes)
+            codes, scale, zero = quantize(v[:, :, :full * G], axis=3)  # per token over its channels
+            self.v_codes[layer, :, :, rows] = pack(codes)
             self.v_scale[layer, :, :, rows], self.v_zero[layer, :, :, rows] = scale, zero
         rest = k.shape[2] - full * G
         self.k_float[layer, :, :, :rest] = k[:, :, full * G:]
         self.v_float[layer, :, :, :rest] = v[:, :, full * G:]
 
+    def layer(self, layer: int) -> tuple[np.ndarray, ...]:
+        """One layer's arrays in pocketgpt.formats.kv4's order (LAYER_ARRAYS)."""
+        return (self.k_codes[layer], self.k_scale[layer], self.k_zero[layer], self.v_codes[layer],
+                self.v_scale[layer], self.v_zero[layer], self.k_float[layer], self.v_float[layer])
+
+    def attend(self, layer: int, q: np.ndarray, first: int) -> np.ndarray:
+        """KVCache.attend, reading the 4-bit entries as stored."""
+        return kernels.attention_q4(q, self.layer(layer), self.group, first).astype(self.dtype, copy=False)
+
     def read(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        G = self.group
-        n = end // G  # complete groups
-        codes = _unpack(self.k_codes[layer, :, :, :n * G], self.hs).reshape(*self.k_codes.shape[1:3], n, G, self.hs)
-        keys = _dequantize(codes, self.k_scale[layer, :, :, :n], self.k_zero[layer, :, :, :n])
-        keys = keys.reshape(*keys.shape[:2], n * G, self.hs)
-        values = _dequantize(_unpack(self.v_codes[layer, :, :, :n * G], self.hs), self.v_scale[layer, :, :, :n * G],
-                             self.v_zero[layer, :, :, :n * G])
-        keys = np.concatenate([keys, self.k_float[layer, :, :, :end - n * G]], axis=2).astype(self.dtype)
-        values = np.concatenate([values, self.v_float[layer, :, :, :end - n * G]], axis=2).astype(self.dtype)
-        return keys, values
+        keys, values = expand(*self.layer(layer), self.group, end)
+        return keys.astype(self.dtype, copy=False), values.astype(self.dtype, copy=False)

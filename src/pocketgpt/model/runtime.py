@@ -1,6 +1,6 @@
-"""Process-level settings that the NumPy engine's speed depends on: BLAS threads and freed-memory reuse.
-
-Kept in one place because both change the whole process, not one model. Nothing here changes results.
+"""Process-level settings that the NumPy engine's speed depends on: freed-memory reuse, and memory checks
+(threads: pocketgpt.kernels.threads). Kept in one place because they concern the whole process, not one model;
+nothing here changes results.
 """
 
 from __future__ import annotations
@@ -8,24 +8,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
-from contextlib import AbstractContextManager, nullcontext
 
-from threadpoolctl import ThreadpoolController
-
-_BLAS = ThreadpoolController()
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _retained = False
-
-
-def single_threaded_blas() -> AbstractContextManager:
-    """BLAS limited to one thread for the duration of a `with` block (for our own worker threads)."""
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
-def blas_threads_for(rows: int, small: int = 32) -> AbstractContextManager:
-    """One BLAS thread for products of at most `small` rows (a decode step): waking BLAS's other threads for
-    a product that small costs more than they save, and a waiting thread spins on a core the caller needs."""
-    return single_threaded_blas() if rows <= small else nullcontext()
 
 
 def retain_freed_memory(limit: int = 1 << 30) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pocketgpt.formats import Packed
 from pocketgpt.model import GPT, linear_names
 from pocketgpt.quant.recipe import QuantRecipe, rtn_packer
 
@@ -17,6 +18,6 @@ class FakeQuantGPT(GPT):
         self.fake = set(linear_names(model.config))
         super().__init__(model.config, {k: v.copy() for k, v in model.params.items()}, dtype=model.dtype)
 
-    def weight(self, name: str) -> np.ndarray:
-        w = self.params[name]
-        return self.pack(w).dequantize(self.dtype) if name in self.fake else w
+    def stored(self, name: str) -> np.ndarray | Packed:
+        w = self.params.get(name)
+        return self.pack(w) if name in self.fake else w

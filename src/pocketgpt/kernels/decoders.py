@@ -1,0 +1,171 @@
+"""Row decoders: one compiled function per weight layout that writes row r of a packed matrix as float32.
+
+Each decoder is `decode(parts, r, out)`: `parts` is the layout's tuple of arrays (pocketgpt.kernels.layouts),
+`out` an (n,) float32 row. The arithmetic is the NumPy dequantizer's, operation for operation and without
+fastmath, so a decoded row equals `Packed.dequantize()`'s row bit for bit; the products built on these
+decoders (pocketgpt.kernels.products) are where rounding may differ.
+Layouts: f32 (W), f16 and bf16 (the raw 16 bits), q8_0 (int8 codes, block scales), q4_0 and q4_1 (nibbles of
+each block of 32: weight j low, j + 16 high; scales, Q4_1's minimums), mxfp4 (as q4_0 with FP4 values and
+power-of-two scales), int (pocketgpt's little-endian bit stream of 2, 3, 4 or 8-bit codes, per-group scales and
+zero points), q4_k, q5_k and q6_k (the GGUF super-blocks as stored; see pocketgpt.formats.kquants).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pocketgpt.formats.mxfp4 import FP4_VALUES
+
+EXACT = {"cache": True, "inline": "always"}  # no fastmath: same rounding as NumPy
+HALF_SCALE = np.float32(2.0**112)  # f16 bits << 13, read as float32, times 2^112 = the f16 value (and subnormals)
+FP4 = FP4_VALUES.copy()
+HALF_STEP = np.ldexp(np.float32(1), np.maximum(np.arange(32), 1) - 25).astype(np.float32)  # 2^(e - 25), e >= 1
+
+
+@njit(**EXACT)
+def f32(parts, r, out):
+    out[:] = parts[0][r]
+
+
+@njit(**EXACT)
+def f16(parts, r, out):
+    bits = parts[0][r]
+    word = out.view(np.uint32)
+    for k in range(bits.size):
+        h = np.uint32(bits[k])
+        word[k] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+    for k in range(bits.size):
+        out[k] *= HALF_SCALE
+
+
+@njit(**EXACT)
+def bf16(parts, r, out):
+    bits = parts[0][r]
+    word = out.view(np.uint32)
+    for k in range(bits.size):
+        word[k] = np.uint32(bits[k]) << np.uint32(16)
+
+
+@njit(**EXACT)
+def q8_0(parts, r, out):
+    q, d = parts[0][r], parts[1][r]
+    for k in range(q.size):
+        out[k] = d[k >> 5] * np.float32(q[k])
+
+
+@njit(**EXACT)
+def q4_0(parts, r, out):
+    q, d = parts[0][r], parts[1][r]
+    for k in range(q.size):
+        b, j = k >> 4, k & 15
+        c = q[k]
+        out[32 * b + j] = d[b] * (np.float32(c & 15) - np.float32(8))
+        out[32 * b + 16 + j] = d[b] * (np.float32(c >> 4) - np.float32(8))
+
+
+@njit(**EXACT)
+def q4_1(parts, r, out):
+    q, d, m = parts[0][r], parts[1][r], parts[2][r]
+    for k in range(q.size):
+        b, j = k >> 4, k & 15
+        c = q[k]
+        out[32 * b + j] = d[b] * np.float32(c & 15) + m[b]
+        out[32 * b + 16 + j] = d[b] * np.float32(c >> 4) + m[b]
+
+
+@njit(**EXACT)
+def mxfp4(parts, r, out):
+    q, d = parts[0][r], parts[1][r]
+    for k in range(q.size):
+        b, j = k >> 4, k & 15
+        c = q[k]
+        out[32 * b + j] = FP4[c & 15] * d[b]
+        out[32 * b + 16 + j] = FP4[c >> 4] * d[b]
+
+
+@njit(**EXACT)
+def int_codes(parts, r, out):
+    """pocketgpt's bit stream: code k occupies bits [k b, (k + 1) b) from bit 0 of byte 0 (b = parts[3][0])."""
+    q, s, z, bits = parts[0][r], parts[1][r], parts[2][r], parts[3][0]
+    n = out.size
+    group = n // s.size
+    mask = (1 << bits) - 1
+    for k in range(n):
+        first = k * bits
+        byte, shift = first >> 3, first & 7
+        word = np.int32(q[byte])
+        if shift + bits > 8:
+            word |= np.int32(q[byte + 1]) << 8
+        g = k // group
+        out[k] = (np.float32((word >> shift) & mask) - z[g]) * s[g]
+
+
+@njit(**EXACT)
+def half(h):
+    """A finite float16 given by its 16 bits, as float32 (exact): (1024 + m) 2^(e - 25), or m 2^-24 if e = 0."""
+    e, m = (h >> 10) & 31, np.float32(h & 1023)
+    v = (m + np.float32(1024.0)) * HALF_STEP[e] if e > 0 else m * HALF_STEP[0]
+    return -v if h & 0x8000 else v
+
+
+@njit(**EXACT)
+def _half(lo, hi):
+    """The float16 stored little-endian in two bytes."""
+    return half(np.int32(lo) | (np.int32(hi) << 8))
+
+
+@njit(**EXACT)
+def _scale_min(s, j):
+    """Six-bit scale and min j of a Q4_K/Q5_K super-block's 12 scale bytes s."""
+    if j < 4:
+        return np.float32(s[j] & 63), np.float32(s[j + 4] & 63)
+    return (np.float32((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4)),
+            np.float32((s[j + 4] >> 4) | ((s[j] >> 6) << 4)))
+
+
+@njit(**EXACT)
+def q4_k(parts, r, out):
+    raw = parts[0][r]
+    for sb in range(out.size // 256):
+        blk = raw[144 * sb:144 * (sb + 1)]
+        d, dmin = _half(blk[0], blk[1]), _half(blk[2], blk[3])
+        for j in range(8):
+            sc, m = _scale_min(blk[4:16], j)
+            a, c = d * sc, dmin * m
+            for ll in range(32):
+                byte = blk[16 + 32 * (j // 2) + ll]
+                code = byte & 15 if j % 2 == 0 else byte >> 4
+                out[256 * sb + 32 * j + ll] = a * np.float32(code) - c
+
+
+@njit(**EXACT)
+def q5_k(parts, r, out):
+    raw = parts[0][r]
+    for sb in range(out.size // 256):
+        blk = raw[176 * sb:176 * (sb + 1)]
+        d, dmin = _half(blk[0], blk[1]), _half(blk[2], blk[3])
+        for j in range(8):
+            sc, m = _scale_min(blk[4:16], j)
+            a, c = d * sc, dmin * m
+            for ll in range(32):
+                byte = blk[48 + 32 * (j // 2) + ll]
+                code = (byte & 15 if j % 2 == 0 else byte >> 4) + 16 * ((blk[16 + ll] >> j) & 1)
+                out[256 * sb + 32 * j + ll] = a * np.float32(code) - c
+
+
+@njit(**EXACT)
+def q6_k(parts, r, out):
+    raw = parts[0][r]
+    for sb in range(out.size // 256):
+        blk = raw[210 * sb:210 * (sb + 1)]
+        d = _half(blk[208], blk[209])
+        for half in range(2):
+            ql, qh = blk[64 * half:64 * half + 64], blk[128 + 32 * half:128 + 32 * half + 32]
+            for quarter in range(4):
+                for ll in range(32):
+                    low = ql[ll + 32 * (quarter % 2)]
+                    low = low & 15 if quarter < 2 else low >> 4
+                    code = np.int32(low | (((qh[ll] >> (2 * quarter)) & 3) << 4)) - 32
+                    scale = np.float32(np.int8(blk[192 + 8 * half + 2 * quarter + ll // 16]))
+                    out[256 * sb + 128 * half + 32 * quarter + ll] = d * scale * np.float32(code)

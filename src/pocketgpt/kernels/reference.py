@@ -1,0 +1,88 @@
+"""The NumPy reference of every compiled kernel, with the same signatures as pocketgpt.kernels' operations: what
+the engine ran before it had compiled kernels (a packed matrix dequantized, then multiplied by BLAS). Used for
+float64 models, for prompts long enough that BLAS wins, and by the tests as the kernels' reference.
+Legend: N rows, C channels, B batch, T new tokens, S cache positions, nh query heads, nkv key/value heads,
+hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pocketgpt.formats import Packed
+from pocketgpt.formats.kv4 import expand
+
+
+def dense(w) -> np.ndarray:
+    return w.dequantize() if isinstance(w, Packed) else w
+
+
+def linear(x, w, b=None):
+    """x (..., n) @ W^T (+ b) -> (..., R), W (R, n) a float array or a packed matrix (dequantized first)."""
+    w = dense(w).astype(x.dtype, copy=False)
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def embedding(w, idx):
+    """Rows idx of W."""
+    return dense(w)[np.asarray(idx)]
+
+
+def rmsnorm(x, w, eps):
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w
+
+
+def layernorm(x, w, b, eps):
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * w + b
+
+
+def rope(x, cos, sin):
+    """x (B, T, n, hs), cos and sin (B or 1, T, hs/2) -> (B, T, n, hs)."""
+    half = x.shape[-1] // 2
+    c, s = cos[:, :, None], sin[:, :, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def swiglu(h):
+    F = h.shape[-1] // 2
+    gate, up = h[..., :F], h[..., F:]
+    return gate / (1.0 + np.exp(-gate)) * up
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def attention(q, k, v, rows, first):
+    """Causal attention of new queries over a float cache: q (B, T, nh, hs); k, v (cache rows, nkv, S, hs);
+    rows (B,) each sequence's cache row; first (B,) the position of each sequence's first query (query t sees
+    positions 0 .. first + t) -> (B, T, nh, hs)."""
+    B, T, nh, hs = q.shape
+    nkv = k.shape[1]
+    g = nh // nkv
+    end = int(first.max()) + T
+    lo = int(rows[0])
+    run = slice(lo, lo + B) if np.array_equal(rows, np.arange(lo, lo + B)) else rows
+    keys, values = k[run, :, :end], v[run, :, :end]  # (B, nkv, end, hs)
+    qs = q.transpose(0, 2, 1, 3).reshape(B, nkv, g * T, hs) / math.sqrt(hs)  # query heads of a group stacked
+    att = qs @ keys.transpose(0, 1, 3, 2)  # (B, nkv, g T, end)
+    seen = np.arange(end) <= first[:, None, None] + np.arange(T)[None, :, None]  # (B, T, end)
+    att.reshape(B, nkv, g, T, end)[...] += np.where(seen, 0.0, -np.inf).astype(q.dtype)[:, None, None]
+    att = np.exp(att - att.max(axis=-1, keepdims=True))
+    att /= att.sum(axis=-1, keepdims=True)
+    y = (att @ values).reshape(B, nh, T, hs)
+    return y.transpose(0, 2, 1, 3)
+
+
+def attention_q4(q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, k_float, v_float, group, first):
+    """attention() over one layer of a 4-bit KV cache (pocketgpt.formats.kv4), expanded first."""
+    end = int(first.max()) + q.shape[1]
+    keys, values = expand(k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, k_float, v_float, group, end)
+    rows = np.arange(q.shape[0])
+    return attention(q, keys.astype(q.dtype, copy=False), values.astype(q.dtype, copy=False), rows, first)
