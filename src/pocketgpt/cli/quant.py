@@ -71,7 +71,7 @@ def add(sub) -> None:
 
 
 def float_checkpoint(path: str, verb: str) -> Checkpoint:
-    ckpt = load(path)
+    ckpt = load(path, packed=False)
     if ckpt.packed:
         raise UsageError(f"{path} is already quantized; {verb} its float checkpoint")
     return ckpt

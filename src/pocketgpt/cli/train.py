@@ -111,7 +111,7 @@ def run(args) -> int:
     elif args.init_from:
         if arch or args.preset or args.tokenizer:
             raise UsageError("--init-from keeps the checkpoint's architecture and tokenizer")
-        ckpt = load(args.init_from)
+        ckpt = load(args.init_from, packed=False)
         model = ckpt.model()
         if model.packed:
             raise UsageError(f"--init-from {args.init_from} is quantized; fine-tune its float checkpoint")

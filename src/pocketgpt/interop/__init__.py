@@ -12,11 +12,12 @@ from pocketgpt.interop.hf import import_hf
 from pocketgpt.train import Checkpoint, is_checkpoint, load_checkpoint
 
 
-def load(source: str | os.PathLike) -> Checkpoint:
-    """A pocketgpt checkpoint folder, a GGUF file or a Hugging Face folder, as a Checkpoint."""
+def load(source: str | os.PathLike, packed: bool = True) -> Checkpoint:
+    """A pocketgpt checkpoint folder, a GGUF file or a Hugging Face folder, as a Checkpoint. A GGUF file's matrices
+    stay packed as stored unless packed=False (then float32, for training or quantizing)."""
     path = Path(source)
     if is_gguf(path):
-        return load_gguf(path)
+        return load_gguf(path, packed)
     if path.is_dir() and (path / "config.json").is_file() and not is_checkpoint(path):
         return import_hf(path)
     return load_checkpoint(path)

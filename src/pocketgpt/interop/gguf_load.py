@@ -1,7 +1,10 @@
 """Loading GGUF files (llama.cpp's format, read with the `gguf` package) as pocketgpt checkpoints: architecture
 `llama` (SmolLM2, MobileLLM, Llama-style small models), tensors in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
-Q5_K or Q6_K, expanded to float32; the tokenizer (GPT-2-style byte-level BPE) and the chat template from the
-metadata.
+Q5_K or Q6_K; the tokenizer (GPT-2-style byte-level BPE) and the chat template from the metadata.
+Matrices are kept packed as stored (GGMLBlocks, HalfFloats), which the kernels run directly, or with
+packed=False expanded to float32 (for fine-tuning or quantizing again). A matrix pocketgpt holds as one but the
+file as several (attn_q, attn_k and attn_v; ffn_gate and ffn_up) stays packed when its parts share a type, and
+is expanded to float32 when they do not (K-quant files mix Q4_K and Q6_K).
 
 Names: token_embd -> wte, blk.N.attn_norm -> h.N.ln_1, attn_q + attn_k + attn_v -> h.N.attn.c_attn (rows in
 that order), attn_output -> h.N.attn.c_proj, ffn_norm -> h.N.ln_2, ffn_gate + ffn_up -> h.N.mlp.c_fc,
@@ -23,7 +26,9 @@ from gguf import GGUFReader
 
 from pocketgpt.config import GPTConfig
 from pocketgpt.errors import InputError
-from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, DEQUANTIZE
+from pocketgpt.formats import GGMLBlocks, Packed, stack_rows
+from pocketgpt.formats.floats import HalfFloats
+from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS
 from pocketgpt.model import param_shapes
 from pocketgpt.tokenizers import BPETokenizer
 from pocketgpt.train import Checkpoint
@@ -120,31 +125,41 @@ def tokenizer_of(reader, path) -> BPETokenizer:
         raise GGUFError(f"{path}: tokenizer: {e}") from None
 
 
-def halves(w: np.ndarray, n_head: int) -> np.ndarray:
+def halves(w: np.ndarray | Packed, n_head: int) -> np.ndarray | Packed:
     """Rows of attn_q or attn_k from llama.cpp's order (adjacent channel pairs per head) to Hugging Face's (the
     two halves of each head)."""
     hs = w.shape[0] // n_head
-    return w.reshape(n_head, hs // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    order = np.arange(w.shape[0]).reshape(n_head, hs // 2, 2).swapaxes(1, 2).reshape(-1)
+    return w.take(order) if isinstance(w, Packed) else w[order]
 
 
-def tensor_array(t, path) -> np.ndarray:
-    """A GGUF tensor as float32 (out, in) (or (n,) for a vector), whatever its stored type."""
+def tensor_array(t, path, packed: bool = False) -> np.ndarray | Packed:
+    """A GGUF tensor as float32 (out, in) (or (n,) for a vector), or (packed=True, a matrix) as stored."""
     kind = t.tensor_type.name
     shape = tuple(int(d) for d in reversed(t.shape))  # ggml lists the fastest-varying dimension first
     data = np.asarray(t.data)
-    if kind in ("F32", "F16"):
+    if kind == "F32":
         return data.astype(np.float32).reshape(shape)
-    if kind == "BF16":
-        return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    if kind not in BLOCK_TYPES:
+    if kind not in FLOAT_TYPES and kind not in BLOCK_TYPES:
         raise GGUFError(f"{path}: tensor {t.name} has type {kind}, which pocketgpt does not read (it reads "
                         f"{', '.join((*FLOAT_TYPES, *BLOCK_TYPES))})")
-    fmt = BLOCK_TYPES[kind]
     rows, n = (shape[0] if len(shape) > 1 else 1), shape[-1]
-    if n % BLOCK_WEIGHTS[fmt] or data.size != rows * n // BLOCK_WEIGHTS[fmt] * BLOCK_BYTES[fmt]:
-        raise GGUFError(f"{path}: tensor {t.name} ({kind}, {shape}) has {data.size} bytes, not a whole number of "
-                        "blocks of its rows")
-    return DEQUANTIZE[fmt](data.reshape(rows, -1), n).reshape(shape)
+    if kind in ("F16", "BF16"):
+        w = HalfFloats(kind.lower(), np.array(data.view(np.uint16).reshape(rows, n)), (rows, n))
+    else:
+        fmt = BLOCK_TYPES[kind]
+        if n % BLOCK_WEIGHTS[fmt] or data.size != rows * n // BLOCK_WEIGHTS[fmt] * BLOCK_BYTES[fmt]:
+            raise GGUFError(f"{path}: tensor {t.name} ({kind}, {shape}) has {data.size} bytes, not a whole number "
+                            "of blocks of its rows")
+        w = GGMLBlocks.from_blocks(fmt, data.reshape(rows, -1), (rows, n))
+    return w if packed and len(shape) == 2 else w.dequantize().reshape(shape)
+
+
+def join_rows(parts: list[np.ndarray | Packed]) -> np.ndarray | Packed:
+    """Matrices one above the other: packed if all are packed in one format, else float32."""
+    if all(isinstance(p, Packed) for p in parts) and len({(p.format, tuple(p.meta().items())) for p in parts}) == 1:
+        return stack_rows(parts)
+    return np.concatenate([p.dequantize() if isinstance(p, Packed) else p for p in parts])
 
 
 def gguf_names(config: GPTConfig) -> list[str]:
@@ -166,14 +181,13 @@ def check_tensors(reader, config: GPTConfig, path) -> None:
                             f"{', '.join((*FLOAT_TYPES, *BLOCK_TYPES))})")
 
 
-def pocketgpt_params(reader, config: GPTConfig, path) -> dict[str, np.ndarray]:
+def pocketgpt_params(reader, config: GPTConfig, path, packed: bool = False) -> dict[str, np.ndarray | Packed]:
+    """Every parameter by pocketgpt's name: float arrays, and (packed=True) matrices as the file stores them."""
     check_tensors(reader, config, path)
     tensors = {t.name: t for t in reader.tensors}
 
-    def get(name: str) -> np.ndarray:
-        if name not in tensors:
-            raise GGUFError(f"{path}: tensor {name} is missing")
-        return tensor_array(tensors[name], path)
+    def get(name: str) -> np.ndarray | Packed:
+        return tensor_array(tensors[name], path, packed)
 
     params = {f"{TOP_NAMES[k]}.weight": get(f"{k}.weight") for k in ("token_embd", "output_norm")}
     if not config.tie_embeddings:
@@ -182,23 +196,27 @@ def pocketgpt_params(reader, config: GPTConfig, path) -> dict[str, np.ndarray]:
         b = f"blk.{i}"
         for g, p in BLOCK_NAMES.items():
             params[f"h.{i}.{p}.weight"] = get(f"{b}.{g}.weight")
-        params[f"h.{i}.attn.c_attn.weight"] = np.concatenate([
+        params[f"h.{i}.attn.c_attn.weight"] = join_rows([
             halves(get(f"{b}.attn_q.weight"), config.n_head), halves(get(f"{b}.attn_k.weight"), config.n_kv),
             get(f"{b}.attn_v.weight")])
-        params[f"h.{i}.mlp.c_fc.weight"] = np.concatenate([get(f"{b}.ffn_gate.weight"), get(f"{b}.ffn_up.weight")])
+        params[f"h.{i}.mlp.c_fc.weight"] = join_rows([get(f"{b}.ffn_gate.weight"), get(f"{b}.ffn_up.weight")])
     for name, shape in param_shapes(config).items():
-        if params[name].shape != shape:
-            raise GGUFError(f"{path}: {name} has shape {params[name].shape}; the metadata imply {shape}")
+        if tuple(params[name].shape) != shape:
+            raise GGUFError(f"{path}: {name} has shape {tuple(params[name].shape)}; the metadata imply {shape}")
     return params
 
 
-def load_gguf(path: str | os.PathLike) -> Checkpoint:
-    """A GGUF file as a float32 checkpoint (the data record names the file; continuous-text mode)."""
+def load_gguf(path: str | os.PathLike, packed: bool = True) -> Checkpoint:
+    """A GGUF file as a checkpoint whose matrices stay packed as stored (packed=False: all float32); the data
+    record names the file (continuous-text mode)."""
     reader = read(path)
     config = config_of(reader, path)
     tokenizer = tokenizer_of(reader, path)
-    params = pocketgpt_params(reader, config, path)
-    return Checkpoint(config, params, tokenizer, "float32", {"mode": "text", "source": str(path)})
+    params = pocketgpt_params(reader, config, path, packed)
+    matrices = {k: v for k, v in params.items() if isinstance(v, Packed)}
+    floats = {k: v for k, v in params.items() if not isinstance(v, Packed)}
+    return Checkpoint(config, floats, tokenizer, "float32", {"mode": "text", "source": str(path)},
+                      packed=matrices or None)
 
 
 def gguf_info(path: str | os.PathLike) -> dict:

@@ -6,16 +6,16 @@ What decides: float32 activations run compiled kernels (float64 runs the referen
 runs the weight layout's fused kernel, of up to ROWS_UP_TO tokens the row-decoding kernel, of more (a prompt)
 decodes tiles of rows that BLAS multiplies; attention of up to ATTENTION_UP_TO new tokens per sequence runs
 compiled, a longer prompt through BLAS. Compiled kernels are cached on disk (numba's NUMBA_CACHE_DIR, else
-~/.cache/pocketgpt/numba), so only a machine's first run compiles them.
+~/.cache/pocketgpt/numba/<a digest of this package's sources>, so that a changed kernel is compiled afresh),
+and only a machine's first run compiles them.
 Legend: N tokens, n input width, R output rows, C channels, B batch, T new tokens, nh heads, hs head size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
-
-import numpy as np
 
 from pocketgpt.kernels.threads import blas_threads_for, machine_threads, single_threaded_blas
 
@@ -23,22 +23,37 @@ os.environ.setdefault("NUMBA_NUM_THREADS", str(machine_threads()))  # read once,
 
 import numba  # noqa: E402 (after the thread count it reads)
 
+
+def _sources_digest() -> str:
+    """numba keys a cached kernel by its own file only, not by the kernels it inlines from other files."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 if not numba.config.CACHE_DIR:  # read when each cached kernel is defined, below
-    numba.config.CACHE_DIR = str(Path.home() / ".cache" / "pocketgpt" / "numba")
+    numba.config.CACHE_DIR = str(Path.home() / ".cache" / "pocketgpt" / "numba" / _sources_digest())
 
-from pocketgpt.formats import Packed  # noqa: E402
-from pocketgpt.formats.groups import quantize_per_token  # noqa: E402
-from pocketgpt.kernels import ops, reference  # noqa: E402
-from pocketgpt.kernels.layouts import Layout, layout, row_kernels  # noqa: E402
+from pocketgpt.kernels.blocks import BlockWeights, FloatKV, block  # noqa: E402
+from pocketgpt.kernels.dispatch import (  # noqa: E402
+    ATTENTION_UP_TO,
+    ROWS_UP_TO,
+    attention,
+    attention_q4,
+    embedding,
+    gelu,
+    layernorm,
+    linear,
+    rmsnorm,
+    rope,
+    swiglu,
+)
+from pocketgpt.kernels.layouts import layout  # noqa: E402
 
-ROWS_UP_TO = 32  # tokens whose product decodes each row once and dots it with every token; more: tiles and BLAS
-TILE_BYTES = 1 << 19  # a tile of decoded rows stays in a core's L2 cache
-ATTENTION_UP_TO = 16  # new tokens per sequence that the compiled attention takes; more: BLAS
-F32 = np.dtype(np.float32)
-
-__all__ = ["ATTENTION_UP_TO", "ROWS_UP_TO", "attention", "attention_q4", "blas_threads_for", "embedding", "gelu",
-           "layernorm", "layout", "linear", "machine_threads", "rmsnorm", "rope", "set_threads",
-           "single_threaded_blas", "swiglu", "threads"]
+__all__ = ["ATTENTION_UP_TO", "ROWS_UP_TO", "BlockWeights", "FloatKV", "attention", "attention_q4", "blas_threads_for",
+           "block", "embedding", "gelu", "layernorm", "layout", "linear", "machine_threads", "rmsnorm", "rope",
+           "set_threads", "single_threaded_blas", "swiglu", "threads"]
 
 
 def threads() -> int:
@@ -49,145 +64,3 @@ def threads() -> int:
 def set_threads(n: int) -> None:
     """Run compiled kernels on n threads (at most NUMBA_NUM_THREADS) from the calling thread on."""
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-
-
-def _compiled(*arrays) -> bool:
-    return all(a.dtype == F32 for a in arrays)
-
-
-def _rows2d(x: np.ndarray, width: int) -> np.ndarray:
-    return np.ascontiguousarray(x.reshape(-1, width))
-
-
-def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -> np.ndarray:
-    """y = x W^T + b: x (..., n) -> (..., R), W (R, n) a float array or a packed matrix (never expanded whole)."""
-    R, n = w.shape
-    if getattr(w, "act_bits", 0):  # W8A8: this layer's inputs rounded to integers per token first
-        x = quantize_per_token(x, w.act_bits).astype(x.dtype, copy=False)
-    if not _compiled(x) or (isinstance(w, np.ndarray) and w.dtype != F32):
-        return reference.linear(x, w, b)
-    x2 = _rows2d(x, n)
-    N = x2.shape[0]
-    lay = layout(w)
-    if N == 1 and lay.matvec is not None:
-        y = np.empty((1, R), F32)
-        lay.matvec(*lay.parts, x2[0], y[0])
-    elif lay.name == "f32":
-        y = np.ascontiguousarray((w @ x2.T).T) if N <= ROWS_UP_TO else x2 @ w.T  # BLAS
-    elif N <= ROWS_UP_TO:
-        y = np.empty((N, R), F32)
-        row_kernels(lay)[0](lay.parts, x2, y, R)
-    else:
-        y = _tiled(lay, x2, R)
-    if b is not None:
-        y += b
-    return y.reshape(*x.shape[:-1], R)
-
-
-def _tiled(lay: Layout, x2: np.ndarray, R: int) -> np.ndarray:
-    """x2 (N, n) times W^T, W decoded a tile of rows at a time (exactly as dequantize() would) for BLAS."""
-    n = x2.shape[1]
-    gather = row_kernels(lay)[1]
-    step = max(16, TILE_BYTES // (4 * n))
-    buf = np.empty((min(step, R), n), F32)
-    yT = np.empty((R, x2.shape[0]), F32)
-    for r0 in range(0, R, step):
-        r1 = min(R, r0 + step)
-        gather(lay.parts, np.arange(r0, r1), buf[:r1 - r0])
-        np.matmul(buf[:r1 - r0], x2.T, out=yT[r0:r1])  # (rows, n) @ (n, N)
-    return np.ascontiguousarray(yT.T)
-
-
-def embedding(w: np.ndarray | Packed, idx) -> np.ndarray:
-    """Rows idx (any shape) of W (R, n) -> (*idx.shape, n) float32, a packed W decoded row by row."""
-    idx = np.asarray(idx)
-    if isinstance(w, np.ndarray):
-        return w[idx]
-    lay = layout(w)
-    out = np.empty((idx.size, w.shape[1]), F32)
-    row_kernels(lay)[1](lay.parts, idx.reshape(-1).astype(np.int64), out)
-    return out.reshape(*idx.shape, w.shape[1])
-
-
-def rmsnorm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * w over the last axis (w None: no gain)."""
-    C = x.shape[-1]
-    w = np.ones(C, x.dtype) if w is None else w
-    if not _compiled(x, w):
-        return reference.rmsnorm(x, w, eps)
-    x2 = _rows2d(x, C)
-    out = np.empty_like(x2)
-    ops.rmsnorm(x2, w, eps, out)
-    return out.reshape(x.shape)
-
-
-def layernorm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> np.ndarray:
-    """(x - mean) / sqrt(var + eps) * w + b over the last axis (w, b None: none)."""
-    C = x.shape[-1]
-    w = np.ones(C, x.dtype) if w is None else w
-    b = np.zeros(C, x.dtype) if b is None else b
-    if not _compiled(x, w, b):
-        return reference.layernorm(x, w, b, eps)
-    x2 = _rows2d(x, C)
-    out = np.empty_like(x2)
-    ops.layernorm(x2, w, b, eps, out)
-    return out.reshape(x.shape)
-
-
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotary embedding of x (B, T, n, hs) with cos, sin (T, hs/2) or (B, T, hs/2) -> (B, T, n, hs) contiguous."""
-    cos, sin = (cos[None], sin[None]) if cos.ndim == 2 else (cos, sin)
-    if not _compiled(x, cos, sin):
-        return reference.rope(x, cos, sin)
-    out = np.empty(x.shape, F32)
-    ops.rope(x, cos, sin, out)
-    return out
-
-
-def swiglu(h: np.ndarray) -> np.ndarray:
-    """silu(gate) * up of h (..., 2F) = [gate | up] -> (..., F)."""
-    if not _compiled(h):
-        return reference.swiglu(h)
-    h2 = _rows2d(h, h.shape[-1])
-    out = np.empty((h2.shape[0], h2.shape[1] // 2), F32)
-    ops.swiglu(h2, out)
-    return out.reshape(*h.shape[:-1], out.shape[1])
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (GPT-2's)."""
-    if not _compiled(x):
-        return reference.gelu(x)
-    x2 = _rows2d(x, x.shape[-1])
-    out = np.empty_like(x2)
-    ops.gelu(x2, out)
-    return out.reshape(x.shape)
-
-
-def _firsts(first, B: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(first, np.int64), (B,)).copy()
-
-
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows=None, first=0) -> np.ndarray:
-    """Causal attention of new queries q (B, T, nh, hs) over a float cache k, v (cache rows, nkv, S, hs): sequence b
-    reads cache row rows[b] (default b) and its query t sees positions 0 .. first[b] + t -> (B, T, nh, hs)."""
-    B, T = q.shape[:2]
-    rows = np.arange(B) if rows is None else np.asarray(rows, np.int64)
-    first = _firsts(first, B)
-    if T > ATTENTION_UP_TO or not _compiled(q, k, v):
-        return reference.attention(q, k, v, rows, first)
-    out = np.empty(q.shape, F32)
-    ops.attention(np.ascontiguousarray(q), k, v, rows, first, out)
-    return out
-
-
-def attention_q4(q: np.ndarray, arrays: tuple[np.ndarray, ...], group: int, first=0) -> np.ndarray:
-    """attention() over one layer of a 4-bit KV cache (pocketgpt.formats.kv4.LAYER_ARRAYS), read as stored."""
-    B, T = q.shape[:2]
-    first = _firsts(first, B)
-    if T > ATTENTION_UP_TO or not _compiled(q):
-        return reference.attention_q4(q, *arrays, group, first)
-    halves = tuple(a.view(np.uint16) if a.dtype == np.float16 else a for a in arrays)
-    out = np.empty(q.shape, F32)
-    ops.attention_q4(np.ascontiguousarray(q), *halves, group, first, out)
-    return out

@@ -1,9 +1,10 @@
 """Row decoders: one compiled function per weight layout that writes row r of a packed matrix as float32.
 
-Each decoder is `decode(parts, r, out)`: `parts` is the layout's tuple of arrays (pocketgpt.kernels.layouts),
-`out` an (n,) float32 row. The arithmetic is the NumPy dequantizer's, operation for operation and without
-fastmath, so a decoded row equals `Packed.dequantize()`'s row bit for bit; the products built on these
-decoders (pocketgpt.kernels.products) are where rounding may differ.
+Each decoder is `name(parts, r, out)`: `parts` is the layout's tuple of arrays (pocketgpt.kernels.layouts), `out`
+an (n,) float32 row; `decode(parts, r, out, kind)` picks one by its code in KINDS, which must be a compile-time
+constant of the calling kernel (numba then drops the other branches). The arithmetic is the NumPy
+dequantizer's, operation for operation and without fastmath, so a decoded row equals `Packed.dequantize()`'s
+row bit for bit; the products built on these decoders (pocketgpt.kernels.products) are where rounding may differ.
 Layouts: f32 (W), f16 and bf16 (the raw 16 bits), q8_0 (int8 codes, block scales), q4_0 and q4_1 (nibbles of
 each block of 32: weight j low, j + 16 high; scales, Q4_1's minimums), mxfp4 (as q4_0 with FP4 values and
 power-of-two scales), int (pocketgpt's little-endian bit stream of 2, 3, 4 or 8-bit codes, per-group scales and
@@ -169,3 +170,38 @@ def q6_k(parts, r, out):
                     code = np.int32(low | (((qh[ll] >> (2 * quarter)) & 3) << 4)) - 32
                     scale = np.float32(np.int8(blk[192 + 8 * half + 2 * quarter + ll // 16]))
                     out[256 * sb + 128 * half + 32 * quarter + ll] = d * scale * np.float32(code)
+
+
+KINDS = {name: i for i, name in enumerate(("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "mxfp4", "int", "int4", "int8",
+                                           "q4_k", "q5_k", "q6_k"))}  # int4, int8: pocketgpt's groups of 4 and 8 bits
+F32, F16, BF16, Q8_0, Q4_0, Q4_1, MXFP4, INT, INT4, INT8, Q4_K, Q5_K, Q6_K = KINDS.values()
+
+
+@njit(**EXACT)
+def decode(parts, r, out, kind):
+    if kind == F32:
+        f32(parts, r, out)
+    elif kind == F16:
+        f16(parts, r, out)
+    elif kind == BF16:
+        bf16(parts, r, out)
+    elif kind == Q8_0:
+        q8_0(parts, r, out)
+    elif kind == Q4_0:
+        q4_0(parts, r, out)
+    elif kind == Q4_1:
+        q4_1(parts, r, out)
+    elif kind == MXFP4:
+        mxfp4(parts, r, out)
+    elif kind == INT:
+        int_codes(parts, r, out)
+    elif kind == INT4:
+        int_codes(parts, r, out)
+    elif kind == INT8:
+        int_codes(parts, r, out)
+    elif kind == Q4_K:
+        q4_k(parts, r, out)
+    elif kind == Q5_K:
+        q5_k(parts, r, out)
+    else:
+        q6_k(parts, r, out)

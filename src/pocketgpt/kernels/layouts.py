@@ -1,5 +1,5 @@
-"""A weight matrix as compiled kernels read it: its layout's arrays, row decoder and (for the hot layouts) a fused
-matrix-vector kernel. Built once per matrix and kept on it; nothing here copies a matrix to float.
+"""A weight matrix as compiled kernels read it: its layout's arrays, row decoder and matrix-vector body (fused for
+the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float.
 """
 
 from __future__ import annotations
@@ -15,46 +15,61 @@ from pocketgpt.kernels import decoders, products
 
 @dataclass(frozen=True)
 class Layout:
-    name: str
+    name: str  # a key of decoders.KINDS
     parts: tuple  # the arrays every kernel of this layout takes, in the decoder's order
-    decode: Callable  # decoders.<name>
-    matvec: Callable | None  # fused kernel matvec(*parts, x, y), or None: decode a row, then dot
+    group: int = 0  # weights per group (pocketgpt's int4 and int8 layouts; 0 for the others)
+
+    @property
+    def kind(self) -> int:
+        return decoders.KINDS[self.name]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.kind, self.group
+
+    @property
+    def fused(self) -> bool:
+        """Whether a fused matvec kernel reads this layout (products.FUSED), rather than its row decoder."""
+        return self.key in products.FUSED
+
+    @property
+    def matvec(self) -> Callable:
+        """matvec(parts, x, y): the fused kernel, or one through the row decoder (compiled once per kind)."""
+        if self.fused:
+            return products.FUSED[self.key]
+        return _compiled(("matvec", self.kind), lambda: products.decoded_matvec(self.kind))
+
+    @property
+    def row_kernels(self) -> tuple[Callable, Callable]:
+        """(rows, gather) of the layout's decoder (pocketgpt.kernels.products.row_kernels), compiled once."""
+        return _compiled(("rows", self.kind), lambda: products.row_kernels(self.kind))
 
 
-_ROW_KERNELS: dict[Callable, tuple[Callable, Callable]] = {}
-_INT_MATVEC: dict[tuple[int, int], Callable | None] = {}
-GGML_MATVEC = {"q8_0": products.matvec_q8_0, "q4_0": products.matvec_q4_0, "q4_1": products.matvec_q4_1}
+_KERNELS: dict = {}
 
 
-def row_kernels(layout: Layout) -> tuple[Callable, Callable]:
-    """(rows, gather) of the layout's decoder (pocketgpt.kernels.products.row_kernels), compiled once."""
-    if layout.decode not in _ROW_KERNELS:
-        _ROW_KERNELS[layout.decode] = products.row_kernels(layout.decode)
-    return _ROW_KERNELS[layout.decode]
-
-
-def _int_matvec(bits: int, group: int) -> Callable | None:
-    if (bits, group) not in _INT_MATVEC:
-        _INT_MATVEC[bits, group] = products.int_matvec(bits, group)
-    return _INT_MATVEC[bits, group]
+def _compiled(key, make: Callable):
+    """The kernel made once per key (numba compiles it on first call, or loads it from its disk cache)."""
+    if key not in _KERNELS:
+        _KERNELS[key] = make()
+    return _KERNELS[key]
 
 
 def _build(w) -> Layout:
     if isinstance(w, np.ndarray):
-        return Layout("f32", (w,), decoders.f32, products.matvec_f32)
+        return Layout("f32", (w,))
     if isinstance(w, HalfFloats):
-        return Layout(w.kind, (w.bits,), getattr(decoders, w.kind), None)
+        return Layout(w.kind, (w.bits,))
     if isinstance(w, GGMLBlocks):
-        parts = tuple(a for a in (w.codes, w.scale, w.minimum) if a is not None)
-        return Layout(w.kind, parts, getattr(decoders, w.kind), GGML_MATVEC.get(w.kind))
+        return Layout(w.kind, tuple(a for a in (w.codes, w.scale, w.minimum) if a is not None))
     if isinstance(w, GroupQuantized):
         out, n = w.shape
         groups = n // w.group_size
         scale = w.scales.astype(np.float32)
         zero = (np.full((out, groups), 2 ** (w.bits - 1), np.float32) if w.zeros is None
                 else w.zeros.astype(np.float32))
-        return Layout(f"int{w.bits}", (w.packed, scale, zero, np.array([w.bits], np.int64)), decoders.int_codes,
-                      _int_matvec(w.bits, w.group_size))
+        parts = (w.packed, scale, zero, np.array([w.bits], np.int64))
+        return Layout(f"int{w.bits}", parts, w.group_size) if w.bits in (4, 8) else Layout("int", parts)
     raise TypeError(f"no kernel layout for {type(w).__name__}")
 
 

@@ -54,36 +54,55 @@ def exp(x):
     return out
 
 
+@njit(**INLINE)
+def rmsnorm_row(x, w, eps, out):
+    """x (C,) -> out = x / sqrt(mean(x^2) + eps) * w."""
+    ss = np.float32(0.0)
+    for c in range(x.size):
+        ss += x[c] * x[c]
+    r = np.float32(1.0) / np.sqrt(ss / np.float32(x.size) + np.float32(eps))
+    for c in range(x.size):
+        out[c] = x[c] * r * w[c]
+
+
+@njit(**INLINE)
+def layernorm_row(x, w, b, eps, out):
+    """x (C,) -> out = (x - mean) / sqrt(var + eps) * w + b."""
+    C = np.float32(x.size)
+    mean = np.float32(0.0)
+    for c in range(x.size):
+        mean += x[c]
+    mean /= C
+    var = np.float32(0.0)
+    for c in range(x.size):
+        var += (x[c] - mean) * (x[c] - mean)
+    r = np.float32(1.0) / np.sqrt(var / C + np.float32(eps))
+    for c in range(x.size):
+        out[c] = (x[c] - mean) * r * w[c] + b[c]
+
+
 @njit(**FAST)
 def rmsnorm(x, w, eps, out):
-    """x (N, C) -> out (N, C) = x / sqrt(mean(x^2) + eps) * w."""
-    N, C = x.shape
-    for i in range(N):
-        xi = x[i]
-        ss = np.float32(0.0)
-        for c in range(C):
-            ss += xi[c] * xi[c]
-        r = np.float32(1.0) / np.sqrt(ss / np.float32(C) + np.float32(eps))
-        for c in range(C):
-            out[i, c] = xi[c] * r * w[c]
+    """x (N, C) -> out (N, C)."""
+    for i in range(x.shape[0]):
+        rmsnorm_row(x[i], w, eps, out[i])
 
 
 @njit(**FAST)
 def layernorm(x, w, b, eps, out):
-    """x (N, C) -> out (N, C) = (x - mean) / sqrt(var + eps) * w + b."""
-    N, C = x.shape
-    for i in range(N):
-        xi = x[i]
-        mean = np.float32(0.0)
-        for c in range(C):
-            mean += xi[c]
-        mean /= np.float32(C)
-        var = np.float32(0.0)
-        for c in range(C):
-            var += (xi[c] - mean) * (xi[c] - mean)
-        r = np.float32(1.0) / np.sqrt(var / np.float32(C) + np.float32(eps))
-        for c in range(C):
-            out[i, c] = (xi[c] - mean) * r * w[c] + b[c]
+    """x (N, C) -> out (N, C)."""
+    for i in range(x.shape[0]):
+        layernorm_row(x[i], w, b, eps, out[i])
+
+
+@njit(**INLINE)
+def rope_head(x, c, s, out):
+    """One head x (hs,) rotated by its position's cos and sin (hs/2,) -> out (hs,), which may be x itself."""
+    half_ = x.size // 2
+    for i in range(half_):
+        x1, x2 = x[i], x[half_ + i]
+        out[i] = x1 * c[i] - x2 * s[i]
+        out[half_ + i] = x2 * c[i] + x1 * s[i]
 
 
 @njit(**FAST)
@@ -91,17 +110,21 @@ def rope(x, cos, sin, out):
     """Rotate the two halves of every head: x (B, T, n, hs) (any strides) with cos, sin (B or 1, T, hs/2)
     -> out (B, T, n, hs)."""
     B, T, n, hs = x.shape
-    half_ = hs // 2
     for b in range(B):
         cb = min(b, cos.shape[0] - 1)
         for t in range(T):
-            c, s = cos[cb, t], sin[cb, t]
             for h in range(n):
-                xi, o = x[b, t, h], out[b, t, h]
-                for i in range(half_):
-                    x1, x2 = xi[i], xi[half_ + i]
-                    o[i] = x1 * c[i] - x2 * s[i]
-                    o[half_ + i] = x2 * c[i] + x1 * s[i]
+                rope_head(x[b, t, h], cos[cb, t], sin[cb, t], out[b, t, h])
+
+
+@njit(**INLINE)
+def swiglu_row(g, u, out, e, work, neg):
+    """out = g sigmoid(g) u for rows g, u (F,); e, work, neg: (F,) float32, int32, float32 scratch."""
+    for j in range(g.size):
+        neg[j] = -g[j]
+    exp_into(neg, e, work)
+    for j in range(g.size):
+        out[j] = g[j] / (np.float32(1.0) + e[j]) * u[j]
 
 
 @njit(**FAST)
@@ -110,29 +133,29 @@ def swiglu(h, out):
     N, F = out.shape
     e, work, neg = np.empty(F, np.float32), np.empty(F, np.int32), np.empty(F, np.float32)
     for i in range(N):
-        g = h[i, :F]
-        for j in range(F):
-            neg[j] = -g[j]
-        exp_into(neg, e, work)
-        for j in range(F):
-            out[i, j] = g[j] / (np.float32(1.0) + e[j]) * h[i, F + j]
+        swiglu_row(h[i, :F], h[i, F:], out[i], e, work, neg)
 
 
 GELU_K = np.float32(math.sqrt(2.0 / math.pi))
 
 
+@njit(**INLINE)
+def gelu_row(x, out, e, work, u):
+    """out = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), tanh(v) = 1 - 2 / (e^(2v) + 1); e, work, u scratch."""
+    for j in range(x.size):
+        u[j] = np.float32(2.0) * GELU_K * (x[j] + np.float32(0.044715) * x[j] * x[j] * x[j])
+    exp_into(u, e, work)
+    for j in range(x.size):
+        out[j] = np.float32(0.5) * x[j] * (np.float32(2.0) - np.float32(2.0) / (e[j] + np.float32(1.0)))
+
+
 @njit(**FAST)
 def gelu(x, out):
-    """x (N, F) -> out = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), tanh(u) = 1 - 2 / (e^(2u) + 1)."""
+    """x (N, F) -> out (N, F)."""
     N, F = x.shape
     e, work, u = np.empty(F, np.float32), np.empty(F, np.int32), np.empty(F, np.float32)
     for i in range(N):
-        xi = x[i]
-        for j in range(F):
-            u[j] = np.float32(2.0) * GELU_K * (xi[j] + np.float32(0.044715) * xi[j] * xi[j] * xi[j])
-        exp_into(u, e, work)
-        for j in range(F):
-            out[i, j] = np.float32(0.5) * xi[j] * (np.float32(2.0) - np.float32(2.0) / (e[j] + np.float32(1.0)))
+        gelu_row(x[i], out[i], e, work, u)
 
 
 @njit(**INLINE)
@@ -150,6 +173,36 @@ def _softmax_weights(scores, n, e, work):
     return total
 
 
+@njit(**INLINE)
+def attend_head(qv, K, V, n, o):
+    """One query head qv (hs,) over positions 0 .. n - 1 of its key/value head K, V (S, hs) -> o (hs,)."""
+    hs = qv.size
+    scale = np.float32(1.0 / math.sqrt(hs))
+    scores, e, work = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.int32)
+    for p in range(n):
+        kp = K[p]
+        acc = np.float32(0.0)
+        for i in range(hs):
+            acc += qv[i] * kp[i]
+        scores[p] = acc * scale
+    total = _softmax_weights(scores, n, e, work)
+    o[:] = 0.0
+    for p in range(n):
+        vp, w = V[p], e[p]
+        for i in range(hs):
+            o[i] += w * vp[i]
+    for i in range(hs):
+        o[i] /= total
+
+
+@njit(**PARALLEL)
+def attend_heads(q, k, v, n, out):
+    """Every query head q (nh, hs) of one token over positions 0 .. n - 1 of k, v (nkv, S, hs) -> out (nh, hs)."""
+    g = q.shape[0] // k.shape[0]
+    for h in prange(q.shape[0]):
+        attend_head(q[h], k[h // g], v[h // g], n, out[h])
+
+
 @njit(**PARALLEL)
 def attention(q, k, v, rows, first, out):
     """Causal attention of new queries over a float cache.
@@ -159,27 +212,9 @@ def attention(q, k, v, rows, first, out):
     """
     B, T, nh, hs = q.shape
     g = nh // k.shape[1]
-    scale = np.float32(1.0 / math.sqrt(hs))
     for job in prange(B * T * nh):
         b, t, h = job // (T * nh), (job // nh) % T, job % nh
-        n = first[b] + t + 1
-        K, V, qv = k[rows[b], h // g], v[rows[b], h // g], q[b, t, h]
-        scores, e, work = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.int32)
-        for p in range(n):
-            kp = K[p]
-            acc = np.float32(0.0)
-            for i in range(hs):
-                acc += qv[i] * kp[i]
-            scores[p] = acc * scale
-        total = _softmax_weights(scores, n, e, work)
-        o = out[b, t, h]
-        o[:] = 0.0
-        for p in range(n):
-            vp, w = V[p], e[p]
-            for i in range(hs):
-                o[i] += w * vp[i]
-        for i in range(hs):
-            o[i] /= total
+        attend_head(q[b, t, h], k[rows[b], h // g], v[rows[b], h // g], first[b] + t + 1, out[b, t, h])
 
 
 @njit(**PARALLEL)

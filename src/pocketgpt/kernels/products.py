@@ -1,35 +1,46 @@
 """Compiled products y = x W^T straight from packed weights (numba): no float copy of a matrix is kept.
 
 Three shapes of work, each parallel over the rows of W:
-- matvec (one token, x (n,)): a fused kernel per hot layout that reads the packed bytes in one flat loop;
-  LLVM vectorizes a loop only when its body allows it (notes on this machine: a flat loop over a row's bytes,
-  scales read inside it, runs 4x faster than a nested loop per block), so the loops below are written that way;
+- matvec (one token, x (n,)): a fused body per hot layout that reads the packed bytes in one flat loop (LLVM
+  vectorizes a loop only when its body allows it: a flat loop over a row's bytes with the scales read inside it
+  runs 4x faster than a nested loop per block), and for the other layouts a row decoded then dotted;
 - rows (a few tokens, x (B, n)): each row is decoded once into a buffer the size of one row, then dotted with
   every token (a speculative block, a batch of slots);
-- tiles (a prompt): rows are decoded in tiles that stay in cache and multiplied by BLAS.
-The 4-bit kernels split a byte into its two nibbles with float arithmetic (hi = floor(b / 16), lo = b - 16 hi):
-on this CPU that vectorizes into 16 lanes where the integer shift and mask widen to 64-bit lanes.
+- tiles (a prompt): rows decoded in tiles that stay in cache (gather) and multiplied by BLAS.
+The fused matvec kernels (FUSED, by layout kind and group) are module functions, so that a compiled decode step
+(pocketgpt.kernels.step) can call them; the kernels made per layout by a factory (decoded_matvec, row_kernels)
+close over integers only, never over other compiled functions: numba's disk cache keys a closure by its
+contents, and a compiled function's key changes in every process.
+The 4-bit bodies split a byte b into its nibbles with float arithmetic, hi = floor(b / 16) and lo = b - 16 hi,
+which vectorizes into 16 lanes (numba widens an integer shift and mask to 64-bit lanes); and since
+lo xa + hi xb = b xa + hi (xb - 16 xa), they read xa and xc = xb - 16 xa, computed once per call, so each
+weight costs two multiply-adds and a rounding.
 Legend: n input width, R rows of W, B tokens, G groups (or blocks) per row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numba import njit, prange
 
+from pocketgpt.kernels.decoders import F32, INT4, INT8, Q4_0, Q4_1, Q8_0, decode
+
 FAST = {"cache": True, "fastmath": True}
+BODY = {"cache": True, "fastmath": True, "inline": "always"}
 PARALLEL = {"cache": True, "fastmath": True, "parallel": True}
 SIXTEENTH, SIXTEEN = np.float32(0.0625), np.float32(16.0)
 
 
 @njit(**FAST)
-def _block_halves(x, xa, xb, xs):
-    """x (n,) -> xa, xb (n/2,): the weights a block's low and high nibbles meet (j and j + 16 of each block of
-    32), and xs (n/32,) the sum of each block."""
+def _block_halves(x, xa, xc, xs):
+    """x (n,) -> xa (n/2,), the inputs a block's low nibbles meet (j of each block of 32), xc = xb - 16 xa with xb
+    those its high nibbles meet (j + 16), and xs (n/32,) the sum of each block."""
     for k in range(xa.size):
         b, j = k >> 4, k & 15
         xa[k] = x[32 * b + j]
-        xb[k] = x[32 * b + 16 + j]
+        xc[k] = x[32 * b + 16 + j] - SIXTEEN * x[32 * b + j]
     for b in range(xs.size):
         t = np.float32(0.0)
         for j in range(32):
@@ -47,9 +58,10 @@ def _group_sums(x, xs):
         xs[g] = t
 
 
-@njit(**PARALLEL)
-def matvec_f32(w, x, y):
-    """w (R, n) float32, x (n,) -> y (R,)."""
+@njit(**BODY)
+def mv_f32(parts, x, y):
+    """parts (w,): w (R, n) float32."""
+    w = parts[0]
     for r in prange(w.shape[0]):
         row = w[r]
         acc = np.float32(0.0)
@@ -58,9 +70,10 @@ def matvec_f32(w, x, y):
         y[r] = acc
 
 
-@njit(**PARALLEL)
-def matvec_q8_0(q, d, x, y):
-    """q (R, n) int8, d (R, n/32) float32: w = d q."""
+@njit(**BODY)
+def mv_q8_0(parts, x, y):
+    """parts (q, d): q (R, n) int8, d (R, n/32) float32; w = d q."""
+    q, d = parts[0], parts[1]
     for r in prange(q.shape[0]):
         qr, dr = q[r], d[r]
         acc = np.float32(0.0)
@@ -69,87 +82,185 @@ def matvec_q8_0(q, d, x, y):
         y[r] = acc
 
 
-@njit(**PARALLEL)
-def matvec_q4_0(q, d, x, y):
-    """q (R, n/2) nibbles of blocks of 32, d (R, n/32): w = d (u - 8)."""
-    xa, xb = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
+@njit(**BODY)
+def mv_q4_0(parts, x, y):
+    """parts (q, d): q (R, n/2) nibbles of blocks of 32, d (R, n/32); w = d (u - 8)."""
+    q, d = parts[0], parts[1]
+    xa, xc = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
     xs = np.empty(d.shape[1], np.float32)
-    _block_halves(x, xa, xb, xs)
+    _block_halves(x, xa, xc, xs)
     for r in prange(q.shape[0]):
         qr, dr = q[r], d[r]
         acc = np.float32(0.0)
         for k in range(xa.size):
             f = np.float32(qr[k])
-            hi = np.floor(f * SIXTEENTH)
-            acc += dr[k >> 4] * ((f - SIXTEEN * hi) * xa[k] + hi * xb[k])
+            acc += dr[k >> 4] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
         t = np.float32(0.0)
         for b in range(xs.size):
             t += dr[b] * xs[b]
         y[r] = acc - np.float32(8.0) * t
 
 
-@njit(**PARALLEL)
-def matvec_q4_1(q, d, m, x, y):
-    """q (R, n/2), d and m (R, n/32): w = d u + m."""
-    xa, xb = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
+@njit(**BODY)
+def mv_q4_1(parts, x, y):
+    """parts (q, d, m): q (R, n/2), d and m (R, n/32); w = d u + m."""
+    q, d, m = parts[0], parts[1], parts[2]
+    xa, xc = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
     xs = np.empty(d.shape[1], np.float32)
-    _block_halves(x, xa, xb, xs)
+    _block_halves(x, xa, xc, xs)
     for r in prange(q.shape[0]):
         qr, dr, mr = q[r], d[r], m[r]
         acc = np.float32(0.0)
         for k in range(xa.size):
             f = np.float32(qr[k])
-            hi = np.floor(f * SIXTEENTH)
-            acc += dr[k >> 4] * ((f - SIXTEEN * hi) * xa[k] + hi * xb[k])
+            acc += dr[k >> 4] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
         t = np.float32(0.0)
         for b in range(xs.size):
             t += mr[b] * xs[b]
         y[r] = acc + t
 
 
-def int_matvec(bits: int, group: int):
-    """The fused matvec of pocketgpt's 4- or 8-bit groups of `group` weights: w = s (code - z)."""
-    if bits == 4:
-        per_group = group // 2  # bytes
+@njit(**BODY)
+def mv_int4(parts, x, y, group):
+    """parts (q, s, z, bits) of pocketgpt's 4-bit groups of `group` weights (a compile-time constant), w = s (u - z),
+    s and z (R, n / group) float32; byte i holds weights 2i (low nibble) and 2i + 1."""
+    q, s, z = parts[0], parts[1], parts[2]
+    per_group = group // 2  # bytes
+    xa = np.ascontiguousarray(x[0::2])  # low nibbles: the even weights
+    xc = x[1::2] - SIXTEEN * xa
+    xs = np.empty(s.shape[1], np.float32)
+    _group_sums(x, xs)
+    for r in prange(q.shape[0]):
+        qr, sr, zr = q[r], s[r], z[r]
+        acc = np.float32(0.0)
+        for k in range(xa.size):
+            f = np.float32(qr[k])
+            acc += sr[k // per_group] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
+        t = np.float32(0.0)
+        for g in range(xs.size):
+            t += sr[g] * zr[g] * xs[g]
+        y[r] = acc - t
 
-        @njit(**PARALLEL)
-        def matvec_int4(q, s, z, _bits, x, y):
-            xa, xb = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])  # low nibble: even weights
-            xs = np.empty(s.shape[1], np.float32)
-            _group_sums(x, xs)
-            for r in prange(q.shape[0]):
-                qr, sr, zr = q[r], s[r], z[r]
+
+@njit(**BODY)
+def mv_int8(parts, x, y, group):
+    """parts (q, s, z, bits) of pocketgpt's 8-bit groups: one code per byte."""
+    q, s, z = parts[0], parts[1], parts[2]
+    xs = np.empty(s.shape[1], np.float32)
+    _group_sums(x, xs)
+    for r in prange(q.shape[0]):
+        qr, sr, zr = q[r], s[r], z[r]
+        acc = np.float32(0.0)
+        for k in range(x.size):
+            acc += sr[k // group] * (np.float32(qr[k]) * x[k])
+        t = np.float32(0.0)
+        for g in range(xs.size):
+            t += sr[g] * zr[g] * xs[g]
+        y[r] = acc - t
+
+
+@njit(**PARALLEL)
+def matvec_f32(parts, x, y):
+    mv_f32(parts, x, y)
+
+
+@njit(**PARALLEL)
+def matvec_q8_0(parts, x, y):
+    mv_q8_0(parts, x, y)
+
+
+@njit(**PARALLEL)
+def matvec_q4_0(parts, x, y):
+    mv_q4_0(parts, x, y)
+
+
+@njit(**PARALLEL)
+def matvec_q4_1(parts, x, y):
+    mv_q4_1(parts, x, y)
+
+
+@njit(**PARALLEL)
+def matvec_int4_32(parts, x, y):
+    mv_int4(parts, x, y, 32)
+
+
+@njit(**PARALLEL)
+def matvec_int4_64(parts, x, y):
+    mv_int4(parts, x, y, 64)
+
+
+@njit(**PARALLEL)
+def matvec_int4_128(parts, x, y):
+    mv_int4(parts, x, y, 128)
+
+
+@njit(**PARALLEL)
+def matvec_int8_32(parts, x, y):
+    mv_int8(parts, x, y, 32)
+
+
+@njit(**PARALLEL)
+def matvec_int8_64(parts, x, y):
+    mv_int8(parts, x, y, 64)
+
+
+@njit(**PARALLEL)
+def matvec_int8_128(parts, x, y):
+    mv_int8(parts, x, y, 128)
+
+
+FUSED = {(F32, 0): matvec_f32, (Q8_0, 0): matvec_q8_0, (Q4_0, 0): matvec_q4_0, (Q4_1, 0): matvec_q4_1,
+         (INT4, 32): matvec_int4_32, (INT4, 64): matvec_int4_64, (INT4, 128): matvec_int4_128,
+         (INT8, 32): matvec_int8_32, (INT8, 64): matvec_int8_64, (INT8, 128): matvec_int8_128}
+
+
+@njit(cache=True, inline="always")
+def fused_matvec(parts, x, y, kind, group):
+    """The FUSED kernel of (kind, group), which must be compile-time constants of the caller."""
+    if kind == F32:
+        matvec_f32(parts, x, y)
+    elif kind == Q8_0:
+        matvec_q8_0(parts, x, y)
+    elif kind == Q4_0:
+        matvec_q4_0(parts, x, y)
+    elif kind == Q4_1:
+        matvec_q4_1(parts, x, y)
+    elif kind == INT4:
+        if group == 32:
+            matvec_int4_32(parts, x, y)
+        elif group == 64:
+            matvec_int4_64(parts, x, y)
+        else:
+            matvec_int4_128(parts, x, y)
+    elif group == 32:
+        matvec_int8_32(parts, x, y)
+    elif group == 64:
+        matvec_int8_64(parts, x, y)
+    else:
+        matvec_int8_128(parts, x, y)
+
+
+def decoded_matvec(kind: int):
+    """matvec(parts, x, y) of a layout through its row decoder: each row decoded into a buffer, then dotted (the
+    closure holds only an integer, so numba's disk cache recognises it in the next process)."""
+
+    @njit(**PARALLEL)
+    def matvec(parts, x, y):
+        n, R = x.size, y.size
+        chunks = min(R, 64)
+        for c in prange(chunks):
+            buf = np.empty(n, np.float32)
+            for r in range(c * R // chunks, (c + 1) * R // chunks):
+                decode(parts, r, buf, kind)
                 acc = np.float32(0.0)
-                for k in range(xa.size):
-                    f = np.float32(qr[k])
-                    hi = np.floor(f * SIXTEENTH)
-                    acc += sr[k // per_group] * ((f - SIXTEEN * hi) * xa[k] + hi * xb[k])
-                t = np.float32(0.0)
-                for g in range(xs.size):
-                    t += sr[g] * zr[g] * xs[g]
-                y[r] = acc - t
+                for k in range(n):
+                    acc += buf[k] * x[k]
+                y[r] = acc
 
-        return matvec_int4
-    if bits == 8:
-        @njit(**PARALLEL)
-        def matvec_int8(q, s, z, _bits, x, y):
-            xs = np.empty(s.shape[1], np.float32)
-            _group_sums(x, xs)
-            for r in prange(q.shape[0]):
-                qr, sr, zr = q[r], s[r], z[r]
-                acc = np.float32(0.0)
-                for k in range(x.size):
-                    acc += sr[k // group] * (np.float32(qr[k]) * x[k])
-                t = np.float32(0.0)
-                for g in range(xs.size):
-                    t += sr[g] * zr[g] * xs[g]
-                y[r] = acc - t
-
-        return matvec_int8
-    return None
+    return matvec
 
 
-def row_kernels(decode):
+def row_kernels(kind: int) -> tuple[Callable, Callable]:
     """The kernels built on a layout's row decoder: (rows, gather)."""
 
     @njit(**PARALLEL)
@@ -160,7 +271,7 @@ def row_kernels(decode):
         for c in prange(chunks):
             buf = np.empty(n, np.float32)
             for r in range(c * n_rows // chunks, (c + 1) * n_rows // chunks):
-                decode(parts, r, buf)
+                decode(parts, r, buf, kind)
                 for b in range(B):
                     xb = x[b]
                     acc = np.float32(0.0)
@@ -172,6 +283,6 @@ def row_kernels(decode):
     def gather(parts, index, out):
         """Rows index (M,) decoded into out (M, n), exactly as the NumPy dequantizer."""
         for i in prange(index.size):
-            decode(parts, index[i], out[i])
+            decode(parts, index[i], out[i], kind)
 
     return rows, gather

@@ -153,6 +153,7 @@ class GPT:
         if config.positions == "rope":
             self.rope_cos, self.rope_sin = layers.rope_tables(config.block_size, config.head_size,
                                                               config.rope_theta, self.dtype)
+        self._blocks: dict[int, kernels.BlockWeights] | None = {}  # block_weights(); None: build on every call
         self._grad_buffers: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
@@ -353,11 +354,11 @@ class GPT:
         else:  # inference: the kernels; each layer's queries attend to this pass's keys
             caches = None
 
-            def attend(i, q, k, v):
+            def attend(q, k, v):
                 keys, values = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (k, v))  # (B, nkv, T, hs)
                 return kernels.attention(q, keys, values, None, T - q.shape[1])
 
-            logits = self._infer(idx, positions, attend, outputs, features, feature_mask)
+            logits = self._infer(idx, positions, lambda i: attend, outputs, features, feature_mask)
         if targets is None:
             return logits, None, None
         targets = np.asarray(targets)
@@ -449,12 +450,7 @@ class GPT:
         start = cache.length
         if start + T > cache.size:
             raise InputError(f"position {start + T - 1} is beyond the context of {cache.size} tokens")
-
-        def attend(i, q, k, v):
-            cache.write(i, start, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
-            return cache.attend(i, q, start + T - q.shape[1])
-
-        logits = self._infer(idx, np.arange(start, start + T), attend, outputs)
+        logits = self._infer(idx, np.arange(start, start + T), lambda i: cache.attention(i, start), outputs)
         cache.length = start + T
         return logits
 
@@ -467,17 +463,31 @@ class GPT:
         pos = cache.lengths[slots]  # (B,)
         if (pos >= cache.size).any():
             raise InputError(f"a slot is full: the context holds {cache.size} tokens")
-
-        def attend(i, q, k, v):
-            cache.k[i][slots, :, pos] = k[:, 0]  # (B, nkv, hs) at each slot's own position
-            cache.v[i][slots, :, pos] = v[:, 0]
-            return kernels.attention(q, cache.k[i], cache.v[i], slots, pos)
-
-        logits = self._infer(tokens[:, None], pos[:, None], attend)
+        logits = self._infer(tokens[:, None], pos[:, None], lambda i: kernels.FloatKV(cache.k[i], cache.v[i], slots,
+                                                                                      pos))
         cache.lengths[slots] = pos + 1
         return logits[:, 0]
 
     # ------------------------------------------------------------------------- inference (pocketgpt.kernels)
+
+    def block_weights(self, i: int) -> kernels.BlockWeights:
+        """Block i's weights as inference reads them (kept while the model's weights are the ones it holds)."""
+        found = self._blocks.get(i) if self._blocks is not None else None
+        if found is not None:
+            return found
+        c, p = self.config, f"h.{i}"
+
+        def norm(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+            return (self.params.get(f"{prefix}.weight", np.ones(c.n_embd, self.dtype)),
+                    self.params.get(f"{prefix}.bias", np.zeros(c.n_embd, self.dtype)))
+
+        names = [f"{p}.{lin}" for lin in LINEARS]
+        w = kernels.BlockWeights(c.norm, c.norm_eps, c.activation, c.n_head, c.n_kv, c.head_size, norm(f"{p}.ln_1"),
+                                 norm(f"{p}.ln_2"), *(self.stored(f"{n}.weight") for n in names),
+                                 tuple(self.params.get(f"{n}.bias") for n in names))
+        if self._blocks is not None:
+            self._blocks[i] = w
+        return w
 
     def _norm(self, x, prefix):
         c = self.config
@@ -486,49 +496,24 @@ class GPT:
             return kernels.rmsnorm(x, w, c.norm_eps)
         return kernels.layernorm(x, w, self.params.get(f"{prefix}.bias"), c.norm_eps)
 
-    def _linear(self, x, prefix):
-        return kernels.linear(x, self.stored(f"{prefix}.weight"), self.params.get(f"{prefix}.bias"))
-
-    def _infer_block(self, x, i, rope, attend, n_out=None):
-        """Block i over new tokens x (B, T, C) -> (B, T or n_out, C). attend(i, q, k, v) stores the new keys and
-        values (B, T, nkv, hs) where it keeps them and returns the attention of the queries q (B, Tq, nh, hs),
-        the last Tq of the new tokens, as (B, Tq, nh, hs)."""
-        c, p = self.config, f"h.{i}"
-        B, T, _ = x.shape
-        q_size, kv_size = c.qkv_sizes
-        qkv = self._linear(self._norm(x, f"{p}.ln_1"), f"{p}.attn.c_attn")  # (B, T, (nh + 2 nkv) hs)
-        q = qkv[..., :q_size].reshape(B, T, c.n_head, c.head_size)
-        k = qkv[..., q_size:q_size + kv_size].reshape(B, T, c.n_kv, c.head_size)
-        v = qkv[..., q_size + kv_size:].reshape(B, T, c.n_kv, c.head_size)
-        if rope is not None:
-            q, k = kernels.rope(q, *rope), kernels.rope(k, *rope)
-        if n_out is not None:  # from here on (B, n_out, ...)
-            q, x = q[:, T - n_out:], x[:, T - n_out:]
-        y = attend(i, q, k, v)  # (B, Tq, nh, hs)
-        x = x + self._linear(y.reshape(B, y.shape[1], -1), f"{p}.attn.c_proj")
-        h = self._linear(self._norm(x, f"{p}.ln_2"), f"{p}.mlp.c_fc")  # (B, Tq, F or 2F)
-        h = INFER_ACTIVATION[c.activation](h)  # (B, Tq, F)
-        return x + self._linear(h, f"{p}.mlp.c_proj")
-
-    def _infer(self, idx, positions, attend, outputs=None, features=None, feature_mask=None) -> np.ndarray:
-        """Logits of new tokens idx (B, T) at positions (T,) or (B, T); see forward() for the rest."""
+    def _infer(self, idx, positions, attention, outputs=None, features=None, feature_mask=None) -> np.ndarray:
+        """Logits of new tokens idx (B, T) at positions (T,) or (B, T); attention(i) says where block i keeps its
+        keys and values (pocketgpt.kernels.block); see forward() for the rest."""
         c = self.config
         x = kernels.embedding(self.stored("wte.weight"), idx).astype(self.dtype, copy=False)  # (B, T, C)
         if c.positions == "learned":
             x = x + self.params["wpe.weight"][positions]
         if features is not None:
-            x = x + self._linear(features, "inp") * np.asarray(feature_mask, self.dtype)[..., None]
+            inp = kernels.linear(features, self.params["inp.weight"], self.params["inp.bias"])
+            x = x + inp * np.asarray(feature_mask, self.dtype)[..., None]
         if c.embed_norm:
             x = self._norm(x, "ln_e")
         rope = (self.rope_cos[positions], self.rope_sin[positions]) if c.positions == "rope" else None
         for i in range(c.n_layer):
-            x = self._infer_block(x, i, rope, attend, outputs if i == c.n_layer - 1 else None)
+            x = kernels.block(x, self.block_weights(i), rope, attention(i), outputs if i == c.n_layer - 1 else None)
         if c.final_norm:
             x = self._norm(x, "ln_f")
         return kernels.linear(x, self.stored(self.lm_head_name))
-
-
-INFER_ACTIVATION = {"relu": lambda h: np.maximum(h, 0), "gelu": kernels.gelu, "swiglu": kernels.swiglu}
 
 
 def packed_copy(model: GPT, pack: Callable[[np.ndarray], Packed], names: list[str] | None = None) -> GPT:

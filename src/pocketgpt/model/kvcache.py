@@ -5,8 +5,8 @@
 - SlotCache: a KVCache whose batch rows are independent sequences, each with its own length (continuous
   batching).
 - QuantizedKVCache: 4-bit entries in the manner of KIVI (below).
-The model talks to a cache only through write() and attend() (and a SlotCache's arrays for one-token decode
-steps), so any of them serves generation; read() returns the keys and values as float arrays.
+The model talks to a cache only through attention(layer, start) (what pocketgpt.kernels.block takes as kv) and a
+SlotCache's arrays, so any of them serves generation; read() returns the keys and values as float arrays.
 
 The 4-bit entries' layout is pocketgpt.formats.kv4's.
 """
@@ -46,10 +46,9 @@ class KVCache:
         """Keys and values (B, nkv, end, hs) of positions 0 .. end - 1."""
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def attend(self, layer: int, q: np.ndarray, first: int) -> np.ndarray:
-        """Attention of queries q (B, Tq, nh, hs) at positions first .. first + Tq - 1 over this layer's keys and
-        values up to each query's own position -> (B, Tq, nh, hs)."""
-        return kernels.attention(q, self.k[layer], self.v[layer], None, first)
+    def attention(self, layer: int, start: int) -> kernels.FloatKV:
+        """Where a layer's attention over new tokens from position `start` keeps its keys and values."""
+        return kernels.FloatKV(self.k[layer], self.v[layer], None, start)
 
     @property
     def nbytes(self) -> int:
@@ -119,9 +118,16 @@ class QuantizedKVCache:
         return (self.k_codes[layer], self.k_scale[layer], self.k_zero[layer], self.v_codes[layer],
                 self.v_scale[layer], self.v_zero[layer], self.k_float[layer], self.v_float[layer])
 
-    def attend(self, layer: int, q: np.ndarray, first: int) -> np.ndarray:
-        """KVCache.attend, reading the 4-bit entries as stored."""
-        return kernels.attention_q4(q, self.layer(layer), self.group, first).astype(self.dtype, copy=False)
+    def attention(self, layer: int, start: int):
+        """KVCache.attention: attend(q, k, v) for pocketgpt.kernels.block, which stores the new keys and values
+        (B, T, nkv, hs) from position `start` and attends over the 4-bit entries as stored."""
+
+        def attend(q, k, v):
+            self.write(layer, start, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+            first = start + k.shape[1] - q.shape[1]
+            return kernels.attention_q4(q, self.layer(layer), self.group, first).astype(self.dtype, copy=False)
+
+        return attend
 
     def read(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         keys, values = expand(*self.layer(layer), self.group, end)

@@ -17,6 +17,7 @@ class FakeQuantGPT(GPT):
         self.pack = rtn_packer(recipe)
         self.fake = set(linear_names(model.config))
         super().__init__(model.config, {k: v.copy() for k, v in model.params.items()}, dtype=model.dtype)
+        self._blocks = None  # the fake-quantized weights follow the float ones as they train
 
     def stored(self, name: str) -> np.ndarray | Packed:
         w = self.params.get(name)

@@ -35,7 +35,7 @@ from pocketgpt.config import GPTConfig
 from pocketgpt.errors import InputError
 from pocketgpt.files import fsync_file, inside, sha256_file
 from pocketgpt.formats import Packed, describe, load_packed
-from pocketgpt.model import GPT, count_params, linear_names, param_shapes
+from pocketgpt.model import GPT, count_params, linear_names, packable_names, param_shapes
 from pocketgpt.tokenizers import CharTokenizer, load_tokenizer
 
 FORMAT, FORMAT_VERSION = "pocketgpt", 2
@@ -299,7 +299,7 @@ def load_checkpoint(path: str | os.PathLike, train_state: bool = False) -> Check
     shapes = param_shapes(config)
     packed = {}
     for name, description in descriptions.items():
-        if name not in linear_names(config):
+        if name not in packable_names(config):
             raise CheckpointError(f"{path / 'config.json'}: {name} is not a weight that can be packed")
         parts = {k.rsplit(".", 1)[1]: tensors.pop(k) for k in list(tensors) if k.rsplit(".", 1)[0] == name}
         try:
