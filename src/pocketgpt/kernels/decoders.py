@@ -165,9 +165,9 @@ def q6_k(parts, r, out):
             ql, qh = blk[64 * half:64 * half + 64], blk[128 + 32 * half:128 + 32 * half + 32]
             for quarter in range(4):
                 for ll in range(32):
-                    low = ql[ll + 32 * (quarter % 2)]
-                    low = low & 15 if quarter < 2 else low >> 4
-                    code = np.int32(low | (((qh[ll] >> (2 * quarter)) & 3) << 4)) - 32
+                    byte = np.int32(ql[ll + 32 * (quarter % 2)])
+                    low = byte & 15 if quarter < 2 else byte >> 4
+                    code = (low | (((np.int32(qh[ll]) >> (2 * quarter)) & 3) << 4)) - 32
                     scale = np.float32(np.int8(blk[192 + 8 * half + 2 * quarter + ll // 16]))
                     out[256 * sb + 128 * half + 32 * quarter + ll] = d * scale * np.float32(code)
 

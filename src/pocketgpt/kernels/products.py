@@ -279,10 +279,12 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
                         acc += buf[k] * xb[k]
                     y[b, r] = acc
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True)
     def gather(parts, index, out):
-        """Rows index (M,) decoded into out (M, n), exactly as the NumPy dequantizer."""
-        for i in prange(index.size):
+        """Rows index (M,) decoded into out (M, n), exactly as the NumPy dequantizer. On one thread: it runs
+        between BLAS calls (pocketgpt.kernels.dispatch's tiles), and a parallel region there contends with BLAS's
+        still-spinning threads for the cores (a tile took 9x longer that way)."""
+        for i in range(index.size):
             decode(parts, index[i], out[i], kind)
 
     return rows, gather

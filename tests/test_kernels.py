@@ -1,0 +1,244 @@
+"""The compiled kernels against their NumPy references (pocketgpt.kernels.reference, run in float64 where that
+makes the reference independent of the kernels' float32 rounding): every layout's row decoder bit-identical to
+dequantize(), every product, norm, activation and attention within a written-down float tolerance, on ragged
+shapes, with one and with two threads; the fused decode step against the composed block; and a decode step of a
+packed model that never reaches a reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pocketgpt import kernels
+from pocketgpt.config import PRESETS
+from pocketgpt.formats import GGMLBlocks, Packed
+from pocketgpt.formats.floats import quantize_floats
+from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, quantize_blocks
+from pocketgpt.formats.groups import quantize_groups
+from pocketgpt.kernels import ops, reference
+from pocketgpt.model import GPT, packed_copy
+from pocketgpt.model.kvcache import KVCache, QuantizedKVCache
+
+# float32 sums of n products in any order differ from the exact sum by at most about n * 2^-24 times the sum of
+# |products|; the kernels' blocked sums do far better, and 1e-5 of sum |x_j w_j| holds with room at n = 512.
+PRODUCT_RTOL = 1e-5
+OPS_RTOL = 2e-6  # norms, rotary embedding, activations: a few float32 roundings
+EXP_RTOL = 5e-7  # the kernels' exp (a degree-6 polynomial after range reduction): about 4 float32 ulp
+ATTENTION_RTOL = 1e-5  # a softmax-weighted sum over at most a few hundred positions
+R, N_IN, N_KQ = 37, 256, 512  # a ragged row count; widths of whole blocks (K-quants: 256 weights a block)
+HALVES = {"q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}  # float16 fields of K-quant blocks (test_quant_ggml)
+
+
+def _kquant(kind: str, rng) -> GGMLBlocks:
+    """Random K-quant blocks (pocketgpt reads them, it does not write them): any bytes, finite float16 scales."""
+    per_row = N_KQ // BLOCK_WEIGHTS[kind]
+    blocks = rng.integers(0, 256, (R, per_row, BLOCK_BYTES[kind]), dtype=np.uint8)
+    for offset in HALVES[kind]:
+        blocks[..., offset:offset + 2] = rng.normal(0, 0.05, (R, per_row)).astype(np.float16).view(np.uint8) \
+            .reshape(R, per_row, 2)
+    return GGMLBlocks.from_blocks(kind, blocks.reshape(R, -1), (R, N_KQ))
+
+
+def matrices() -> dict[str, np.ndarray | Packed]:
+    """One (R, n) matrix of every layout the kernels read."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((R, N_IN)).astype(np.float32)
+    out: dict = {"f32": w, "f16": quantize_floats(w, "f16"), "bf16": quantize_floats(w, "bf16")}
+    out |= {kind: quantize_blocks(w, kind) for kind in ("q8_0", "q4_0", "q4_1", "mxfp4")}
+    out |= {kind: _kquant(kind, rng) for kind in HALVES}
+    for bits in (2, 3, 4, 8):
+        for group in (32, 64, 128):
+            for symmetric in (True, False):
+                out[f"int{bits}-g{group}-{'sym' if symmetric else 'asym'}"] = quantize_groups(w, bits, group,
+                                                                                            symmetric)
+    return out
+
+
+MATRICES = matrices()
+
+
+def dense(w) -> np.ndarray:
+    return w if isinstance(w, np.ndarray) else w.dequantize()
+
+
+@pytest.mark.parametrize("name", list(MATRICES))
+def test_every_layout_decodes_rows_bit_identical_to_dequantize(name):
+    w = MATRICES[name]
+    idx = np.array([[5, 0], [R - 1, 5], [17, 3]])  # any order, repeats, any shape
+    got = kernels.embedding(w, idx)
+    assert got.shape == (3, 2, w.shape[1]) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, dense(w)[idx])
+
+
+def _product_bound(x, w) -> np.ndarray:
+    return np.abs(x.astype(np.float64)) @ np.abs(dense(w).astype(np.float64)).T
+
+
+@pytest.mark.parametrize("name", list(MATRICES))
+@pytest.mark.parametrize("tokens", [1, 5, 40])  # the fused matvec, the row kernel, decoded tiles and BLAS
+def test_products_from_packed_weights_equal_the_reference(name, tokens):
+    w = MATRICES[name]
+    rng = np.random.default_rng(tokens)
+    x = rng.standard_normal((tokens, w.shape[1])).astype(np.float32)
+    b = rng.standard_normal(w.shape[0]).astype(np.float32)
+    expected = reference.linear(x.astype(np.float64), w, b)  # dequantized to float64 by the reference
+    by_threads = {}
+    for n in (1, 2):
+        kernels.set_threads(n)
+        try:
+            by_threads[n] = kernels.linear(x, w, b)
+        finally:
+            kernels.set_threads(kernels.machine_threads())
+        assert by_threads[n].shape == (tokens, w.shape[0]) and by_threads[n].dtype == np.float32
+        err = np.abs(by_threads[n] - expected)
+        assert np.all(err <= PRODUCT_RTOL * _product_bound(x, w) + 1e-6), (name, tokens, n, err.max())
+    if tokens <= kernels.ROWS_UP_TO:  # each output is one thread's sum, in the same order whatever the count
+        np.testing.assert_array_equal(by_threads[1], by_threads[2])
+
+
+def test_a_product_keeps_leading_axes_and_float64_runs_the_reference():
+    w = MATRICES["q4_0"]
+    x = np.random.default_rng(1).standard_normal((2, 3, N_IN))
+    got = kernels.linear(x, w)
+    assert got.shape == (2, 3, R) and got.dtype == np.float64
+    np.testing.assert_allclose(got, x @ w.dequantize(np.float64).T, rtol=1e-12, atol=1e-12)
+
+
+def test_the_kernels_exp_is_accurate_over_the_float32_range():
+    x = np.concatenate([np.linspace(-87, 88, 100_001), [0.0, -1e-8, 1e-8, -200.0, 200.0]]).astype(np.float32)
+    got = ops.exp(x)
+    expected = np.exp(np.clip(x.astype(np.float64), -87, 88))  # clamped where e^x leaves the normal range
+    assert np.all(np.abs(got - expected) <= EXP_RTOL * expected)
+
+
+def _close(got, expected, rtol, what):
+    assert got.dtype == np.float32 and got.shape == expected.shape, what
+    scale = np.abs(expected).max()
+    err = np.abs(got - expected).max() / scale
+    assert err < rtol, f"{what}: {err:.2e}"
+
+
+def test_norms_rotary_embedding_and_activations_equal_the_reference():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 77)).astype(np.float32) * 3
+    w, b = (rng.standard_normal(77).astype(np.float32) for _ in range(2))
+    wide = lambda a: a.astype(np.float64)  # noqa: E731
+    _close(kernels.rmsnorm(x, w, 1e-5), reference.rmsnorm(wide(x), wide(w), 1e-5), OPS_RTOL, "rmsnorm")
+    _close(kernels.layernorm(x, w, b, 1e-5), reference.layernorm(wide(x), wide(w), wide(b), 1e-5), OPS_RTOL,
+           "layernorm")
+    _close(kernels.rmsnorm(x, None, 1e-6), reference.rmsnorm(wide(x), 1.0, 1e-6), OPS_RTOL, "rmsnorm, no gain")
+    h = rng.standard_normal((2, 3, 2 * 45)).astype(np.float32) * 4  # [gate | up], an odd width F
+    _close(kernels.swiglu(h), reference.swiglu(wide(h)), OPS_RTOL, "swiglu")
+    _close(kernels.gelu(x), reference.gelu(wide(x)), OPS_RTOL, "gelu")
+    q = rng.standard_normal((2, 4, 3, 16)).astype(np.float32)  # (B, T, heads, hs)
+    angles = rng.uniform(0, 50, (4, 8))
+    per_sequence = angles[None] + np.array([0.0, 1.0])[:, None, None]  # (B, T, hs/2)
+    for cos, sin in ((np.cos(angles), np.sin(angles)), (np.cos(per_sequence), np.sin(per_sequence))):
+        c, s = cos.astype(np.float32), sin.astype(np.float32)
+        expected = reference.rope(wide(q), c[None] if c.ndim == 2 else c, s[None] if s.ndim == 2 else s)
+        _close(kernels.rope(q, c, s), expected, OPS_RTOL, "rope")
+
+
+@pytest.mark.parametrize("T", [1, 3, kernels.ATTENTION_UP_TO + 1])
+def test_attention_over_a_slot_cache_equals_the_reference(T):
+    """Grouped-query attention (6 query heads over 2 key/value heads), sequences in permuted cache rows, each at
+    its own position; with one and with two threads."""
+    rng = np.random.default_rng(T)
+    B, nh, nkv, hs, S = 3, 6, 2, 32, 64
+    q = rng.standard_normal((B, T, nh, hs)).astype(np.float32)
+    k, v = (rng.standard_normal((5, nkv, S, hs)).astype(np.float32) for _ in range(2))
+    rows, first = np.array([4, 0, 2]), np.array([0, 17, 40])
+    expected = reference.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), rows, first)
+    for n in (1, 2):
+        kernels.set_threads(n)
+        try:
+            _close(kernels.attention(q, k, v, rows, first), expected, ATTENTION_RTOL, f"attention, {n} threads")
+        finally:
+            kernels.set_threads(kernels.machine_threads())
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_attention_over_the_4_bit_cache_reads_it_as_stored(T):
+    """The compiled kernel reads codes, scales and the float tail in place; the reference expands them first
+    (pocketgpt.formats.kv4.expand). Positions 0 .. 29 span complete groups and a partial one."""
+    config = PRESETS["smollm2-135m"].replace(n_layer=1, n_embd=96, n_head=6, n_kv_head=2, block_size=64)
+    rng = np.random.default_rng(T)
+    cache = QuantizedKVCache(config, batch=2, group=8)
+    start = 30 - T
+    for pos in (0, start):
+        n = start if pos == 0 else T
+        k, v = (rng.standard_normal((2, 2, n, 16)).astype(np.float32) for _ in range(2))
+        cache.write(0, pos, k, v)
+    q = rng.standard_normal((2, T, 6, 16)).astype(np.float32)
+    arrays = cache.layer(0)
+    expected = reference.attention_q4(q.astype(np.float64), *arrays, 8, np.full(2, start))
+    _close(kernels.attention_q4(q, arrays, 8, start), expected, ATTENTION_RTOL, "attention_q4")
+
+
+def _block_weights(config, fmt: str, rng) -> kernels.BlockWeights:
+    model = GPT(config, seed=int(rng.integers(1000)))
+    for p in model.params.values():  # norms and biases away from ones and zeros
+        if p.ndim == 1:
+            p += rng.normal(0, 0.3, p.shape).astype(p.dtype)
+    if fmt != "f32":
+        model = packed_copy(model, lambda w: quantize_blocks(w, fmt))
+    return model.block_weights(0)
+
+
+@pytest.mark.parametrize("family,fmt", [("llama", "q4_0"), ("llama", "q4_1"), ("llama", "q8_0"), ("llama", "f32"),
+                                        ("gpt2", "q4_0"), ("gpt2", "f32")])
+def test_the_fused_decode_step_equals_the_reference_block(family, fmt):
+    """One token of one sequence in the fused step (all in one compiled call) against the composed block run in
+    float64 (every operation its NumPy reference), over the same cache."""
+    config = (PRESETS["smollm2-135m"].replace(n_layer=1, n_embd=128, n_head=4, n_kv_head=2, ffn_size=96,
+                                              block_size=16, vocab_size=32) if family == "llama" else
+              PRESETS["gpt2"].replace(n_layer=1, n_embd=64, n_head=2, block_size=16, vocab_size=32))
+    rng = np.random.default_rng(len(family + fmt))
+    w = _block_weights(config, fmt, rng)
+    pos, S, hs = 9, 16, config.head_size
+    k, v = (rng.standard_normal((1, config.n_kv, S, hs)).astype(np.float32) for _ in range(2))
+    x = rng.standard_normal((1, 1, config.n_embd)).astype(np.float32)
+    rope = None
+    if family == "llama":
+        angles = pos * config.rope_theta ** (-np.arange(hs // 2) / (hs // 2))
+        rope = (np.cos(angles)[None].astype(np.float32), np.sin(angles)[None].astype(np.float32))
+    fused_kv = kernels.FloatKV(k.copy(), v.copy(), None, pos)
+    assert kernels.blocks._fusable(x, w, fused_kv)
+    got = kernels.block(x, w, rope, fused_kv)
+    wide = kernels.BlockWeights(w.norm, w.eps, w.activation, w.n_head, w.n_kv, w.head_size,
+                                *(tuple(a.astype(np.float64) for a in ln) for ln in (w.ln_1, w.ln_2)),
+                                *(dense(m).astype(np.float64) for m in w.matrices),
+                                tuple(None if b is None else b.astype(np.float64) for b in w.biases))
+    wide_kv = kernels.FloatKV(k.astype(np.float64), v.astype(np.float64), None, pos)
+    wide_rope = None if rope is None else tuple(a.astype(np.float64) for a in rope)
+    expected = kernels.block(x.astype(np.float64), wide, wide_rope, wide_kv)
+    _close(got, expected, PRODUCT_RTOL, "fused step")
+    _close(fused_kv.k, wide_kv.k, 1e-6, "the new key in the cache")
+    _close(fused_kv.v, wide_kv.v, 1e-6, "the new value in the cache")
+
+
+@pytest.mark.parametrize("fmt", ["f32", "q4_0", "q4_1", "q8_0", "int4"])
+def test_a_decode_step_runs_compiled_kernels_only(fmt, monkeypatch):
+    """Model code calls one function per operation and the kernels layer decides: for float32 activations, a
+    prompt and decode steps never reach a NumPy reference (one that did would raise here)."""
+    config = PRESETS["smollm2-135m"].replace(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_size=64,
+                                             block_size=32, vocab_size=64)
+    model = GPT(config, seed=3)
+    if fmt == "int4":
+        model = packed_copy(model, lambda w: quantize_groups(w, 4, 32))
+    elif fmt != "f32":
+        model = packed_copy(model, lambda w: quantize_blocks(w, fmt))
+    full = model.forward(np.arange(12)[None])[0][0]  # the whole sequence at once (a prompt)
+    for name in ("linear", "rmsnorm", "layernorm", "rope", "swiglu", "gelu", "attention", "attention_q4"):
+        monkeypatch.setattr(reference, name, _refuse(name))
+    cache = KVCache(config, batch=1, dtype=np.float32)
+    logits = [model.forward_cached(np.arange(8)[None], cache)[0, -1]]
+    logits += [model.forward_cached(np.array([[t]]), cache)[0, -1] for t in range(8, 12)]
+    _close(np.array(logits), full[7:12].astype(np.float32), PRODUCT_RTOL, "cached steps against the full pass")
+
+
+def _refuse(name):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"reference.{name} ran")
+    return refuse
