@@ -212,7 +212,7 @@ def load_gguf(path: str | os.PathLike, packed: bool = True) -> Checkpoint:
     reader = read(path)
     config = config_of(reader, path)
     tokenizer = tokenizer_of(reader, path)
-    reader.fields.clear()  # the reader holds an object per vocabulary entry and merge (158 MB for SmolLM2's)
+    reader.fields.clear()  # an object per vocabulary entry and merge: most of a real model's load-time memory
     params = pocketgpt_params(reader, config, path, packed)
     matrices = {k: v for k, v in params.items() if isinstance(v, Packed)}
     floats = {k: v for k, v in params.items() if not isinstance(v, Packed)}

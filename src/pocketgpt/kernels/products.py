@@ -3,7 +3,7 @@
 Three shapes of work, each parallel over the rows of W:
 - matvec (one token, x (n,)): a fused body per hot layout that reads the packed bytes in one flat loop (LLVM
   vectorizes a loop only when its body allows it: a flat loop over a row's bytes with the scales read inside it
-  runs 4x faster than a nested loop per block), and for the other layouts a row decoded then dotted;
+  runs several times faster than a nested loop per block), and for the other layouts a row decoded then dotted;
 - rows (a few tokens, x (B, n)): each row is decoded once into a buffer the size of one row, then dotted with
   every token (a speculative block, a batch of slots);
 - tiles (a prompt): rows decoded in tiles that stay in cache (gather) and multiplied by BLAS.
@@ -283,7 +283,7 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
     def gather(parts, index, out):
         """Rows index (M,) decoded into out (M, n), exactly as the NumPy dequantizer. On one thread: it runs
         between BLAS calls (pocketgpt.kernels.dispatch's tiles), and a parallel region there contends with BLAS's
-        still-spinning threads for the cores (a tile took 9x longer that way)."""
+        still-spinning threads for the cores."""
         for i in range(index.size):
             decode(parts, index[i], out[i], kind)
 

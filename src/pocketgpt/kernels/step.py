@@ -4,7 +4,7 @@ of pocketgpt.kernels.block when its keys and values live in float arrays.
 It runs exactly the operations the composed block runs (pocketgpt.kernels.block), in the same order and with the
 same compiled kernels (norm rows, the layouts' fused matvec kernels, rotary embedding, attention per head,
 activations), so the two agree within float rounding; what it removes is the Python between them: about a dozen
-calls and a dozen temporary arrays per block, which at SmolLM2's size cost as much as a sixth of a decode step.
+calls and a dozen temporary arrays per block, which at SmolLM2's size are a large share of a decode step.
 A step is compiled for one combination of weight layouts (those with a fused matvec kernel), norm, activation and
 rotary embedding (`step_kernel`); it calls the parallel kernels, which are compiled (and cached) on their own.
 Legend: C channels, nh query heads, nkv key/value heads, hs head size, S cache positions, F MLP width.
