@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from pocketgpt import kernels
 from pocketgpt.config import PRESETS
@@ -114,9 +115,7 @@ def test_the_kernels_exp_is_accurate_over_the_float32_range():
 
 def _close(got, expected, rtol, what):
     assert got.dtype == np.float32 and got.shape == expected.shape, what
-    scale = np.abs(expected).max()
-    err = np.abs(got - expected).max() / scale
-    assert err < rtol, f"{what}: {err:.2e}"
+    assert_close(got, expected, rtol, what)
 
 
 def test_norms_rotary_embedding_and_activations_equal_the_reference():

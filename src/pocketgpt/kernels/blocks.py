@@ -106,7 +106,7 @@ def _norm(x, gain_bias, w: BlockWeights):
 def _attend(q, k, v, kv: FloatKV):
     """Write the new keys and values (B, T, nkv, hs) into the cache, then attend from the queries (B, Tq, ...)."""
     B, T = k.shape[:2]
-    first = np.full(B, kv.first, np.int64) if np.ndim(kv.first) == 0 else np.asarray(kv.first, np.int64)
+    first = dispatch.firsts(kv.first, B)
     rows = np.arange(B) if kv.rows is None else np.asarray(kv.rows, np.int64)
     if T == 1:
         kv.k[rows, :, first] = k[:, 0]  # (B, nkv, hs) at each sequence's own position

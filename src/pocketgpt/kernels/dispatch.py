@@ -141,7 +141,8 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def _firsts(first, B: int) -> np.ndarray:
+def firsts(first, B: int) -> np.ndarray:
+    """Each sequence's first new position (B,) from an int (the same for all) or an array."""
     return np.full(B, first, np.int64) if np.ndim(first) == 0 else np.asarray(first, np.int64)
 
 
@@ -150,7 +151,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows=None, first=0) -
     reads cache row rows[b] (default b) and its query t sees positions 0 .. first[b] + t -> (B, T, nh, hs)."""
     B, T = q.shape[:2]
     rows = np.arange(B) if rows is None else np.asarray(rows, np.int64)
-    first = _firsts(first, B)
+    first = firsts(first, B)
     if T > ATTENTION_UP_TO or not _compiled(q, k, v):
         return reference.attention(q, k, v, rows, first)
     out = np.empty(q.shape, F32)
@@ -161,7 +162,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows=None, first=0) -
 def attention_q4(q: np.ndarray, arrays: tuple[np.ndarray, ...], group: int, first=0) -> np.ndarray:
     """attention() over one layer of a 4-bit KV cache (pocketgpt.formats.kv4.LAYER_ARRAYS), read as stored."""
     B, T = q.shape[:2]
-    first = _firsts(first, B)
+    first = firsts(first, B)
     if T > ATTENTION_UP_TO or not _compiled(q):
         return reference.attention_q4(q, *arrays, group, first)
     halves = tuple(a.view(np.uint16) if a.dtype == np.float16 else a for a in arrays)
