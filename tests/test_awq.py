@@ -11,6 +11,7 @@ from pocketgpt.formats.groups import quantize_groups
 from pocketgpt.model import GPT
 from pocketgpt.quant import QuantRecipe, quantize_weights
 from pocketgpt.quant.awq import awq_fold_scales, awq_quantize, search_scales
+from pocketgpt.quant.calibration import BlockInputs
 from pocketgpt.train import Batches, evaluate, load_dataset
 
 
@@ -46,8 +47,9 @@ def test_folding_the_scales_leaves_the_float_model_unchanged(preset):
         p += np.random.default_rng(1).standard_normal(p.shape).astype(p.dtype) * 0.05
     calib = [Batches(ds, 4, 32, seed=0).next()]
     work = GPT(config, {k: v.copy() for k, v in model.params.items()})
+    inputs = BlockInputs(work, calib)
     for layer in range(config.n_layer):
-        awq_fold_scales(work, layer, calib, 4, 32, True)
+        awq_fold_scales(work, layer, inputs, 4, 32, True)
     assert not np.allclose(work.params["h.0.attn.c_proj.weight"], model.params["h.0.attn.c_proj.weight"])
     x = calib[0][0]
     np.testing.assert_allclose(work.forward(x)[0], model.forward(x)[0], rtol=1e-4, atol=1e-4)

@@ -10,8 +10,10 @@ import pytest
 
 from pocketgpt.cli import main
 from pocketgpt.files import sha256_file
-from pocketgpt.model import GPT
+from pocketgpt.model import GPT, linear_names
 from pocketgpt.quant import QuantRecipe, quantize_weights
+from pocketgpt.quant.calibration import BlockInputs
+from pocketgpt.quant.report import RUNS
 from pocketgpt.train import (
     TRAIN_DEFAULTS,
     Batches,
@@ -19,6 +21,8 @@ from pocketgpt.train import (
     CheckpointError,
     evaluate,
     load_checkpoint,
+    load_dataset,
+    perplexity,
     save_checkpoint,
 )
 
@@ -36,6 +40,19 @@ def test_gptq_removes_most_of_rtns_loss_increase(trained):
     rtn = evaluate(quantize_weights(model, QuantRecipe("rtn", bits=3, group_size=64)), ds) - base
     gptq = evaluate(quantize_weights(model, QuantRecipe("gptq", bits=3, group_size=64), calib), ds) - base
     assert rtn > 0 and gptq < 0.5 * rtn
+
+
+def test_block_inputs_equal_the_whole_models_forward(trained):
+    """Calibration carried block by block sees what the whole model's forward feeds each layer."""
+    model, _, calib, _ = trained
+    inputs = BlockInputs(model, calib[:2])
+    full = [model.forward(x, np.zeros_like(x), w)[2] for x, _, w in calib[:2]]
+    for name in linear_names(model.config):
+        prefix = name.removesuffix(".weight")
+        expected = np.concatenate([c[prefix][0].reshape(-1, c[prefix][0].shape[-1]) for c in full])
+        np.testing.assert_allclose(inputs(prefix), expected, rtol=0, atol=1e-5)  # float32, a summation order apart
+    with pytest.raises(ValueError, match="forward order"):
+        inputs("h.0.attn.c_attn")
 
 
 def test_quantized_model_holds_packed_weights_and_decodes_like_its_forward(trained):
@@ -176,12 +193,40 @@ def test_quantize_refuses_a_group_size_that_does_not_divide_the_rows(trained, tm
 def test_quant_report_writes_a_table_and_a_plot(trained, tmp_path, capsys):
     model, ds, _, _ = trained
     save_checkpoint(tmp_path / "f", Checkpoint.of(model, ds.tokenizer, ds.spec()))
-    assert main(["quant-report", str(tmp_path / "f"), "--steps", "4", "--json"]) == 0
+    assert main(["quant-report", str(tmp_path / "f"), "--steps", "4", "--calib", "32", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
-    rows = {(r["method"], r["bits"]): r for r in result["rows"]}
-    assert len(rows) == 15 and rows[("gptq", 3)]["val_loss"] < rows[("rtn", 3)]["val_loss"]
-    bpw = [rows[("rtn", b)]["bits_per_weight"] for b in (3, 4, 8)]
-    assert bpw == sorted(bpw) and bpw[2] < 32
+    assert result["metric"] == "loss"  # a model trained here records its data: scored as it trained
+    rows = {r["method"] + str(r["bits"]): r for r in result["rows"]}
+    assert len(rows) == len(RUNS) and rows["gptq3"]["score"] < rows["rtn3"]["score"]
+    assert rows["gptq2"]["score"] < rows["rtn2"]["score"]
+    bpw = [rows[f"rtn{b}"]["bits_per_weight"] for b in (2, 3, 4, 8)]
+    assert bpw == sorted(bpw) and bpw[-1] < 32
+    assert rows["rtn4"]["decode_ratio"] == rows["gptq+hadamard4"]["decode_ratio"] > 0  # measured once per format
     out = tmp_path / "f-quant-report"
-    assert (out / "quant-report.md").read_text().count("\n| ") == 17  # header, separator, 15 rows
+    assert (out / "quant-report.md").read_text().count("\n| ") == len(RUNS) + 2  # header, separator, the runs
     assert (out / "quant-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quant_report_scores_perplexity_without_the_fine_tuned_runs(trained, tmp_path, capsys):
+    """What a report on an imported model does: perplexity with llama.cpp's protocol, and --no-fine-tune."""
+    model, ds, _, _ = trained
+    save_checkpoint(tmp_path / "f", Checkpoint.of(model, ds.tokenizer, ds.spec()))
+    assert main(["quant-report", str(tmp_path / "f"), "--metric", "perplexity", "--context", "32", "--chunks",
+                 "8", "--no-fine-tune", "--calib", "16", "--out", str(tmp_path / "r"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    expected = perplexity(model, ds.val, 32, chunks=8)["perplexity"]
+    assert result["metric"] == "perplexity" and result["float"] == pytest.approx(expected, rel=1e-6)
+    methods = [r["method"] for r in result["rows"]]
+    assert len(methods) == len(RUNS) - 4 and not {"qat", "zeroqat", "rtn+learned", "gptq+learned"} & set(methods)
+    assert "8 validation chunks of 32 tokens" in (tmp_path / "r" / "quant-report.md").read_text()
+
+
+def test_quant_report_refuses_perplexity_on_documents(trained, tmp_path, capsys):
+    model, _, _, _ = trained
+    names = load_dataset("names")
+    save_checkpoint(tmp_path / "f", Checkpoint.of(GPT(model.config.replace(vocab_size=names.tokenizer.vocab_size)),
+                                                  names.tokenizer, names.spec()))
+    capsys.readouterr()
+    assert main(["quant-report", str(tmp_path / "f"), "--metric", "perplexity"]) == 2
+    err = capsys.readouterr().err
+    assert "running text" in err and len(err.strip().splitlines()) == 1

@@ -8,6 +8,7 @@ from pocketgpt.config import PRESETS
 from pocketgpt.formats.groups import quantize_groups, quantize_per_token
 from pocketgpt.model import GPT
 from pocketgpt.quant import QuantRecipe, quantize_weights
+from pocketgpt.quant.calibration import BlockInputs
 from pocketgpt.quant.smoothquant import smooth_fold_scales
 from pocketgpt.train import Batches, evaluate, load_dataset
 
@@ -40,8 +41,9 @@ def test_smoothing_leaves_the_float_model_unchanged():
     model = GPT(config, seed=0)
     calib = [Batches(ds, 4, 32, seed=0).next()]
     work = GPT(config, {k: v.copy() for k, v in model.params.items()})
+    inputs = BlockInputs(work, calib)
     for layer in range(2):
-        smooth_fold_scales(work, layer, calib)
+        smooth_fold_scales(work, layer, inputs)
     assert not np.allclose(work.params["h.1.ln_2.weight"], model.params["h.1.ln_2.weight"])
     np.testing.assert_allclose(work.forward(calib[0][0])[0], model.forward(calib[0][0])[0], rtol=1e-4, atol=1e-4)
 

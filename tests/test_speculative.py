@@ -4,14 +4,19 @@ target's own distribution over the first two tokens (checked against the exact d
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
 import pytest
+from conftest import Served
 
+from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
 from pocketgpt.generate import Sampling, SpecStats, generate, make_draft, speculative_generate
+from pocketgpt.generate.speculative import first_layers, quantized_copy
 from pocketgpt.model import GPT
+from pocketgpt.train import load_checkpoint
 
 GREEDY = Sampling(temperature=0)
 
@@ -28,12 +33,13 @@ def drafts(target):
         "smaller model": make_draft("model", model=GPT(config.replace(n_layer=1, n_embd=16), dtype=np.float64, seed=2)),
         "random weights": make_draft("model", model=GPT(config, dtype=np.float64, seed=3)),
         "quantized self": make_draft("quantized", target, bits=4, group_size=32),
+        "first layer": make_draft("layers", target, layers=1),
         "n-gram": make_draft("ngram"),
         "short-context model": make_draft("model", model=GPT(config.replace(block_size=8), dtype=np.float64, seed=2)),
     }
 
 
-@pytest.mark.parametrize("kind", ["smaller model", "random weights", "quantized self", "n-gram",
+@pytest.mark.parametrize("kind", ["smaller model", "random weights", "quantized self", "first layer", "n-gram",
                                   "short-context model"])
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_greedy_output_is_token_identical(target, kind, adaptive):
@@ -49,7 +55,7 @@ def test_greedy_output_is_token_identical(target, kind, adaptive):
     assert stats.draft_seconds >= 0 and stats.verify_seconds > 0
 
 
-@pytest.mark.parametrize("kind", ["smaller model", "quantized self", "n-gram"])
+@pytest.mark.parametrize("kind", ["smaller model", "quantized self", "first layer", "n-gram"])
 def test_any_length_equals_plain_decoding_sliding_past_the_context(target, kind):
     """Past the context (32 tokens here) plain decoding slides its window; speculative decoding must give the
     same tokens for as long as asked, not stop at the context."""
@@ -62,6 +68,21 @@ def test_any_length_equals_plain_decoding_sliding_past_the_context(target, kind)
     assert list(speculative_generate(target, long_prompt, max_new_tokens=10, draft=drafts(target)[kind],
                                      sampling=GREEDY, sliding=True)) == \
         list(generate(target, long_prompt, max_new_tokens=10, sampling=GREEDY, sliding=True))
+
+
+def test_the_layer_draft_is_the_targets_early_exit(target):
+    """The first-n-layers draft computes what the target's own blocks compute before its last ones are run: its
+    logits equal the target's head applied to the stream after block n (the target's training forward as the
+    independent reference), and its packed matrices are the target's own objects."""
+    idx = np.array([[0, 1, 2, 3, 4, 0, 1]])
+    draft = first_layers(target, 1)
+    x = target.embed(idx)
+    x = target.block_with_inputs(x, 0)[0]
+    np.testing.assert_allclose(draft.forward(idx)[0], target._head(x), rtol=0, atol=1e-12)
+    packed = quantized_copy(target, 4, 32)
+    assert first_layers(packed, 1).packed["h.0.mlp.c_fc.weight"] is packed.packed["h.0.mlp.c_fc.weight"]
+    with pytest.raises(ValueError, match="keeps 1..1 of the target's 2 layers"):
+        make_draft("layers", target, layers=2)
 
 
 def test_max_tokens_and_stop_token(target):
@@ -85,7 +106,7 @@ def exact_two_token_distribution(model, prompt) -> np.ndarray:
                      for a, b in itertools.product(range(V), repeat=2)])
 
 
-@pytest.mark.parametrize("kind", ["smaller model", "n-gram"])
+@pytest.mark.parametrize("kind", ["smaller model", "first layer", "n-gram"])
 def test_sampling_keeps_the_targets_distribution(target, kind):
     """N runs (two drafts, then the third token); the empirical joint distribution of the first two tokens over
     the V^2 outcomes must be within eps of the exact one in total variation. By the Bretagnolle-Huber-Carol
@@ -106,3 +127,32 @@ def test_sampling_keeps_the_targets_distribution(target, kind):
     assert tv < eps, (tv, eps)
     if kind == "smaller model":
         assert 0.5 * np.abs(exact_two_token_distribution(draft.model, prompt) - exact).sum() > 2 * eps
+
+
+def test_sample_gives_plain_decodings_text_with_every_draft_flag(tmp_path, capsys):
+    """`pocketgpt sample` at temperature 0 writes the same text with each draft flag as without one, past the
+    context (64 characters) too; a layer draft of a one-layer model is a one-line error."""
+    out = tmp_path / "m"
+    assert main(["train", "--preset", "shakespeare-cpu", "--data", "shakespeare", "--n-layer", "2", "--steps", "60",
+                 "--samples", "0", "--out", str(out)]) == 0
+    base = ["sample", str(out), "--prompt", "ROMEO:", "--temperature", "0", "--count", "1", "--max-tokens", "100",
+            "--json"]
+    capsys.readouterr()
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out.splitlines()[-1])["samples"]
+    assert len(plain[0]) == 100 and len(set(plain[0])) >= 5  # past the context, and not one repeated character
+    from pocketgpt.serve.draft import DraftService, create_draft_app
+
+    served = Served(app=create_draft_app(DraftService(load_checkpoint(out).model(), "m")))  # the model as its draft
+    try:
+        for flags in (["--draft-quantized"], ["--draft-layers", "1"], ["--draft-ngram"], ["--draft", str(out)],
+                      ["--draft-url", served.url]):
+            assert main(base + flags) == 0, flags
+            result = json.loads(capsys.readouterr().out.splitlines()[-1])
+            assert result["samples"] == plain and result["speculative"]["rounds"] > 0, flags
+    finally:
+        served.close()
+    assert result["speculative"]["acceptance_rate"] == 1.0  # the remote draft is the target itself
+    assert main(base + ["--draft-layers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "keeps 1..1 of the target's 2 layers" in err and len(err.strip().splitlines()) == 1

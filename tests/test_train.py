@@ -58,3 +58,19 @@ def test_settings_are_validated():
         TrainSettings(lr=0)
     with pytest.raises(ValueError, match="schedule"):
         TrainSettings(schedule="step")
+
+
+def test_training_that_cannot_fit_in_memory_is_refused_before_it_starts(monkeypatch):
+    """A batch's activations count: SmolLM2 over 16 windows of 512 tokens keeps about 25 GiB for backward (what
+    killed such a run on a 24 GiB machine), so with 20 GiB available it is refused with the figures, while the
+    toy preset's batch passes."""
+    from pocketgpt.model import runtime
+    from pocketgpt.train.loop import activation_bytes, check_training_memory
+
+    monkeypatch.setattr(runtime, "available_memory", lambda: 20 * 2**30)
+    smollm2 = PRESETS["smollm2-135m"]
+    assert 24 * 2**30 < activation_bytes(smollm2, 16 * 512, 512, 4) < 26 * 2**30
+    with pytest.raises(MemoryError, match=r"batches of 16 x 512 tokens needs about 2\d\.\d GiB"):
+        check_training_memory(smollm2, TrainSettings(batch_size=16, context=512))
+    check_training_memory(smollm2, TrainSettings(batch_size=4, context=256))
+    check_training_memory(PRESETS["shakespeare-cpu"].replace(vocab_size=65), TRAIN_DEFAULTS["shakespeare-cpu"])

@@ -42,8 +42,13 @@ def add_draft_args(p) -> None:
     d.add_argument("--draft", metavar="DRAFT", help="speculative decoding with a smaller model of the same tokenizer")
     d.add_argument("--draft-quantized", dest="draft_quantized", action="store_true",
                    help="speculative decoding with a 4-bit copy of the model itself")
+    d.add_argument("--draft-layers", dest="draft_layers", type=positive_int, metavar="N",
+                   help="speculative decoding with the model's own first N layers and its head (layer skipping)")
     d.add_argument("--draft-ngram", dest="draft_ngram", action="store_true",
                    help="speculative decoding with n-gram lookup in the context (no draft model)")
+    d.add_argument("--draft-url", dest="draft_url", metavar="URL",
+                   help="speculative decoding with a draft served by `pocketgpt serve DRAFT --role draft` at URL, "
+                   "in its own process")
     k = defaults(speculate)["k"]
     p.add_argument("--draft-k", dest="draft_k", type=positive_int, default=k, help=f"tokens drafted per round "
                    f"(default {k})")
@@ -79,6 +84,9 @@ def add(sub) -> None:
                    f"model's context (default {CONTEXT})")
     v.add_argument("--max-queue", dest="max_queue", type=int, default=MAX_QUEUE,
                    help=f"requests that may wait for a slot before the server answers 429 (default {MAX_QUEUE})")
+    v.add_argument("--role", choices=("target", "draft"), default="target",
+                   help="draft: answer /v1/draft for a target that runs with --draft-url, drafting with MODEL, or "
+                   "with its first N layers (--draft-layers N) or 4-bit copy (--draft-quantized) (default target)")
     add_draft_args(v)
     v.set_defaults(func=run_serve, parser=v)
 
@@ -90,8 +98,13 @@ def draft_of(args, target):
         return make_draft("model", model=other.model()), f"model {args.draft}", other.tokenizer
     if args.draft_quantized:
         return make_draft("quantized", target), "4-bit self", None
+    if args.draft_layers:
+        return make_draft("layers", target, layers=args.draft_layers), f"first {args.draft_layers} layers", None
     if args.draft_ngram:
         return make_draft("ngram"), "n-gram", None
+    if args.draft_url:
+        return (make_draft("remote", target, url=args.draft_url, on_failure=say), f"remote {args.draft_url}",
+                None)
     return None, None, None
 
 
@@ -145,23 +158,43 @@ def run_serve(args) -> int:
     try:
         import uvicorn
 
-        from pocketgpt.serve.server import Engine, create_app
+        import pocketgpt.serve.server  # noqa: F401 (Starlette, from the serve extra)
     except ImportError as e:
         raise UsageError(f"serving needs the serve extra (pip install 'pocketgpt[serve]'): {e}") from None
-    from pocketgpt.generate import Batcher, SpeculativeBatcher
 
+    if args.role == "draft" and any((args.draft, args.draft_ngram, args.draft_url)):
+        raise UsageError("a draft server drafts with MODEL itself, its first N layers (--draft-layers) or its 4-bit "
+                         "copy (--draft-quantized)")
     ckpt = load(args.checkpoint)
     model = ckpt.model()
+    name = args.name or Path(args.checkpoint).resolve().name
+    if args.role == "draft":
+        from pocketgpt.serve.draft import DraftService, create_draft_app
+
+        draft, kind, _ = draft_of(args, model)
+        drafter = draft.model if draft is not None else model
+        app = create_draft_app(DraftService(drafter, name))
+        say(f"drafting with {name}{' (' + kind + ')' if draft else ''}, {drafter.num_params:,} parameters, at "
+            f"http://{args.host}:{args.port}/v1/draft")
+    else:
+        app = target_app(args, ckpt, model, name)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except SystemExit as e:  # uvicorn exits when it cannot bind the address
+        raise UsageError(f"could not listen on {args.host}:{args.port} (is the port in use?)") from e
+    return 0
+
+
+def target_app(args, ckpt, model, name: str):
+    """The OpenAI-compatible app over the model's batcher (speculative with a draft flag)."""
+    from pocketgpt.generate import Batcher, SpeculativeBatcher
+    from pocketgpt.serve.server import Engine, create_app
+
     draft, kind, draft_tok = draft_of(args, model)
     check_draft_tokenizer(args, ckpt, draft_tok)
     batcher = (SpeculativeBatcher(model, draft, args.draft_k, args.adaptive, args.slots) if draft is not None
                else Batcher(model, args.slots, args.context))
-    name = args.name or Path(args.checkpoint).resolve().name
     engine = Engine(model, ckpt.tokenizer, name, ckpt.documents, args.slots, args.max_queue, batcher)
     say(f"serving {name} ({model.num_params:,} parameters{', ' + kind + ' draft' if draft else ''}) "
         f"at http://{args.host}:{args.port}/v1 with {args.slots} slots")
-    try:
-        uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
-    except SystemExit as e:  # uvicorn exits when it cannot bind the address
-        raise UsageError(f"could not listen on {args.host}:{args.port} (is the port in use?)") from e
-    return 0
+    return create_app(engine)

@@ -10,7 +10,7 @@ from pocketgpt.data import MODES
 from pocketgpt.interop import load
 from pocketgpt.quant import FORMATS, METHODS, ROTATIONS, QuantRecipe, quantize
 from pocketgpt.quant.quantize import CALIB_SEQUENCES, FINE_TUNE_STEPS
-from pocketgpt.quant.report import quantization_report, write_report
+from pocketgpt.quant.report import FINE_TUNED, RUNS, Score, quantization_report, write_report
 from pocketgpt.train import Checkpoint, check_can_save, dataset_of, evaluate, save_checkpoint
 
 
@@ -54,17 +54,29 @@ def add(sub) -> None:
     q.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     q.set_defaults(func=run_quantize, parser=q)
 
-    p = sub.add_parser("quant-report", help="every quantization method at 8, 4 and 3 bits: table and plot",
-                       description="Quantize a float checkpoint with every method (RTN, SmoothQuant, GPTQ, AWQ, "
-                       "rotations, QAT, ZeroQAT), evaluate each, and write quant-report.md and quant-report.png.")
+    p = sub.add_parser("quant-report", help="every quantization method at 8, 4, 3 and 2 bits: table and plot",
+                       description="Quantize a float model with every method (RTN, SmoothQuant, GPTQ, AWQ, "
+                       "rotations, QAT, ZeroQAT), score each, and write quant-report.md and quant-report.png.")
     p.add_argument("checkpoint", metavar="MODEL",
                    help="a float checkpoint folder, a GGUF file or a Hugging Face folder")
     p.add_argument("--out", help="folder for the report (default MODEL-quant-report)")
     p.add_argument("--group-size", dest="group_size", type=positive_int, default=r.group_size,
                    help=f"weights per scale (default {r.group_size})")
+    p.add_argument("--calib", type=positive_int, default=CALIB_SEQUENCES,
+                   help=f"calibration sequences (default {CALIB_SEQUENCES})")
     steps = defaults(quantization_report)["fine_tune_steps"]
-    p.add_argument("--steps", type=positive_int, default=steps, help=f"QAT steps; ZeroQAT gets 1.5x as many "
-                   f"(default {steps})")
+    p.add_argument("--steps", type=positive_int, default=steps, help=f"QAT steps and the learned rotation's Cayley "
+                   f"steps; ZeroQAT gets 1.5x as many (default {steps})")
+    p.add_argument("--no-fine-tune", dest="fine_tune", action="store_false",
+                   help="leave out the runs whose every step passes through the whole model (QAT, ZeroQAT, the "
+                   "learned rotation; default: run them)")
+    p.add_argument("--metric", choices=("loss", "perplexity"),
+                   help="validation loss, or perplexity with llama.cpp's protocol on the validation text (default: "
+                   "loss for a model trained here, perplexity for an imported one)")
+    context = defaults(Score)["context"]
+    p.add_argument("--context", type=positive_int, default=context,
+                   help=f"perplexity: tokens per chunk (default {context})")
+    p.add_argument("--chunks", type=positive_int, help="perplexity: score the first N chunks (default all)")
     p.add_argument("--data", help="data to calibrate and evaluate on (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=run_report, parser=p)
@@ -112,9 +124,14 @@ def run_report(args) -> int:
     ckpt = float_checkpoint(args.checkpoint, "report on")
     out = Path(args.out or f"{Path(args.checkpoint)}-quant-report")
     dataset = dataset_of(ckpt.data, ckpt.tokenizer, args.data)
+    metric = args.metric or ("loss" if ckpt.data.get("data") else "perplexity")
+    if metric == "perplexity" and dataset.mode != "text":
+        raise UsageError(f"perplexity reads running text; {dataset.name} is in {dataset.mode} mode")
+    score = Score(dataset, metric, args.context, args.chunks)
+    runs = [run for run in RUNS if args.fine_tune or not set(run) & set(FINE_TUNED)]
     with progress_bar("quantization report", "run") as progress:
-        base, rows = write_report(ckpt.model(), dataset, out, group_size=args.group_size, fine_tune_steps=args.steps,
-                                  progress=progress)
-    result = {"val_loss_float": base, "rows": [vars(r) for r in rows], "out": str(out)}
+        base, rows = write_report(ckpt.model(), dataset, out, group_size=args.group_size, calib=args.calib,
+                                  fine_tune_steps=args.steps, runs=runs, score=score, progress=progress)
+    result = {"metric": metric, "float": base, "rows": [vars(r) for r in rows], "out": str(out)}
     print((out / "quant-report.md").read_text(encoding="utf-8"))
     return finish(f"wrote {out / 'quant-report.md'} and {out / 'quant-report.png'}", result, args.json)

@@ -128,7 +128,7 @@ def run(args) -> int:
         dataset = load_dataset(args.data or "names", args.mode, tokenizer)
         config = preset(preset_name).replace(vocab_size=dataset.tokenizer.vocab_size, **arch)
         settings = settings_for(preset_name, count_params(config), **given)
-        check_training_memory(count_params(config), settings)
+        check_training_memory(config, settings)
         model = GPT(config, dtype=settings.dtype, seed=settings.seed)
         out, resume = Path(args.out or Path("out") / Path(args.data or "names").stem), None
 

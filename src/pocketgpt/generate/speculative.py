@@ -14,8 +14,9 @@ target's window, drafting stops: with sliding=True decoding goes on exactly as p
 step re-reads the last block_size tokens), so the output is plain decoding's for any length.
 
 Drafts come from `make_draft(kind, ...)`: "model" (a smaller GPT of the same tokenizer), "quantized" (the
-target's own low-bit copy, round to nearest), "ngram" (lookup in the context, no model). A draft is a
-description; `session()` gives each sequence its own state.
+target's own low-bit copy, round to nearest), "layers" (the target's first blocks and its head: layer
+skipping), "ngram" (lookup in the context, no model), "remote" (a draft in another process, asked over
+HTTP). A draft is a description; `session()` gives each sequence its own state.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from pocketgpt.errors import InputError, check_settings
 from pocketgpt.formats.groups import largest_group, quantize_groups
 from pocketgpt.generate.batching import Scheduler
 from pocketgpt.generate.decode import continue_decoding, decode
+from pocketgpt.generate.remote import RemoteDraft
 from pocketgpt.generate.request import Request, Sequence, check_context, emit_all
 from pocketgpt.generate.sampling import Sampling, draw, probs_from_logits
-from pocketgpt.model import GPT, linear_names, packed_copy
+from pocketgpt.model import GPT, linear_names, packed_copy, param_shapes
 
-KINDS = ("model", "quantized", "ngram")
+KINDS = ("model", "quantized", "layers", "ngram", "remote")
 MAX_ADAPTIVE_K = 16
 
 
@@ -160,10 +162,27 @@ def quantized_copy(model: GPT, bits: int = 4, group_size: int | None = None) -> 
     return packed_copy(model, lambda w: quantize_groups(w, bits, group))
 
 
+def first_layers(model: GPT, n: int) -> GPT:
+    """The model's first n blocks with its embeddings, final norm and head: the early exit a layer-skipping
+    draft runs (LayerSkip, Draft & Verify). Packed matrices are shared with the model, float ones copied."""
+    c = model.config
+    if c.n_layer == 1:
+        raise InputError("the target has one layer: a layer-skipping draft needs more to skip")
+    if not 1 <= n < c.n_layer:
+        raise InputError(f"a layer-skipping draft keeps 1..{c.n_layer - 1} of the target's {c.n_layer} layers "
+                         f"(got {n})")
+    kept = param_shapes(c.replace(n_layer=n))
+    return GPT(c.replace(n_layer=n), {k: v for k, v in model.params.items() if k in kept}, dtype=model.dtype,
+               packed={k: w for k, w in model.packed.items() if k in kept})
+
+
 def make_draft(kind: str, target: GPT | None = None, *, model: GPT | None = None, bits: int = 4,
-               group_size: int | None = None, max_n: int = 4, min_n: int = 1):
+               group_size: int | None = None, layers: int = 1, max_n: int = 4, min_n: int = 1,
+               url: str | None = None, timeout: float = 5.0, on_failure=None):
     """A draft of one of KINDS: model (`model`, same tokenizer as the target), quantized (the target's own
-    `bits`-bit copy), ngram (lookup of the context's last max_n..min_n tokens)."""
+    `bits`-bit copy), layers (the target's first `layers` blocks, then its head), ngram (lookup of the context's
+    last max_n..min_n tokens), remote (the draft served at `url` by another process, pocketgpt.generate.remote;
+    a request that takes over `timeout` seconds counts as a failure, which on_failure(message) hears of)."""
     if kind == "model":
         if model is None:
             raise InputError("a model draft needs the draft model")
@@ -174,8 +193,16 @@ def make_draft(kind: str, target: GPT | None = None, *, model: GPT | None = None
         if target.packed:
             raise InputError("the target is already quantized; its own low-bit copy needs its float weights")
         return ModelDraft(quantized_copy(target, bits, group_size))
+    if kind == "layers":
+        if target is None:
+            raise InputError("a layer-skipping draft needs the target whose layers it runs")
+        return ModelDraft(first_layers(target, layers))
     if kind == "ngram":
         return NGramDraft(max_n, min_n)
+    if kind == "remote":
+        if target is None or not url:
+            raise InputError("a remote draft needs the target (for its vocabulary) and the draft's URL")
+        return RemoteDraft(url, target.config.vocab_size, timeout, on_failure)
     raise InputError(f"unknown draft kind {kind!r} (known: {', '.join(KINDS)})")
 
 

@@ -120,45 +120,6 @@ def mv_q4_1(parts, x, y):
         y[r] = acc + t
 
 
-@njit(**BODY)
-def mv_int4(parts, x, y, group):
-    """parts (q, s, z, bits) of pocketgpt's 4-bit groups of `group` weights (a compile-time constant), w = s (u - z),
-    s and z (R, n / group) float32; byte i holds weights 2i (low nibble) and 2i + 1."""
-    q, s, z = parts[0], parts[1], parts[2]
-    per_group = group // 2  # bytes
-    xa = np.ascontiguousarray(x[0::2])  # low nibbles: the even weights
-    xc = x[1::2] - SIXTEEN * xa
-    xs = np.empty(s.shape[1], np.float32)
-    _group_sums(x, xs)
-    for r in prange(q.shape[0]):
-        qr, sr, zr = q[r], s[r], z[r]
-        acc = np.float32(0.0)
-        for k in range(xa.size):
-            f = np.float32(qr[k])
-            acc += sr[k // per_group] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
-        t = np.float32(0.0)
-        for g in range(xs.size):
-            t += sr[g] * zr[g] * xs[g]
-        y[r] = acc - t
-
-
-@njit(**BODY)
-def mv_int8(parts, x, y, group):
-    """parts (q, s, z, bits) of pocketgpt's 8-bit groups: one code per byte."""
-    q, s, z = parts[0], parts[1], parts[2]
-    xs = np.empty(s.shape[1], np.float32)
-    _group_sums(x, xs)
-    for r in prange(q.shape[0]):
-        qr, sr, zr = q[r], s[r], z[r]
-        acc = np.float32(0.0)
-        for k in range(x.size):
-            acc += sr[k // group] * (np.float32(qr[k]) * x[k])
-        t = np.float32(0.0)
-        for g in range(xs.size):
-            t += sr[g] * zr[g] * xs[g]
-        y[r] = acc - t
-
-
 @njit(**PARALLEL)
 def matvec_f32(parts, x, y):
     mv_f32(parts, x, y)
@@ -179,35 +140,61 @@ def matvec_q4_1(parts, x, y):
     mv_q4_1(parts, x, y)
 
 
-@njit(**PARALLEL)
-def matvec_int4_32(parts, x, y):
-    mv_int4(parts, x, y, 32)
+@njit(**BODY)
+def _zero_term(sr, zr, xs):
+    """sum_g s_g z_g xs_g: what the zero points of one row's groups take from its product (xs: group sums of x)."""
+    t = np.float32(0.0)
+    for g in range(xs.size):
+        t += sr[g] * zr[g] * xs[g]
+    return t
 
 
-@njit(**PARALLEL)
-def matvec_int4_64(parts, x, y):
-    mv_int4(parts, x, y, 64)
+def int4_matvec(group: int) -> Callable:
+    """The fused matvec of pocketgpt's 4-bit groups of `group` weights (32, 64 or 128): parts (q, s, z, bits),
+    w = s (u - z), s and z (R, n / group) float32; byte i holds weights 2i (low nibble) and 2i + 1. Made per
+    group so that the group's shift is a constant inside the parallel loop: numba hands a variable to the loop's
+    outlined body, and a division or shift by one there keeps LLVM from vectorizing the loop."""
+    shift = (group // 2).bit_length() - 1  # a group's bytes: 2^shift
+
+    @njit(**PARALLEL)
+    def matvec(parts, x, y):
+        q, s, z = parts[0], parts[1], parts[2]
+        xa = np.ascontiguousarray(x[0::2])  # low nibbles: the even weights
+        xc = x[1::2] - SIXTEEN * xa
+        xs = np.empty(s.shape[1], np.float32)
+        _group_sums(x, xs)
+        for r in prange(q.shape[0]):
+            qr, sr, zr = q[r], s[r], z[r]
+            acc = np.float32(0.0)
+            for k in range(xa.size):
+                f = np.float32(qr[k])
+                acc += sr[k >> shift] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
+            y[r] = acc - _zero_term(sr, zr, xs)
+
+    return matvec
 
 
-@njit(**PARALLEL)
-def matvec_int4_128(parts, x, y):
-    mv_int4(parts, x, y, 128)
+def int8_matvec(group: int) -> Callable:
+    """The fused matvec of pocketgpt's 8-bit groups (one code per byte), made per group as int4_matvec is."""
+    shift = group.bit_length() - 1
+
+    @njit(**PARALLEL)
+    def matvec(parts, x, y):
+        q, s, z = parts[0], parts[1], parts[2]
+        xs = np.empty(s.shape[1], np.float32)
+        _group_sums(x, xs)
+        for r in prange(q.shape[0]):
+            qr, sr, zr = q[r], s[r], z[r]
+            acc = np.float32(0.0)
+            for k in range(x.size):
+                acc += sr[k >> shift] * (np.float32(qr[k]) * x[k])
+            y[r] = acc - _zero_term(sr, zr, xs)
+
+    return matvec
 
 
-@njit(**PARALLEL)
-def matvec_int8_32(parts, x, y):
-    mv_int8(parts, x, y, 32)
-
-
-@njit(**PARALLEL)
-def matvec_int8_64(parts, x, y):
-    mv_int8(parts, x, y, 64)
-
-
-@njit(**PARALLEL)
-def matvec_int8_128(parts, x, y):
-    mv_int8(parts, x, y, 128)
-
+matvec_int4_32, matvec_int4_64, matvec_int4_128 = (int4_matvec(g) for g in (32, 64, 128))
+matvec_int8_32, matvec_int8_64, matvec_int8_128 = (int8_matvec(g) for g in (32, 64, 128))
 
 FUSED = {(F32, 0): matvec_f32, (Q8_0, 0): matvec_q8_0, (Q4_0, 0): matvec_q4_0, (Q4_1, 0): matvec_q4_1,
          (INT4, 32): matvec_int4_32, (INT4, 64): matvec_int4_64, (INT4, 128): matvec_int4_128,

@@ -286,6 +286,18 @@ class GPT:
                            f"{p}.mlp.act": act, f"{p}.mlp.c_proj": mlp_proj})
         return x + h
 
+    def embed(self, idx) -> np.ndarray:
+        """The residual stream (B, T, C) entering block 0 for token ids (B, T) at positions 0..T-1."""
+        return self._embed(np.asarray(idx), np.arange(np.shape(idx)[1]))
+
+    def block_with_inputs(self, x, i) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Block i over the stream x (B, T, C) entering it: (the stream leaving it, {each block linear's prefix:
+        the input (B, T, in) it saw}), what calibrating one layer at a time reads."""
+        T = x.shape[1]
+        caches = {}
+        out = self._block(x, i, self._rope(np.arange(T)), layers.causal_mask(T, T, self.dtype), None, caches)
+        return out, {prefix: caches[prefix][0] for prefix in (f"h.{i}.{lin}" for lin in LINEARS)}
+
     def _block_backward(self, dx, i, caches, grads):
         """Gradients of block i's parameters into grads; returns d input (B, T, C) from d output dx."""
         c, p = self.config, f"h.{i}"

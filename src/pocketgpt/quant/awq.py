@@ -22,7 +22,7 @@ from pocketgpt.formats.groups import (
     quantize_groups,
 )
 from pocketgpt.model import GPT
-from pocketgpt.quant.calibration import calibration_inputs, fold_scales
+from pocketgpt.quant.calibration import BlockInputs, fold_scales
 
 ALPHAS = np.arange(20) / 20  # 0, 0.05, ..., 0.95
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
@@ -54,13 +54,15 @@ def search_clip(w: np.ndarray, x: np.ndarray, bits: int, group_size: int, symmet
     """Per-(row, group) clip ratios (out, G) minimizing each group's contribution to the output error."""
     x = _sample(x)
     out, n = w.shape
-    xg = x.reshape(len(x), n // group_size, group_size)  # (N, G, gs)
-    wg = w.reshape(out, n // group_size, group_size)  # (out, G, gs)
-    best_err = np.full((out, n // group_size), np.inf)
-    best = np.ones((out, n // group_size), np.float32)
+    groups = n // group_size
+    xg = np.ascontiguousarray(x.reshape(len(x), groups, group_size).transpose(1, 2, 0))  # (G, gs, N)
+    wg = w.reshape(out, groups, group_size).transpose(1, 0, 2)  # (G, out, gs)
+    best_err = np.full((out, groups), np.inf)
+    best = np.ones((out, groups), np.float32)
     for ratio in CLIP_GRID:
-        q = quantize_groups(w, bits, group_size, symmetric, clip=ratio).dequantize().reshape(wg.shape)
-        err = (np.einsum("ogk,ngk->ong", wg - q, xg) ** 2).mean(axis=1)  # (out, G)
+        q = quantize_groups(w, bits, group_size, symmetric, clip=ratio).dequantize()
+        diff = wg - q.reshape(out, groups, group_size).transpose(1, 0, 2)  # (G, out, gs)
+        err = np.stack([np.mean((diff[g] @ xg[g]) ** 2, axis=1) for g in range(groups)], axis=1)  # (out, G)
         better = err < best_err
         best_err[better], best[better] = err[better], ratio
     return best
@@ -82,14 +84,14 @@ def awq_quantize(w: np.ndarray, x: np.ndarray, bits: int = 4, group_size: int = 
     return GroupQuantized(pack_bits(codes, bits), params, zeros, w.shape, bits, group_size), s
 
 
-def awq_fold_scales(work: GPT, layer: int, calib, bits: int, group_size: int, symmetric: bool) -> None:
-    """Search AWQ scales for block `layer`'s linears on the calibration batches and fold them in wherever the
+def awq_fold_scales(work: GPT, layer: int, inputs: BlockInputs, bits: int, group_size: int, symmetric: bool) -> None:
+    """Search AWQ scales for block `layer`'s linears on their calibration inputs and fold them in wherever the
     producer of a linear's input can absorb 1/s exactly."""
     c, p = work.config, f"h.{layer}"
     q_size, kv_size = c.qkv_sizes
 
     def fold_into(producer: str, rows: slice, lin: str) -> None:
-        x = calibration_inputs(work, calib, f"{p}.{lin}")
+        x = inputs(f"{p}.{lin}")
         s, _ = search_scales(work.params[f"{p}.{lin}.weight"], x, bits, group_size, symmetric)
         fold_scales(work, producer, rows, f"{p}.{lin}", s)
 

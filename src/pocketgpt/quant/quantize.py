@@ -16,7 +16,7 @@ import numpy as np
 from pocketgpt.errors import InputError
 from pocketgpt.model import GPT, linear_names
 from pocketgpt.quant.awq import awq_fold_scales, awq_quantize
-from pocketgpt.quant.calibration import calibration_batches, calibration_inputs
+from pocketgpt.quant.calibration import BlockInputs, calibration_batches
 from pocketgpt.quant.gptq import gptq_quantize, hessian
 from pocketgpt.quant.qat import QAT_LR, ZEROQAT_LR, qat, qat_settings, zeroqat
 from pocketgpt.quant.recipe import QuantRecipe, check_recipe, rtn_packer
@@ -79,22 +79,23 @@ def quantize_weights(model: GPT, recipe: QuantRecipe, calib=None,
     pack = rtn_packer(recipe)
     r = recipe
     packed = {}
+    inputs = BlockInputs(work, calib) if calib else None
     names = linear_names(model.config)
     for done, name in enumerate(names, 1):
         prefix = name.removesuffix(".weight")
         layer = int(name.split(".")[1])
         if r.method in ("rtn", "smoothquant"):
             if r.method == "smoothquant" and prefix.endswith("attn.c_attn"):
-                smooth_fold_scales(work, layer, calib)
+                smooth_fold_scales(work, layer, inputs)
             q = pack(work.params[name])
         elif r.method == "gptq":
-            h = hessian(calibration_inputs(work, calib, prefix))
+            h = hessian(inputs(prefix))
             q = gptq_quantize(work.params[name], h, r.bits, r.group_size, r.symmetric, r.damp, r.act_order)
         elif r.method == "awq":
             if prefix.endswith("attn.c_attn"):  # a new block: fold its scales in before quantizing any of it
-                awq_fold_scales(work, layer, calib, r.bits, r.group_size, r.symmetric)
+                awq_fold_scales(work, layer, inputs, r.bits, r.group_size, r.symmetric)
             ones = np.ones(work.params[name].shape[1], np.float32)  # the scales are folded in already
-            q, _ = awq_quantize(work.params[name], calibration_inputs(work, calib, prefix), r.bits, r.group_size,
+            q, _ = awq_quantize(work.params[name], inputs(prefix), r.bits, r.group_size,
                                 r.symmetric, scales=ones)
         else:
             raise InputError(f"{r.method} fine-tunes first: use quantize()")

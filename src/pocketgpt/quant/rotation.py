@@ -28,7 +28,7 @@ from pocketgpt.config import GPTConfig
 from pocketgpt.model import GPT, views
 from pocketgpt.quant.fake import FakeQuantGPT
 from pocketgpt.quant.recipe import QuantRecipe, check_rotatable
-from pocketgpt.train import TrainSettings, loop
+from pocketgpt.train import TrainSettings, check_training_memory, loop
 
 READERS = ("attn.c_attn", "mlp.c_fc")  # read the (normed) residual stream
 WRITERS = ("attn.c_proj", "mlp.c_proj")  # add into it
@@ -141,6 +141,8 @@ def learn_rotation(model: GPT, recipe: QuantRecipe, calib, steps: int = 100, lr:
     """SpinQuant: R1 learned by Cayley SGD on the calibration batches' loss of the model with its block
     linears fake-quantized by `recipe` (straight-through), starting from QuaRot's Hadamard. Returns the
     rotated float model (the model's dtype) and R1."""
+    x = calib[0][0]
+    check_training_memory(model.config, TrainSettings(batch_size=len(x), context=x.shape[1]))  # back-propagates
     base = rotatable(model)
     c = base.config
     rotate_heads(base.params, c, head_rotation(c, seed))

@@ -11,17 +11,17 @@ import numpy as np
 
 from pocketgpt.errors import InputError
 from pocketgpt.model import GPT
-from pocketgpt.quant.calibration import calibration_inputs, fold_scales
+from pocketgpt.quant.calibration import BlockInputs, fold_scales
 
 ALPHA = 0.5
 
 
-def smooth_fold_scales(work: GPT, layer: int, calib, alpha: float = ALPHA) -> None:
+def smooth_fold_scales(work: GPT, layer: int, inputs: BlockInputs, alpha: float = ALPHA) -> None:
     if not work.config.norm_weights:
         raise InputError("SmoothQuant folds its scales into the norms' gains; this model's norms have none")
     p = f"h.{layer}"
     for norm, lin in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc")):
-        x_max = np.abs(calibration_inputs(work, calib, f"{p}.{lin}")).max(axis=0)
+        x_max = np.abs(inputs(f"{p}.{lin}")).max(axis=0)
         w_max = np.abs(work.params[f"{p}.{lin}.weight"]).max(axis=0)
         s = np.maximum(x_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
         fold_scales(work, f"{p}.{norm}", slice(None), f"{p}.{lin}", s.astype(np.float32))

@@ -93,7 +93,7 @@ class Engine:
         self.wake.set()
 
 
-def _body_field(body: dict, name: str, kinds, default=None):
+def body_field(body: dict, name: str, kinds, default=None):
     value = body.get(name, default)
     if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
         raise APIError(400, f"{name} must be {' or '.join(k.__name__ for k in kinds)}", name)
@@ -107,7 +107,7 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
         raise APIError(404, f"the model {model!r} does not exist; this server has {engine.name!r}", "model",
                        "model_not_found")
     where = "messages" if chat else "prompt"
-    if _body_field(body, "n", (int,), 1) != 1:
+    if body_field(body, "n", (int,), 1) != 1:
         raise APIError(400, "n must be 1", "n")
     template_stops: tuple[str, ...] = ()
     try:
@@ -127,16 +127,16 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     if room < 1:
         raise APIError(400, f"this model's maximum context length is {block} tokens; the prompt has {len(prompt)}",
                        where, "context_length_exceeded")
-    max_tokens = _body_field(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
+    max_tokens = body_field(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
                              (int,), room if chat else 16)
     if max_tokens < 1 or max_tokens > room:
         raise APIError(400, f"max_tokens must be between 1 and {room}: this model's maximum context length is "
                        f"{block} tokens and the prompt has {len(prompt)}", "max_tokens", "context_length_exceeded")
-    stops = _body_field(body, "stop", (str, list))
+    stops = body_field(body, "stop", (str, list))
     stops = [stops] if isinstance(stops, str) else stops
     if stops is not None and not all(isinstance(s, str) for s in stops):
         raise APIError(400, "stop must be a string or a list of strings", "stop")
-    settings = {k: _body_field(body, k, kinds) for k, kinds in
+    settings = {k: body_field(body, k, kinds) for k, kinds in
                 (("temperature", (int, float)), ("top_p", (int, float)), ("top_k", (int,)), ("seed", (int,)))}
     try:
         sampling = Sampling(**{k: v for k, v in settings.items() if v is not None},
@@ -145,10 +145,10 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     except SettingsError as e:
         param = FIELDS.get(e.fields[0], e.fields[0])
         raise APIError(400, e.named(lambda f: FIELDS.get(f, f)), param) from None
-    return request, bool(_body_field(body, "stream", (bool,), False))
+    return request, bool(body_field(body, "stream", (bool,), False))
 
 
-async def _read_json(request: HTTPRequest) -> dict:
+async def read_json(request: HTTPRequest) -> dict:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -229,7 +229,7 @@ def create_app(engine: Engine) -> Starlette:
 
     async def complete(request: HTTPRequest, chat: bool):
         try:
-            gen_request, stream = parse(engine, await _read_json(request), chat)
+            gen_request, stream = parse(engine, await read_json(request), chat)
             job = Completion(engine, gen_request, stream)
         except APIError as e:
             return e.response()

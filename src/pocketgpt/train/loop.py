@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketgpt.config import GPTConfig
 from pocketgpt.errors import InputError, SettingsError, check_settings
-from pocketgpt.model import GPT
+from pocketgpt.model import GPT, count_params
 from pocketgpt.model.runtime import check_memory, retain_freed_memory
 from pocketgpt.train.batches import Batches, Dataset
 from pocketgpt.train.checkpoint import Checkpoint, CheckpointError, check_can_save, save_checkpoint
@@ -115,10 +116,23 @@ def settings_for(preset: str | None, num_params: int, **given) -> TrainSettings:
     return replace(base, **given)
 
 
-def check_training_memory(num_params: int, s: TrainSettings) -> None:
-    """MemoryError (with the figures) unless the weights, gradients, AdamW moments and each worker's gradient
-    buffer of a model this size fit in the memory available now (activations come on top)."""
-    check_memory(num_params * np.dtype(s.dtype).itemsize * (4 + s.workers), f"training {num_params:,} parameters")
+def activation_bytes(config: GPTConfig, tokens: int, window: int, itemsize: int) -> int:
+    """About what a training forward keeps for backward over `tokens` tokens in windows of `window`: per token
+    and block its normed and projected streams (about 12 C), the MLP's widths (3 fc outputs and an activation)
+    and a row of attention probabilities per head; per token the head's logits, probabilities and gradient."""
+    c = config
+    fc = 2 * c.ffn if c.activation == "swiglu" else c.ffn
+    per_token = c.n_layer * (12 * c.n_embd + 3 * fc + c.ffn + c.n_head * window) + 3 * c.vocab_size
+    return tokens * per_token * itemsize
+
+
+def check_training_memory(config: GPTConfig, s: TrainSettings) -> None:
+    """MemoryError (with the figures) unless the weights, gradients, AdamW moments, each worker's gradient buffer
+    and a batch's activations fit in the memory available now."""
+    n, itemsize = count_params(config), np.dtype(s.dtype).itemsize
+    window = min(s.context or config.block_size, config.block_size)
+    check_memory(n * itemsize * (4 + s.workers) + activation_bytes(config, s.batch_size * window, window, itemsize),
+                 f"training {n:,} parameters on batches of {s.batch_size} x {window} tokens")
 
 
 def decay_mask(model: GPT) -> np.ndarray:
@@ -204,7 +218,7 @@ def train(model: GPT, dataset: Dataset, settings: TrainSettings, *, out: str | P
     step (a progress bar, for instance).
     """
     s = settings
-    check_training_memory(model.flat.size, s)
+    check_training_memory(model.config, s)
     if out is not None:
         check_can_save(out, overwrite=overwrite or resume is not None)  # fail now, not after training
     retain_freed_memory()
