@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SMOLLM2, loadavg, report, smollm2_path  # noqa: E402
+from common import README, SMOLLM2, loadavg, report, smollm2_path  # noqa: E402
+
+PLOT = README.parent / "docs" / "quant-smollm2.png"  # the README shows it
 
 from pocketgpt.interop import load as load_model  # noqa: E402
 from pocketgpt.model import KVCache, QuantizedKVCache  # noqa: E402
 from pocketgpt.model.layers import cross_entropy_forward  # noqa: E402
 from pocketgpt.quant import QuantRecipe, quantize, quantize_weights  # noqa: E402
 from pocketgpt.quant.quantize import CALIB_SEQUENCES  # noqa: E402
-from pocketgpt.quant.report import FINE_TUNED, RUNS, Score, markdown, quantization_report  # noqa: E402
+from pocketgpt.quant.report import FINE_TUNED, RUNS, Score, markdown, plot, quantization_report  # noqa: E402
 from pocketgpt.train import eval_batches, evaluate, load_checkpoint, load_dataset  # noqa: E402
 
 
@@ -76,7 +78,7 @@ def smollm2(args) -> None:
                 + lines[0])
     grid = quantize_weights(model, QuantRecipe("rtn", 4, 32, symmetric=False))
     value = score(grid)
-    lines.append(f"| rtn, groups of 32, asymmetric (the file's own Q4_1 grid) | 4 | {value:.4f} | "
+    lines.append(f"| rtn, groups of 32, asymmetric (the file's block size) | 4 | {value:.4f} | "
                  f"{100 * (value - base) / base:+.2f}% | {8 * grid.weight_bytes / model.num_params:.2f} | "
                  f"{grid.weight_bytes / model.weight_bytes:.3f}x | | |")
     planned = inspect.signature(quantization_report).parameters["fine_tune_steps"].default
@@ -86,6 +88,8 @@ def smollm2(args) -> None:
               f"step takes {zeroqat_step:.0f} s, so its {int(1.5 * planned)} steps would take "
               f"{1.5 * planned * zeroqat_step / 3600:.1f} hours."]
     report("quant-smollm2", lines, args.write_readme)
+    if args.write_readme:
+        plot(base, rows, PLOT, score.label)
 
 
 def kv_cache_row(model, ds) -> str:

@@ -42,11 +42,14 @@ def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -
     x2 = _rows2d(x, n)
     N = x2.shape[0]
     if dense:
+        y = np.empty((N, R), F32)
         if N == 1:
-            y = np.empty((1, R), F32)
             F32_MATVEC(w, x2[0], y[0])
+        elif N <= ROWS_UP_TO:  # compiled as well: BLAS would wake its own threads for a product this small, and
+            lay = layout(w)  # they spin afterwards on the cores the next compiled kernel needs
+            lay.row_kernels[0](lay.parts, x2, y, R)
         else:  # BLAS
-            y = np.ascontiguousarray((w @ x2.T).T) if N <= ROWS_UP_TO else x2 @ w.T
+            y = x2 @ w.T
     else:
         lay = w.__dict__.get("_layout") or layout(w)
         y = np.empty((N, R), F32)

@@ -116,7 +116,8 @@ def markdown(base: float, rows: list[Row], group_size: int, score: Score) -> str
 
 
 def plot(base: float, rows: list[Row], path: str | Path, label: str = "validation loss") -> None:
-    """The score (`label`) against bits per weight, one marker per method, float32 as a dashed line."""
+    """The score (`label`) against bits per weight, one marker per method, float32 as a dashed line (perplexity
+    on a log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +130,9 @@ def plot(base: float, rows: list[Row], path: str | Path, label: str = "validatio
     ax.axhline(base, color="grey", linestyle="--", label="float32")
     ax.set_xlabel("bits per weight (whole model)")
     ax.set_ylabel(label)
-    ax.set_title("pocketgpt quantization: loss vs size")
+    if label == "perplexity":  # a method that fails multiplies it many times over
+        ax.set_yscale("log")
+    ax.set_title(f"pocketgpt quantization: {label} vs size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
