@@ -17,9 +17,7 @@ from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
 from pocketgpt.generate import Sampling, SpecStats, generate, make_draft, probs_from_logits, speculative_generate
 from pocketgpt.model import GPT
-
-pytest.importorskip("starlette")
-from pocketgpt.serve.draft import DraftService, create_draft_app  # noqa: E402
+from pocketgpt.serve.draft import DraftService, create_draft_app
 
 GREEDY = Sampling(temperature=0)
 

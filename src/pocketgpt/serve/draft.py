@@ -30,7 +30,7 @@ from pocketgpt.generate import Sampling
 from pocketgpt.generate.remote import encode_dist
 from pocketgpt.generate.speculative import ModelDraft
 from pocketgpt.model import GPT
-from pocketgpt.serve.server import APIError, body_field, read_json
+from pocketgpt.serve.server import APIError, body_field, read_json, sampling_fields
 
 SESSIONS = 64  # sessions kept (the least recently used is dropped)
 
@@ -136,10 +136,8 @@ def parse_draft(service: DraftService, body: dict) -> tuple[str, list[int], int,
     k = body_field(body, "k", (int,))
     if k is None or not 1 <= k <= 64:
         raise APIError(400, "k must be an integer from 1 to 64", "k")
-    settings = {name: body_field(body, name, kinds) for name, kinds in
-                (("temperature", (int, float)), ("top_k", (int,)), ("top_p", (int, float)))}
     try:
-        sampling = Sampling(**{name: v for name, v in settings.items() if v is not None})
+        sampling = Sampling(**sampling_fields(body))  # a seed, if sent, goes unused: the session has its own
     except SettingsError as e:
         raise APIError(400, str(e), e.fields[0]) from None
     return sid, context, k, sampling

@@ -100,6 +100,13 @@ def body_field(body: dict, name: str, kinds, default=None):
     return value
 
 
+def sampling_fields(body: dict) -> dict:
+    """The sampling parameters a request body gives (temperature, top_p, top_k, seed), type-checked."""
+    values = {k: body_field(body, k, kinds) for k, kinds in
+              (("temperature", (int, float)), ("top_p", (int, float)), ("top_k", (int,)), ("seed", (int,)))}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     """Validate a request body into a generation Request and whether to stream (APIError 400/404 otherwise)."""
     model = body.get("model")
@@ -136,11 +143,8 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     stops = [stops] if isinstance(stops, str) else stops
     if stops is not None and not all(isinstance(s, str) for s in stops):
         raise APIError(400, "stop must be a string or a list of strings", "stop")
-    settings = {k: body_field(body, k, kinds) for k, kinds in
-                (("temperature", (int, float)), ("top_p", (int, float)), ("top_k", (int,)), ("seed", (int,)))}
     try:
-        sampling = Sampling(**{k: v for k, v in settings.items() if v is not None},
-                            stop=tuple(stops) if stops is not None else template_stops)
+        sampling = Sampling(**sampling_fields(body), stop=tuple(stops) if stops is not None else template_stops)
         request = Request(tuple(prompt), max_tokens, sampling, engine.tokenizer.stop_tokens)
     except SettingsError as e:
         param = FIELDS.get(e.fields[0], e.fields[0])
