@@ -168,5 +168,11 @@ def test_speculative_server_matches_greedy(trained):
         r = s.client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=30, temperature=0)
         assert r.choices[0].text == greedy_text(model, ds.tokenizer, "ROMEO:", 30)
         assert batcher.stats.tokens == 30 and batcher.stats.target_forwards <= 30
+        stats = r.model_extra["speculative"]  # the request's own statistics, beside usage
+        assert stats["tokens"] == 30 and stats["target_forwards"] == batcher.stats.target_forwards
+        assert stats["tokens_per_forward"] == 30 / stats["target_forwards"]
+        assert len(stats["per_position_acceptance"]) >= 1
+        health = httpx.get(f"{s.url}/health").json()["speculative"]  # every request so far
+        assert health["tokens"] == 30 and health["accepted"] == stats["accepted"]
     finally:
         s.close()

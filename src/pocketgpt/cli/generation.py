@@ -145,10 +145,7 @@ def run_sample(args) -> int:
         if not args.json:
             print(pieces[-1])
     if stats is not None and not args.json:
-        per_position = " ".join(f"{a:.2f}" for a in stats.per_position)
-        say(f"speculative ({kind}, k={args.draft_k}{', adaptive' if args.adaptive else ''}): acceptance "
-            f"{stats.acceptance_rate:.2f}, {stats.tokens_per_forward:.2f} tokens per target forward, per position "
-            f"[{per_position}], {stats.draft_seconds:.2f} s drafting and {stats.verify_seconds:.2f} s verifying")
+        say(f"speculative ({kind}, k={args.draft_k}{', adaptive' if args.adaptive else ''}): {stats.summary()}")
     if args.json:
         emit_json({"samples": samples, **({"speculative": stats.to_dict()} if stats is not None else {})})
     return 0

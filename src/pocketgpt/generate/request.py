@@ -77,6 +77,13 @@ class Sequence:
             return self.finish("length")
         return True
 
+    def would_keep(self, tokens: list[int]) -> int:
+        """How many of tokens emit() would keep, one after another (unless the sequence is cancelled meanwhile)."""
+        if self.done or self.cancelled:
+            return 0
+        n = next((i for i, t in enumerate(tokens) if t in self.request.stop_tokens), len(tokens))
+        return min(n, self.request.max_new_tokens - len(self.tokens))
+
     def finish(self, reason: str) -> bool:
         """End the sequence (once); returns False, so that `return seq.finish(...)` reads as stopping."""
         if not self.done:

@@ -73,6 +73,23 @@ class SpecStats:
                 "tokens_per_forward": self.tokens_per_forward, "per_position_acceptance": self.per_position,
                 "draft_seconds": self.draft_seconds, "verify_seconds": self.verify_seconds}
 
+    def summary(self) -> str:
+        """One line for a person: acceptance, tokens per target forward, acceptance by position, time split."""
+        per_position = " ".join(f"{a:.2f}" for a in self.per_position)
+        return (f"acceptance {self.acceptance_rate:.2f}, {self.tokens_per_forward:.2f} tokens per target forward, "
+                f"per position [{per_position}], {self.draft_seconds:.2f} s drafting and {self.verify_seconds:.2f} s "
+                "verifying")
+
+    def add(self, other: SpecStats) -> None:
+        """Count another run's statistics into these."""
+        for name in ("rounds", "drafted", "accepted", "tokens", "target_forwards", "draft_seconds", "verify_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self.position_drafted, other.position_drafted),
+                             (self.position_accepted, other.position_accepted)):
+            mine.extend([0] * (len(theirs) - len(mine)))
+            for i, v in enumerate(theirs):
+                mine[i] += v
+
     def record(self, drafted: int, accepted: int) -> None:
         self.rounds += 1
         self.target_forwards += 1
@@ -268,9 +285,10 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
         stats.record(len(drafts), accepted)
         if adaptive:
             k = min(k + 1, MAX_ADAPTIVE_K) if accepted == len(drafts) and drafts else max(1, k - 1)
-        for t in emit_all(seq, drafts[:accepted] + [token], context):
-            stats.tokens += 1
-            yield t
+        kept, predicted = len(seq.tokens), seq.would_keep(drafts[:accepted] + [token])
+        stats.tokens += predicted  # counted before the sequence hears of them: its on_finish sees the full count
+        yield from emit_all(seq, drafts[:accepted] + [token], context)
+        stats.tokens += len(seq.tokens) - kept - predicted  # fewer when it was cancelled meanwhile
     if not seq.done:
         if sliding:
             yield from continue_decoding(target, seq, context, cache, sliding)
@@ -292,17 +310,23 @@ def speculative_generate(target: GPT, prompt: list[int], *, max_new_tokens: int,
 class SpeculativeBatcher(Scheduler):
     """The Batcher interface (submit, cancel, step, busy, load) over speculative decoding: up to `slots`
     sequences run at once, each with its own caches; every step advances each of them by one token (a
-    speculative round is computed when its first token is asked for)."""
+    speculative round is computed when its first token is asked for). `stats` counts every finished sequence;
+    `stats_of(seq)` is one running sequence's own (still there when its on_finish is called)."""
 
     def __init__(self, model: GPT, draft, k: int = 4, adaptive: bool = False, slots: int = 8):
         super().__init__(model, slots)
         self.draft, self.k, self.adaptive = as_draft(draft), k, adaptive
         self.active: dict[Sequence, Iterator[int]] = {}
         self.stats = SpecStats()
+        self.by_sequence: dict[Sequence, SpecStats] = {}
+
+    def stats_of(self, seq: Sequence) -> SpecStats | None:
+        return self.by_sequence.get(seq)
 
     def step(self) -> None:
         while (seq := self.admit()) is not None:
-            self.active[seq] = speculate(self.model, seq, self.draft, self.k, self.adaptive, stats=self.stats)
+            stats = self.by_sequence[seq] = SpecStats()
+            self.active[seq] = speculate(self.model, seq, self.draft, self.k, self.adaptive, stats=stats)
         for seq, tokens in list(self.active.items()):
             if seq.cancelled:
                 seq.finish("cancelled")
@@ -310,6 +334,7 @@ class SpeculativeBatcher(Scheduler):
                 next(tokens, None)
             if seq.done:
                 del self.active[seq]
+                self.stats.add(self.by_sequence.pop(seq))
 
 
 def run_sequence(model: GPT, seq: Sequence, *, sliding: bool = False, draft=None, k: int = 4,

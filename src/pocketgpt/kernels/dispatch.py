@@ -46,8 +46,7 @@ def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -
         if N == 1:
             F32_MATVEC(w, x2[0], y[0])
         elif N <= ROWS_UP_TO:  # compiled as well: BLAS would wake its own threads for a product this small, and
-            lay = layout(w)  # they spin afterwards on the cores the next compiled kernel needs
-            lay.row_kernels[0](lay.parts, x2, y, R)
+            _few(layout(w), x2, y)  # they spin afterwards on the cores the next compiled kernel needs
         else:  # BLAS
             y = x2 @ w.T
     else:
@@ -56,12 +55,23 @@ def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -
         if N == 1:
             lay.matvec(lay.parts, x2[0], y[0])
         elif N <= ROWS_UP_TO:
-            lay.row_kernels[0](lay.parts, x2, y, R)
+            _few(lay, x2, y)
         else:
             y = _tiled(lay, x2, R)
     if b is not None:
         y += b
     return y.reshape(*x.shape[:-1], R)
+
+
+def _few(lay: Layout, x2: np.ndarray, y: np.ndarray) -> None:
+    """y = x2 W^T for a few tokens: each row of W decoded once and dotted with every token (in split order for
+    the hot layouts, see products.split_rows)."""
+    split = lay.split_rows(x2.shape[1])
+    if split is None:
+        lay.row_kernels[0](lay.parts, x2, y, y.shape[1])
+        return
+    kernel, order = split
+    kernel(lay.parts, x2 if order is None else np.ascontiguousarray(x2[:, order]), y)
 
 
 def _tiled(lay: Layout, x2: np.ndarray, R: int) -> np.ndarray:

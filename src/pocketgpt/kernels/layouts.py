@@ -39,6 +39,14 @@ class Layout:
             return products.FUSED[self.key]
         return _compiled(("matvec", self.kind), lambda: products.decoded_matvec(self.kind))
 
+    def split_rows(self, n: int) -> tuple[Callable, np.ndarray | None] | None:
+        """For a hot layout (one with a fused matvec) of rows n wide: its kernel for a few tokens and the order its
+        tokens go in (products.split_rows, products.split_order); None for the others (they use row_kernels)."""
+        if not self.fused:
+            return None
+        kernel = _compiled(("split", *self.key), lambda: products.split_rows(*self.key))
+        return kernel, _compiled(("order", self.kind, n), lambda: products.split_order(self.kind, n))
+
     @property
     def row_kernels(self) -> tuple[Callable, Callable]:
         """(rows, gather) of the layout's decoder (pocketgpt.kernels.products.row_kernels), compiled once."""

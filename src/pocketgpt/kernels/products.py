@@ -275,3 +275,137 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
             decode(parts, index[i], out[i], kind)
 
     return rows, gather
+
+
+# ----------------------------------------------------------------------------- a few tokens from the hot layouts
+# A row decoded in "split order": the weights its bytes' low nibbles hold, then those its high nibbles hold (for the
+# 8-bit and float layouts: the row's own order). Each decoder is one flat loop over the row's bytes, which
+# vectorizes, where the row decoders above scatter the two nibbles of a byte to their places (scalar code). The
+# tokens are permuted into the same order once per call (split_order), so each product is a flat dot product.
+
+
+def split_order(kind: int, n: int) -> np.ndarray | None:
+    """Where each position of a row in split order comes from in the row (None: the row's own order)."""
+    k = np.arange(n // 2)
+    if kind in (Q4_0, Q4_1):  # byte k of a block of 32: weights j and j + 16 of the block
+        lo = 32 * (k >> 4) + (k & 15)
+        return np.concatenate([lo, lo + 16])
+    if kind == INT4:  # byte k: weights 2k and 2k + 1
+        return np.concatenate([2 * k, 2 * k + 1])
+    return None
+
+
+@njit(**BODY)
+def _dot_each(buf, xs, y, r):
+    """y[b, r] = buf . xs[b] for every token b, four tokens to a pass over buf (each load of it serves four
+    multiply-adds, and the four sums are independent chains)."""
+    B = xs.shape[0]
+    b = 0
+    while b + 4 <= B:
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for k in range(buf.size):
+            w = buf[k]
+            a0 += w * xs[b, k]
+            a1 += w * xs[b + 1, k]
+            a2 += w * xs[b + 2, k]
+            a3 += w * xs[b + 3, k]
+        y[b, r], y[b + 1, r], y[b + 2, r], y[b + 3, r] = a0, a1, a2, a3
+        b += 4
+    for t in range(b, B):
+        acc = np.float32(0.0)
+        for k in range(buf.size):
+            acc += buf[k] * xs[t, k]
+        y[t, r] = acc
+
+
+# Each body unpacks its arrays before the parallel loop and indexes them in two dimensions: unpacked inside it, or
+# read through a row's view (q[r]), they leave LLVM's stores to the buffer scalar (measured 4-5x slower).
+
+
+@njit(**BODY)
+def _rows_f32(parts, xs, y):
+    w = parts[0]
+    R, n = w.shape
+    for c in prange(min(R, 64)):
+        buf = np.empty(n, np.float32)
+        for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
+            for k in range(n):
+                buf[k] = w[r, k]
+            _dot_each(buf, xs, y, r)
+
+
+@njit(**BODY)
+def _rows_q8_0(parts, xs, y):
+    q, d = parts[0], parts[1]
+    R, n = q.shape
+    for c in prange(min(R, 64)):
+        buf = np.empty(n, np.float32)
+        for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
+            for k in range(n):
+                buf[k] = d[r, k >> 5] * np.float32(q[r, k])
+            _dot_each(buf, xs, y, r)
+
+
+@njit(**BODY)
+def _rows_q4(parts, xs, y, with_min):
+    """Q4_0 (w = d (u - 8)) or Q4_1 (w = d u + m)."""
+    q, d = parts[0], parts[1]
+    m = parts[2] if with_min else d
+    R, h = q.shape
+    for c in prange(min(R, 64)):
+        buf = np.empty(2 * h, np.float32)
+        for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
+            for k in range(h):
+                f = np.float32(q[r, k])
+                hi = np.floor(f * SIXTEENTH)
+                lo = f - SIXTEEN * hi
+                if with_min:
+                    buf[k] = d[r, k >> 4] * lo + m[r, k >> 4]
+                    buf[h + k] = d[r, k >> 4] * hi + m[r, k >> 4]
+                else:
+                    buf[k] = d[r, k >> 4] * (lo - np.float32(8.0))
+                    buf[h + k] = d[r, k >> 4] * (hi - np.float32(8.0))
+            _dot_each(buf, xs, y, r)
+
+
+def split_rows(kind: int, group: int = 0) -> Callable:
+    """rows(parts, xs, y) for a hot layout (f32, q8_0, q4_0, q4_1, int4 and int8 groups of 32, 64 or 128): xs (B, n)
+    the tokens in split order (split_order), y (B, R); each row decoded once, in split order, into a buffer, then
+    dotted with every token. Made per (kind, group): both are constants inside the parallel loop."""
+    shift = (group // 2).bit_length() - 1 if kind == INT4 else group.bit_length() - 1
+
+    @njit(**PARALLEL)
+    def rows(parts, xs, y):
+        if kind == F32:
+            _rows_f32(parts, xs, y)
+        elif kind == Q8_0:
+            _rows_q8_0(parts, xs, y)
+        elif kind == Q4_0:
+            _rows_q4(parts, xs, y, False)
+        elif kind == Q4_1:
+            _rows_q4(parts, xs, y, True)
+        elif kind == INT4:  # w = s (u - z); byte k holds weights 2k and 2k + 1
+            q, s, z = parts[0], parts[1], parts[2]
+            R, h = q.shape
+            for c in prange(min(R, 64)):
+                buf = np.empty(2 * h, np.float32)
+                for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
+                    for k in range(h):
+                        f = np.float32(q[r, k])
+                        hi = np.floor(f * SIXTEENTH)
+                        g = k >> shift
+                        buf[k] = s[r, g] * (f - SIXTEEN * hi - z[r, g])
+                        buf[h + k] = s[r, g] * (hi - z[r, g])
+                    _dot_each(buf, xs, y, r)
+        else:  # INT8
+            q, s, z = parts[0], parts[1], parts[2]
+            R, n = q.shape
+            for c in prange(min(R, 64)):
+                buf = np.empty(n, np.float32)
+                for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
+                    for k in range(n):
+                        g = k >> shift
+                        buf[k] = s[r, g] * (np.float32(q[r, k]) - z[r, g])
+                    _dot_each(buf, xs, y, r)
+
+    return rows

@@ -172,6 +172,7 @@ class Completion:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.text = TextStream(engine.tokenizer.decode, request.sampling.stop)
         self.pieces_done: list[str] = []
+        self.speculative = None  # a speculative batcher's statistics for this request, once it has finished
         self.seq = Sequence(request, on_token=self._on_token, on_finish=self._on_finish)
         engine.submit(self.seq)
 
@@ -183,6 +184,9 @@ class Completion:
             self._post(piece)
 
     def _on_finish(self, seq: Sequence) -> None:  # in the batcher's thread
+        stats_of = getattr(self.engine.batcher, "stats_of", None)
+        if stats_of is not None and (stats := stats_of(seq)) is not None:
+            self.speculative = stats.to_dict()
         rest = self.text.flush()
         if rest:
             self._post(rest)
@@ -218,6 +222,10 @@ class Completion:
             self.engine.batcher.cancel(self.seq)
             self.engine.wake.set()
 
+    def extras(self) -> dict:
+        """Fields beyond OpenAI's: "speculative", the request's speculative decoding statistics (SpecStats)."""
+        return {"speculative": self.speculative} if self.speculative is not None else {}
+
     def usage(self) -> dict:
         n, m = len(self.request.prompt), len(self.seq.tokens)
         return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
@@ -225,7 +233,9 @@ class Completion:
 
 def create_app(engine: Engine) -> Starlette:
     async def health(request: HTTPRequest):
-        return JSONResponse({"status": "ok", "model": engine.name, "running": engine.batcher.load()})
+        stats = getattr(engine.batcher, "stats", None)
+        return JSONResponse({"status": "ok", "model": engine.name, "running": engine.batcher.load(),
+                             **({"speculative": stats.to_dict()} if stats is not None else {})})
 
     async def models(request: HTTPRequest):
         return JSONResponse({"object": "list", "data": [
@@ -245,7 +255,7 @@ def create_app(engine: Engine) -> Starlette:
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
                       else {"index": 0, "text": text, "logprobs": None})
             choice["finish_reason"] = job.finish_reason
-            return JSONResponse({**head, "choices": [choice], "usage": job.usage()})
+            return JSONResponse({**head, "choices": [choice], "usage": job.usage(), **job.extras()})
         head["object"] = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(piece: str | None, finish: str | None = None, first: bool = False) -> str:
@@ -254,7 +264,7 @@ def create_app(engine: Engine) -> Starlette:
                 choice = {"index": 0, "delta": delta, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
-            extra = {"usage": job.usage()} if finish else {}
+            extra = {"usage": job.usage(), **job.extras()} if finish else {}
             return f"data: {json.dumps({**head, 'choices': [choice], **extra})}\n\n"
 
         async def events():
