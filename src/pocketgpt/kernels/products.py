@@ -319,7 +319,7 @@ def _dot_each(buf, xs, y, r):
 
 
 # Each body unpacks its arrays before the parallel loop and indexes them in two dimensions: unpacked inside it, or
-# read through a row's view (q[r]), they leave LLVM's stores to the buffer scalar (measured 4-5x slower).
+# read through a row's view (q[r]), they leave LLVM's stores to the buffer scalar.
 
 
 @njit(**BODY)
