@@ -6,10 +6,11 @@ decoding of the same prompts side by side in one run.
 
 The prompts are written here once: grounded ones (a passage of tinyshakespeare's validation text with a request
 to summarise it, rewrite it or answer about it) and open chat prompts, each rendered by the model's chat template;
-each reply runs to the end of its turn or `--tokens` tokens. Drafts:
-- n-gram prompt lookup;
+each reply runs to the end of its turn or `--tokens` tokens. The draft length is chosen each round from measured
+acceptance and verification cost (pocketgpt.generate.speculative.DraftLength) unless a row gives k. Drafts:
+- n-gram prompt lookup, adaptive and with k = FIXED_K;
 - layer skipping: the target's own first n layers and its head; acceptance for each exit layer in EXITS is
-  measured first (greedy, the first four grounded prompts), and the exit with the best tokens/s is kept;
+  measured first (greedy, k = 2, the first four grounded prompts), and the exit with the best tokens/s is kept;
 - the target's own 4-bit copy made from its float weights (RTN, asymmetric groups of 32);
 - two processes: the chosen layer-skipping draft served by a child `pocketgpt serve FILE --role draft
   --draft-layers N` with one thread, the target decoding here with one thread and then with two.
@@ -42,6 +43,7 @@ from pocketgpt.generate.speculative import quantized_copy  # noqa: E402
 from pocketgpt.interop import load  # noqa: E402
 
 EXITS = (4, 8, 12, 16, 20)  # of SmolLM2's 30 layers
+FIXED_K = 3  # the fixed draft length set beside the adaptive one
 REQUESTS = ("Summarise this passage in two sentences.", "Rewrite this passage in plain modern English.",
             "Who speaks in this passage, and what do they want?", "List the people named in this passage.")
 OPEN = ("What is the capital of France?", "Give me three tips for sleeping better.",
@@ -66,7 +68,8 @@ def grounded_prompts(n: int) -> list[list[dict]]:
     return out
 
 
-def run(target, prompts, tokens, sampling, stops, draft=None, stats=None) -> list[list[int]]:
+def run(target, prompts, tokens, sampling, stops, draft=None, stats=None, k=None) -> list[list[int]]:
+    """Each prompt's reply: plainly without a draft, else speculatively with k drafts a round (None: adaptive)."""
     outs = []
     for i, p in enumerate(prompts):
         s = Sampling(sampling.temperature, seed=i)
@@ -74,7 +77,7 @@ def run(target, prompts, tokens, sampling, stops, draft=None, stats=None) -> lis
             outs.append(list(generate(target, p, max_new_tokens=tokens, sampling=s, stop_tokens=stops)))
         else:
             outs.append(list(speculative_generate(target, p, max_new_tokens=tokens, draft=draft, sampling=s,
-                                                  stop_tokens=stops, stats=stats, adaptive=True)))
+                                                  stop_tokens=stops, stats=stats, k=k or 4, adaptive=k is None)))
     return outs
 
 
@@ -130,22 +133,23 @@ def main() -> None:
     exits = []
     probe, probe_tokens = sets["grounded"][:4], min(64, args.tokens)
     t_plain = timed(target, probe, probe_tokens, greedy, stops)
-    for n in EXITS:
+    for n in EXITS:  # with a fixed k: the adaptive length would not draft at all with a draft it expects to lose
         stats = SpecStats()
-        t = timed(target, probe, probe_tokens, greedy, stops, make_draft("layers", target, layers=n), stats)
+        t = timed(target, probe, probe_tokens, greedy, stops, make_draft("layers", target, layers=n), stats, k=2)
         exits.append((t_plain / t, n, stats))
         print(f"exit {n}: acceptance {stats.acceptance_rate:.2f}, {t_plain / t:.2f}x", flush=True)
     best_exit = max(exits, key=lambda e: e[0])[1]
     floats = load(path, packed=False).model()
-    drafts = {"n-gram lookup": make_draft("ngram"),
+    ngram = make_draft("ngram")
+    drafts = {"n-gram lookup": ngram, f"n-gram lookup, k = {FIXED_K}": (ngram, None, FIXED_K),
               f"first {best_exit} of 30 layers": make_draft("layers", target, layers=best_exit),
               "own 4-bit copy (RTN, groups of 32)": make_draft("model", model=quantized_copy(floats, 4, 32))}
     del floats
 
-    rows = [f"SmolLM2-135M-Instruct ({path.name}), 2 threads, adaptive draft length starting at 4; "
+    rows = [f"SmolLM2-135M-Instruct ({path.name}), 2 threads, draft length adaptive unless k is given; "
             f"{args.prompts} grounded and {args.prompts} open prompts, replies to the end of the turn or "
             f"{args.tokens} tokens; load average at the start {load_avg}.", "",
-            f"Layer skipping, acceptance by exit layer (greedy, {len(probe)} grounded prompts, {probe_tokens} "
+            f"Layer skipping, acceptance by exit layer (greedy, k = 2, {len(probe)} grounded prompts, {probe_tokens} "
             "tokens): " + ", ".join(
                 f"{n} layers {s.acceptance_rate:.2f} ({r:.2f}x)" for r, n, s in exits) + ".", "",
             "| draft | prompts | temperature | speculative vs plain tokens/s | acceptance | tokens per target "
@@ -156,15 +160,15 @@ def main() -> None:
         run(target, sets["grounded"][:1], 8, greedy, stops, remote)  # the child compiles its kernels
         for threads in (1, 2):
             drafts[f"first {best_exit} layers in a second process, target on {threads} thread"
-                   f"{'s' if threads > 1 else ''}"] = (remote, threads)
+                   f"{'s' if threads > 1 else ''}"] = (remote, threads, None)
         rows += compare(target, drafts, sets, args, stops)
     report("speculative-smollm2", rows, args.write_readme)
 
 
 def compare(target, drafts, sets, args, stops) -> list[str]:
-    """One row per draft, prompt set and temperature. A draft given as (draft, threads) runs the target's
-    speculative decoding on that many threads (numba's, for this thread); plain decoding always runs on the
-    process's own."""
+    """One row per draft, prompt set and temperature. A draft given as (draft, threads, k) runs the target's
+    speculative decoding on that many threads (numba's, for this thread; None: the process's own, on which plain
+    decoding always runs) with k drafts a round (None: adaptive)."""
     rows, own = [], numba.get_num_threads()
 
     def on_threads(threads, fn, *a):
@@ -175,16 +179,18 @@ def compare(target, drafts, sets, args, stops) -> list[str]:
             numba.set_num_threads(own)
 
     for name, draft in drafts.items():
-        draft, threads = draft if isinstance(draft, tuple) else (draft, own)
+        draft, threads, k = draft if isinstance(draft, tuple) else (draft, None, None)
+        threads = threads or own
         for set_name, prompts in sets.items():
             for temperature in (0.0, 1.0):
                 sampling, stats = Sampling(temperature), SpecStats()
-                spec_out = on_threads(threads, run, target, prompts, args.tokens, sampling, stops, draft, stats)
+                spec_out = on_threads(threads, run, target, prompts, args.tokens, sampling, stops, draft, stats, k)
                 plain_out = run(target, prompts, args.tokens, sampling, stops)
                 t_plain, t_spec = [], []
                 for _ in range(args.rounds):
                     t_plain.append(timed(target, prompts, args.tokens, sampling, stops))
-                    t_spec.append(on_threads(threads, timed, target, prompts, args.tokens, sampling, stops, draft))
+                    t_spec.append(on_threads(threads, timed, target, prompts, args.tokens, sampling, stops, draft, None,
+                                             k))
                 n_plain, n_spec = sum(map(len, plain_out)), sum(map(len, spec_out))
                 ratio = (n_spec / min(t_spec)) / (n_plain / min(t_plain))
                 same = ("yes" if spec_out == plain_out else "**no**") if temperature == 0 else ""

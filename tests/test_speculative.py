@@ -14,7 +14,14 @@ from conftest import Served
 from pocketgpt.cli import main
 from pocketgpt.config import PRESETS
 from pocketgpt.generate import Sampling, SpecStats, generate, make_draft, speculative_generate
-from pocketgpt.generate.speculative import first_layers, quantized_copy
+from pocketgpt.generate.speculative import (
+    EXPLORE_EVERY,
+    MAX_ADAPTIVE_K,
+    DraftLength,
+    VerifyCosts,
+    first_layers,
+    quantized_copy,
+)
 from pocketgpt.model import GPT
 from pocketgpt.train import load_checkpoint
 
@@ -39,20 +46,51 @@ def drafts(target):
     }
 
 
+# Verification costs by tokens fed (index 0 unused): free (every draft pays) and steep (a 2-token pass costs 2.2
+# steps, as the packed kernels measure on SmolLM2, so drafting pays only when nearly every draft is accepted).
+FLAT = np.r_[0.0, np.ones(MAX_ADAPTIVE_K + 1)]
+STEEP = np.r_[0.0, 1.0, 2.2 + 0.45 * np.arange(MAX_ADAPTIVE_K)]
+
+
 @pytest.mark.parametrize("kind", ["smaller model", "random weights", "quantized self", "first layer", "n-gram",
                                   "short-context model"])
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_greedy_output_is_token_identical(target, kind, adaptive):
+@pytest.mark.parametrize("adaptive", [None, FLAT, STEEP], ids=["fixed k", "adaptive, free", "adaptive, steep"])
+def test_greedy_output_is_token_identical(target, kind, adaptive, monkeypatch):
+    if adaptive is not None:  # the verification costs the draft length is chosen from, instead of timed ones
+        monkeypatch.setitem(VerifyCosts._of, target, VerifyCosts(adaptive))
     draft = drafts(target)[kind]
     prompt = [0, 1, 2, 0, 1]
     plain = list(generate(target, prompt, max_new_tokens=40, sampling=GREEDY))
     stats = SpecStats()
-    got = list(speculative_generate(target, prompt, max_new_tokens=40, draft=draft, k=3, adaptive=adaptive,
-                                    sampling=GREEDY, stats=stats))
+    got = list(speculative_generate(target, prompt, max_new_tokens=40, draft=draft, k=3,
+                                    adaptive=adaptive is not None, sampling=GREEDY, stats=stats))
     assert got == plain
     assert stats.tokens == len(got) and stats.target_forwards == stats.rounds < len(got) + 1
-    assert 0 <= stats.acceptance_rate <= 1 and len(stats.per_position) >= 1
-    assert stats.draft_seconds >= 0 and stats.verify_seconds > 0
+    assert 0 <= stats.acceptance_rate <= 1 and stats.draft_seconds >= 0 and stats.verify_seconds > 0
+    if adaptive is None:
+        assert len(stats.per_position) == 3
+    elif adaptive is FLAT and kind != "n-gram":  # free verification: model drafts go as far as the context allows
+        assert len(stats.per_position) > 3
+
+
+def test_draft_length_weighs_acceptance_against_verification_cost():
+    """E(k) / T(k) by hand: with a_i = 1/2 (the prior), E(k) = 2 - 2^-k, so under STEEP costs no k > 0 beats a
+    plain step (E(1) / 2.2 < 1), and under FLAT ones the longest draft wins; after rounds where every draft
+    was kept, drafting 16 tokens gives 17 tokens for 8.95 steps, the best under STEEP."""
+    steep = DraftLength(VerifyCosts(STEEP))
+    assert steep.choose(16) == 0 and steep.probes()
+    assert DraftLength(VerifyCosts(FLAT)).choose(5) == 5
+    for _ in range(30):
+        steep.learn([1.0] * 16, 16, 0.0, 17, STEEP[17])
+    assert steep.acceptance().min() > 0.9 and steep.choose(16) == 16 and steep.choose(3) == 3
+    for _ in range(60):  # then none kept: back to plain steps, still asking the (free) draft for one token
+        steep.learn([0.0], 1, 0.0, 2, STEEP[2])
+    assert steep.acceptance()[0] < 0.1 and steep.choose(16) == 0 and steep.probes()
+    steep.learn([], 4, 4 * 1.0, 1, 1.0)  # a draft that costs a step per token is not asked for nothing,
+    assert not steep.probes()  # but tried once every EXPLORE_EVERY rounds
+    assert [steep.choose(16) for _ in range(2 * EXPLORE_EVERY)].count(1) == 2
+    with pytest.raises(Exception, match="seconds"):
+        VerifyCosts(np.ones(3))
 
 
 @pytest.mark.parametrize("kind", ["smaller model", "quantized self", "first layer", "n-gram"])

@@ -52,7 +52,8 @@ def add_draft_args(p) -> None:
     k = defaults(speculate)["k"]
     p.add_argument("--draft-k", dest="draft_k", type=positive_int, default=k, help=f"tokens drafted per round "
                    f"(default {k})")
-    p.add_argument("--adaptive", action="store_true", help="grow k after a fully accepted round, shrink it otherwise")
+    p.add_argument("--adaptive", action="store_true", help="choose each round's draft length (0 to 16) from the "
+                   "measured acceptance and verification cost; --draft-k is then not used")
 
 
 def add(sub) -> None:

@@ -59,6 +59,9 @@ class _RemoteSession:
         """Any number of drafts (the draft answers with fewer where its context ends); none once it has failed."""
         return 0 if self.failed else 1 << 16
 
+    def token_seconds(self) -> float:
+        return 0.0  # unknown until a round has been timed
+
     def propose(self, context: list[int], k: int, sampling: Sampling, rng) -> tuple[list[int], list]:
         body = {"session": self.id, "context": [int(t) for t in context], "k": k,
                 "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}

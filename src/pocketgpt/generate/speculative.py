@@ -22,6 +22,7 @@ HTTP). A draft is a description; `session()` gives each sequence its own state.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ from pocketgpt.model import GPT, linear_names, packed_copy, param_shapes
 
 KINDS = ("model", "quantized", "layers", "ngram", "remote")
 MAX_ADAPTIVE_K = 16
+PROBE_SHARE = 0.1  # a draft that costs under this share of a target step is still asked when k = 0 (see DraftLength)
+EXPLORE_EVERY = 8  # otherwise, every so many rounds of k = 0 one draft is tried
 
 
 @dataclass
@@ -103,6 +106,106 @@ class SpecStats:
             self.position_accepted[i] += i < accepted
 
 
+# ----------------------------------------------------------------------------- how many tokens to draft
+
+
+class VerifyCosts:
+    """Seconds for `model` to take n = 1 .. MAX_ADAPTIVE_K + 1 new tokens in one cached forward pass: timed once on
+    a scratch cache (the least of `repeats`, made non-decreasing in n), then followed as rounds run: a moving
+    average that falls quickly and rises slowly, so that it follows what a pass costs when nothing else wants the
+    cores, not the odd pass another process slowed. One per model (`of`), shared by its sequences."""
+
+    def __init__(self, seconds):
+        self.seconds = np.asarray(seconds, np.float64).copy()  # [n]: n = 0 .. MAX_ADAPTIVE_K + 1 ([0] unused)
+        check_settings([(self.seconds.shape == (MAX_ADAPTIVE_K + 2,) and bool(np.all(self.seconds[1:] > 0)),
+                         "seconds", f"must be {MAX_ADAPTIVE_K + 2} times, all but the first positive")])
+
+    @classmethod
+    def measure(cls, model: GPT, repeats: int = 3, prefix: int = 8) -> VerifyCosts:
+        seconds = np.zeros(MAX_ADAPTIVE_K + 2)
+        size = min(model.config.block_size, prefix + MAX_ADAPTIVE_K + 1)
+        prefix = max(0, min(prefix, size - MAX_ADAPTIVE_K - 1))
+        ids = np.arange(size) % model.config.vocab_size
+        cache = model.new_cache(1, size=size)
+        if prefix > 0:
+            model.forward_cached(ids[None, :prefix], cache)
+        for n in range(1, min(MAX_ADAPTIVE_K + 1, size - prefix) + 1):
+            best = float("inf")
+            for _ in range(repeats):
+                cache.length = prefix
+                t = time.perf_counter()
+                model.forward_cached(ids[None, prefix:prefix + n], cache)
+                best = min(best, time.perf_counter() - t)
+            seconds[n] = best
+        last = seconds[1:].nonzero()[0][-1] + 1  # a context shorter than MAX_ADAPTIVE_K + 1: never needed beyond it
+        seconds[last + 1:] = seconds[last]
+        return cls(np.maximum.accumulate(seconds))
+
+    def observe(self, n: int, seconds: float) -> None:
+        self.seconds[n] += (0.2 if seconds < self.seconds[n] else 0.02) * (seconds - self.seconds[n])
+
+    _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, model: GPT) -> VerifyCosts:
+        if model not in cls._of:
+            cls._of[model] = cls.measure(model)
+        return cls._of[model]
+
+
+class DraftLength:
+    """Each round's number of drafts k for one sequence, chosen to maximise expected tokens per second:
+    E(k) / T(k), where E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k with a_i the acceptance of the i-th draft
+    given the ones before it, and T(k) the target's measured cost of a k + 1 token forward (VerifyCosts) plus k
+    times the draft's measured cost per token. a_i is counted over recent rounds (the counts fade by `decay` per
+    round), with a prior worth two rounds: 1/2 for a_1, a_(i-1) for the others, so that a position seldom reached
+    is taken to behave as the one before it. k = 0 is a plain decoding step; then a draft cheaper than PROBE_SHARE
+    of a step is still asked for one token, and whether the target kept it feeds a_1, so that a stretch where the
+    draft starts agreeing (a passage being quoted) is noticed; a dearer draft is tried with k = 1 every
+    EXPLORE_EVERY rounds of k = 0."""
+
+    def __init__(self, costs: VerifyCosts, draft_seconds: float = 0.0, decay: float = 0.95):
+        self.costs, self.decay = costs, decay
+        self.tried = np.zeros(MAX_ADAPTIVE_K)
+        self.kept = np.zeros(MAX_ADAPTIVE_K)
+        self.draft_seconds = draft_seconds  # per drafted token: the draft's own estimate, then a moving average
+        self.idle = 0  # rounds of k = 0 since a draft was last verified
+
+    def acceptance(self) -> np.ndarray:
+        a, prior = np.empty(MAX_ADAPTIVE_K), 0.5
+        for i in range(MAX_ADAPTIVE_K):
+            a[i] = prior = (self.kept[i] + 2.0 * prior) / (self.tried[i] + 2.0)
+        return a
+
+    def choose(self, room: int) -> int:
+        """The best k in 0..room."""
+        room = max(0, min(room, MAX_ADAPTIVE_K))
+        expected = 1.0 + np.concatenate([[0.0], np.cumsum(np.cumprod(self.acceptance()))])[:room + 1]
+        cost = self.costs.seconds[1:room + 2] + np.arange(room + 1) * self.draft_seconds
+        best = int(np.argmax(expected / cost))
+        self.idle = 0 if best else self.idle + 1
+        if best == 0 and room and not self.probes() and self.idle % EXPLORE_EVERY == 0:
+            return 1
+        return best
+
+    def probes(self) -> bool:
+        """Whether a round of k = 0 still asks the draft for one token."""
+        return bool(self.draft_seconds <= PROBE_SHARE * self.costs.seconds[1])
+
+    def learn(self, kept: list[float], drafted: int, draft_seconds: float, fed: int, verify_seconds: float) -> None:
+        """One round: kept[i] is whether the (i+1)-th draft was accepted given the ones before it (1 or 0; for a
+        probe, the probability that it would have been); `drafted` tokens took `draft_seconds`, and the target's
+        pass over `fed` tokens took verify_seconds."""
+        self.tried *= self.decay
+        self.kept *= self.decay
+        for i, v in enumerate(kept):
+            self.tried[i] += 1.0
+            self.kept[i] += v
+        if drafted:
+            self.draft_seconds += 0.2 * (draft_seconds / drafted - self.draft_seconds)
+        self.costs.observe(fed, verify_seconds)
+
+
 # ----------------------------------------------------------------------------- drafts
 
 
@@ -119,6 +222,10 @@ class NGramDraft:
 
     def room(self, context_len: int) -> int:
         return MAX_ADAPTIVE_K
+
+    def token_seconds(self) -> float:
+        """What a drafted token costs, as far as is known before drafting (DraftLength learns the rest)."""
+        return 0.0
 
     def propose(self, context: list[int], k: int, sampling: Sampling, rng) -> tuple[list[int], list]:
         for n in range(min(self.max_n, len(context) - 1), self.min_n - 1, -1):
@@ -151,6 +258,9 @@ class _ModelSession:
     def room(self, context_len: int) -> int:
         """Drafts that fit: feeding the context and k - 1 drafts must stay within the draft's context."""
         return self.cache.size - context_len + 1
+
+    def token_seconds(self) -> float:
+        return float(VerifyCosts.of(self.model).seconds[1])
 
     def propose(self, context: list[int], k: int, sampling: Sampling, rng) -> tuple[list[int], list]:
         tokens, dists = [], []
@@ -252,8 +362,8 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
               stats: SpecStats | None = None) -> Iterator[int]:
     """Decode seq with speculative rounds, yielding each token it keeps (see the module docstring).
 
-    k drafts per round; with adaptive=True, k grows by one after a round where every draft was accepted and
-    shrinks by one otherwise (between 1 and MAX_ADAPTIVE_K). `stats` is filled in as tokens come out.
+    k drafts per round; with adaptive=True, each round's k (0 .. MAX_ADAPTIVE_K) is the one DraftLength expects
+    to give the most tokens per second (k is then not used). `stats` is filled in as tokens come out.
     """
     check_settings([(isinstance(k, int) and k >= 1, "k", f"must be >= 1 (got {k})")])
     block = target.config.block_size
@@ -264,6 +374,7 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
         return
     stats = stats if stats is not None else SpecStats()
     session = as_draft(draft).session()
+    length = DraftLength(VerifyCosts.of(target), session.token_seconds()) if adaptive else None
     sampling, rng = seq.request.sampling, seq.rng
     context = prompt
     cache = target.new_cache(1)
@@ -271,29 +382,43 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
         target.forward_cached(np.array([context[:-1]]), cache)  # everything but the last token
     while len(context) <= block and not seq.done:
         left = seq.request.max_new_tokens - len(seq.tokens)
-        room = min(k, block - len(context), left - 1, session.room(len(context)))
+        room = min(MAX_ADAPTIVE_K if adaptive else k, block - len(context), left - 1, session.room(len(context)))
+        wanted = room if length is None else length.choose(room)
+        probe = length is not None and wanted == 0 and room > 0 and length.probes()
         t0 = time.perf_counter()
-        drafts, dists = session.propose(context, room, sampling, rng) if room > 0 else ([], [])
+        drafts, dists = session.propose(context, max(wanted, int(probe)), sampling, rng) if room > 0 else ([], [])
         t1 = time.perf_counter()
+        fed, probed = (drafts[:wanted], dists[:wanted]) if probe else (drafts, dists)
         start = cache.length  # == len(context) - 1
-        logits = target.forward_cached(np.array([context[-1:] + drafts]), cache)[0]  # (len(drafts) + 1, V)
-        accepted, token = verify(logits, drafts, dists, sampling, rng)
+        logits = target.forward_cached(np.array([context[-1:] + fed]), cache)[0]  # (len(fed) + 1, V)
+        accepted, token = verify(logits, fed, probed, sampling, rng)
+        t2 = time.perf_counter()
         stats.draft_seconds += t1 - t0
-        stats.verify_seconds += time.perf_counter() - t1
+        stats.verify_seconds += t2 - t1
+        if length is not None:
+            kept = ([_would_accept(logits[0], drafts[0], dists[0], sampling)] if probe and drafts
+                    else [1.0] * accepted + [0.0] * (accepted < len(fed)))
+            length.learn(kept, len(drafts), t1 - t0, len(fed) + 1, t2 - t1)
         cache.length = start + 1 + accepted
         session.rollback(len(context) + accepted)
-        stats.record(len(drafts), accepted)
-        if adaptive:
-            k = min(k + 1, MAX_ADAPTIVE_K) if accepted == len(drafts) and drafts else max(1, k - 1)
-        kept, predicted = len(seq.tokens), seq.would_keep(drafts[:accepted] + [token])
+        stats.record(len(fed), accepted)
+        kept_before, predicted = len(seq.tokens), seq.would_keep(fed[:accepted] + [token])
         stats.tokens += predicted  # counted before the sequence hears of them: its on_finish sees the full count
-        yield from emit_all(seq, drafts[:accepted] + [token], context)
-        stats.tokens += len(seq.tokens) - kept - predicted  # fewer when it was cancelled meanwhile
+        yield from emit_all(seq, fed[:accepted] + [token], context)
+        stats.tokens += len(seq.tokens) - kept_before - predicted  # fewer when it was cancelled meanwhile
     if not seq.done:
         if sliding:
             yield from continue_decoding(target, seq, context, cache, sliding)
         else:
             seq.finish("length")
+
+
+def _would_accept(logits: np.ndarray, x: int, q, sampling: Sampling) -> float:
+    """The probability that the acceptance rule keeps draft x (drawn from q; None: one-hot) under these logits."""
+    if sampling.greedy:
+        return float(x == int(np.argmax(logits)))
+    p = probs_from_logits(logits, sampling)
+    return float(min(1.0, p[x] / (1.0 if q is None else max(q[x], 1e-300))))
 
 
 def speculative_generate(target: GPT, prompt: list[int], *, max_new_tokens: int, draft, k: int = 4,

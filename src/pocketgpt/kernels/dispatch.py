@@ -64,8 +64,12 @@ def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -
 
 
 def _few(lay: Layout, x2: np.ndarray, y: np.ndarray) -> None:
-    """y = x2 W^T for a few tokens: each row of W decoded once and dotted with every token (in split order for
-    the hot layouts, see products.split_rows)."""
+    """y = x2 W^T for a few tokens: llama.cpp's blocks read in place, four tokens to a pass (products.block_tokens);
+    the others' rows decoded once each and dotted with every token (in split order for the hot layouts, see
+    products.split_rows)."""
+    if lay.kind in products.BLOCK_TOKENS:
+        products.block_tokens(lay.kind, lay.parts, x2, y)
+        return
     split = lay.split_rows(x2.shape[1])
     if split is None:
         lay.row_kernels[0](lay.parts, x2, y, y.shape[1])

@@ -409,3 +409,124 @@ def split_rows(kind: int, group: int = 0) -> Callable:
                     _dot_each(buf, xs, y, r)
 
     return rows
+
+
+# ----------------------------------------------------------------------------- a few tokens from the llama.cpp blocks
+# Q4_0, Q4_1 and Q8_0 take a few tokens the way their matvec takes one: one flat loop over a row's bytes, each weight
+# (two, for a 4-bit byte) scaled once and met by every token of a group of four (or two), so a byte read and
+# decoded serves four products. Against decoding the row into a buffer and dotting it with each token, this reads
+# nothing but the packed row and the tokens, and at 2-4 tokens costs well under 2-4 single-token products.
+
+
+@njit(**FAST)
+def _halves_of(xs):
+    """_block_halves of each token of xs (B, n): xa, xc (B, n/2) and the block sums (B, n/32)."""
+    B, n = xs.shape
+    xa, xc = np.empty((B, n // 2), np.float32), np.empty((B, n // 2), np.float32)
+    sums = np.empty((B, n // 32), np.float32)
+    for b in range(B):
+        _block_halves(xs[b], xa[b], xc[b], sums[b])
+    return xa, xc, sums
+
+
+@njit(**BODY)
+def _q4_offset(dr, mr, sums, t, with_min):
+    """What the blocks' offsets add to token t's product with one row: sum_b m_b xs_b (Q4_1) or -8 sum_b d_b xs_b."""
+    acc = np.float32(0.0)
+    for b in range(dr.size):
+        acc += (mr[b] if with_min else np.float32(-8.0) * dr[b]) * sums[t, b]
+    return acc
+
+
+@njit(**PARALLEL)
+def q4_four(parts, xa, xc, sums, y, t, with_min):
+    """y[t:t+4] for Q4_0 or Q4_1 rows (see mv_q4_1: lo xa + hi xb = b xa + hi xc)."""
+    q, d, m = parts[0], parts[1], parts[2]  # m unused for Q4_0 (block_tokens passes d again)
+    a0, a1, a2, a3 = xa[t], xa[t + 1], xa[t + 2], xa[t + 3]
+    c0, c1, c2, c3 = xc[t], xc[t + 1], xc[t + 2], xc[t + 3]
+    for r in prange(q.shape[0]):
+        qr, dr = q[r], d[r]
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for k in range(qr.size):
+            f = np.float32(qr[k])
+            wa, wc = dr[k >> 4] * f, dr[k >> 4] * np.floor(f * SIXTEENTH)
+            s0 += wa * a0[k] + wc * c0[k]
+            s1 += wa * a1[k] + wc * c1[k]
+            s2 += wa * a2[k] + wc * c2[k]
+            s3 += wa * a3[k] + wc * c3[k]
+        y[t, r] = s0 + _q4_offset(dr, m[r], sums, t, with_min)
+        y[t + 1, r] = s1 + _q4_offset(dr, m[r], sums, t + 1, with_min)
+        y[t + 2, r] = s2 + _q4_offset(dr, m[r], sums, t + 2, with_min)
+        y[t + 3, r] = s3 + _q4_offset(dr, m[r], sums, t + 3, with_min)
+
+
+@njit(**PARALLEL)
+def q4_two(parts, xa, xc, sums, y, t, with_min):
+    """y[t:t+2], as q4_four."""
+    q, d, m = parts[0], parts[1], parts[2]
+    a0, a1, c0, c1 = xa[t], xa[t + 1], xc[t], xc[t + 1]
+    for r in prange(q.shape[0]):
+        qr, dr = q[r], d[r]
+        s0 = s1 = np.float32(0.0)
+        for k in range(qr.size):
+            f = np.float32(qr[k])
+            wa, wc = dr[k >> 4] * f, dr[k >> 4] * np.floor(f * SIXTEENTH)
+            s0 += wa * a0[k] + wc * c0[k]
+            s1 += wa * a1[k] + wc * c1[k]
+        y[t, r] = s0 + _q4_offset(dr, m[r], sums, t, with_min)
+        y[t + 1, r] = s1 + _q4_offset(dr, m[r], sums, t + 1, with_min)
+
+
+@njit(**PARALLEL)
+def q8_four(parts, xs, y, t):
+    """y[t:t+4] for Q8_0 rows."""
+    q, d = parts[0], parts[1]
+    x0, x1, x2, x3 = xs[t], xs[t + 1], xs[t + 2], xs[t + 3]
+    for r in prange(q.shape[0]):
+        qr, dr = q[r], d[r]
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for k in range(qr.size):
+            w = dr[k >> 5] * np.float32(qr[k])
+            s0 += w * x0[k]
+            s1 += w * x1[k]
+            s2 += w * x2[k]
+            s3 += w * x3[k]
+        y[t, r], y[t + 1, r], y[t + 2, r], y[t + 3, r] = s0, s1, s2, s3
+
+
+@njit(**PARALLEL)
+def q8_two(parts, xs, y, t):
+    """y[t:t+2] for Q8_0 rows."""
+    q, d = parts[0], parts[1]
+    x0, x1 = xs[t], xs[t + 1]
+    for r in prange(q.shape[0]):
+        qr, dr = q[r], d[r]
+        s0 = s1 = np.float32(0.0)
+        for k in range(qr.size):
+            w = dr[k >> 5] * np.float32(qr[k])
+            s0 += w * x0[k]
+            s1 += w * x1[k]
+        y[t, r], y[t + 1, r] = s0, s1
+
+
+def block_tokens(kind: int, parts: tuple, xs: np.ndarray, y: np.ndarray) -> None:
+    """y = xs W^T for a few tokens xs (B, n) of a Q4_0, Q4_1 or Q8_0 matrix: groups of four tokens, then two, then
+    the single-token matvec (FUSED) for the last one."""
+    B = xs.shape[0]
+    four, two, one = ((q8_four, q8_two, matvec_q8_0) if kind == Q8_0
+                      else (q4_four, q4_two, matvec_q4_0 if kind == Q4_0 else matvec_q4_1))
+    args = (xs,) if kind == Q8_0 else _halves_of(xs)
+    wide = parts if kind != Q4_0 else (*parts, parts[1])  # q4_four's third array: Q4_1's minima, unread for Q4_0
+    extra = () if kind == Q8_0 else (kind == Q4_1,)
+    t = 0
+    while t + 4 <= B:
+        four(wide, *args, y, t, *extra)
+        t += 4
+    if t + 2 <= B:
+        two(wide, *args, y, t, *extra)
+        t += 2
+    if t < B:
+        one(parts, xs[t], y[t])
+
+
+BLOCK_TOKENS = (Q4_0, Q4_1, Q8_0)  # the kinds block_tokens takes
