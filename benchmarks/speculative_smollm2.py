@@ -14,10 +14,11 @@ acceptance and verification cost (pocketgpt.generate.speculative.DraftLength) un
 - the target's own 4-bit copy made from its float weights (RTN, asymmetric groups of 32);
 - two processes: the chosen layer-skipping draft served by a child `pocketgpt serve FILE --role draft
   --draft-layers N` with one thread, the target decoding here with one thread and then with two.
-For each draft, prompt set and temperature (0 and 1): tokens/s of speculative over plain decoding (a warm-up
-pass that also fills the statistics, then plain and speculative alternately, best of --rounds), acceptance,
-tokens per target forward, acceptance by position, the share of time spent drafting, and at temperature 0
-whether the outputs are identical.
+At temperature 1 the replies run to `--tokens` (past the end of the turn), so that plain and speculative decoding,
+whose sampled replies differ, produce as many tokens. For each draft, prompt set and temperature (0 and 1):
+tokens/s of speculative over plain decoding (a warm-up pass that also fills the statistics, then plain and
+speculative alternately, best of --rounds), acceptance, tokens per target forward, acceptance by position, the
+share of time spent drafting, and at temperature 0 whether the outputs are identical.
 """
 
 from __future__ import annotations
@@ -178,11 +179,15 @@ def compare(target, drafts, sets, args, stops) -> list[str]:
         finally:
             numba.set_num_threads(own)
 
+    stops_t0 = stops
     for name, draft in drafts.items():
         draft, threads, k = draft if isinstance(draft, tuple) else (draft, None, None)
         threads = threads or own
         for set_name, prompts in sets.items():
             for temperature in (0.0, 1.0):
+                # sampled replies differ between the two, and so would their lengths (and the share of the time
+                # their prefill takes): at temperature 1 every reply runs to --tokens, past the end of its turn
+                stops = stops_t0 if temperature == 0 else ()
                 sampling, stats = Sampling(temperature), SpecStats()
                 spec_out = on_threads(threads, run, target, prompts, args.tokens, sampling, stops, draft, stats, k)
                 plain_out = run(target, prompts, args.tokens, sampling, stops)

@@ -74,7 +74,7 @@ def trained():
 class Served:
     """A uvicorn server on a free local port, in a thread: the OpenAI-compatible app over `engine`, or `app`."""
 
-    def __init__(self, engine=None, app=None):
+    def __init__(self, engine=None, app=None, access=None):
         import openai
         import uvicorn
 
@@ -84,7 +84,7 @@ class Served:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.engine = engine
-        self.server = uvicorn.Server(uvicorn.Config(app or create_app(engine), host="127.0.0.1", port=self.port,
+        self.server = uvicorn.Server(uvicorn.Config(app or create_app(engine, access), host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -38,6 +38,13 @@ def positive_int(s: str) -> int:
     return v
 
 
+def positive_float(s: str) -> float:
+    v = float(s)
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number (got {s})")
+    return v
+
+
 def count(s: str) -> int:
     v = int(s)
     if v < 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pocketgpt.cli.common import UsageError, defaults, emit_json, port, positive_int, say, unescape
+from pocketgpt.cli.common import UsageError, defaults, emit_json, port, positive_float, positive_int, say, unescape
 from pocketgpt.generate import (
     Request,
     Sampling,
@@ -22,7 +22,7 @@ from pocketgpt.generate import (
 from pocketgpt.generate.sampling import MAX_TEMPERATURE
 from pocketgpt.interop import load
 from pocketgpt.model.gpt import CACHE_KINDS
-from pocketgpt.serve import CONTEXT, MAX_QUEUE, SLOTS
+from pocketgpt.serve import CONTEXT, MAX_BODY, MAX_QUEUE, SLOTS
 
 
 def add_sampling_args(p) -> None:
@@ -85,6 +85,16 @@ def add(sub) -> None:
                    f"model's context (default {CONTEXT})")
     v.add_argument("--max-queue", dest="max_queue", type=int, default=MAX_QUEUE,
                    help=f"requests that may wait for a slot before the server answers 429 (default {MAX_QUEUE})")
+    v.add_argument("--api-key", dest="api_key", help="require Authorization: Bearer KEY on every path but /health "
+                   "(default: none; prefer --api-key-file, which keeps the key out of the process list)")
+    v.add_argument("--api-key-file", dest="api_key_file", help="the API key, on the file's first line")
+    v.add_argument("--allowed-origins", dest="allowed_origins", default="", metavar="ORIGINS",
+                   help="comma-separated web origins (e.g. https://app.example.com) whose pages may call the server, "
+                   "or *; requests from other web pages are refused (default: none but the server's own)")
+    v.add_argument("--max-body", dest="max_body", type=positive_int, default=MAX_BODY,
+                   help=f"largest request body in bytes (default {MAX_BODY})")
+    v.add_argument("--request-timeout", dest="request_timeout", type=positive_float, default=None,
+                   metavar="SECONDS", help="cancel a request that runs longer (default: none)")
     v.add_argument("--role", choices=("target", "draft"), default="target",
                    help="draft: answer /v1/draft for a target that runs with --draft-url, drafting with MODEL, or "
                    "with its first N layers (--draft-layers N) or 4-bit copy (--draft-quantized) (default target)")
@@ -163,6 +173,7 @@ def run_serve(args) -> int:
     if args.role == "draft" and any((args.draft, args.draft_ngram, args.draft_url)):
         raise UsageError("a draft server drafts with MODEL itself, its first N layers (--draft-layers) or its 4-bit "
                          "copy (--draft-quantized)")
+    access = access_of(args)
     ckpt = load(args.checkpoint)
     model = ckpt.model()
     name = args.name or Path(args.checkpoint).resolve().name
@@ -171,11 +182,11 @@ def run_serve(args) -> int:
 
         draft, kind, _ = draft_of(args, model)
         drafter = draft.model if draft is not None else model
-        app = create_draft_app(DraftService(drafter, name))
+        app = create_draft_app(DraftService(drafter, name), access)
         say(f"drafting with {name}{' (' + kind + ')' if draft else ''}, {drafter.num_params:,} parameters, at "
             f"http://{args.host}:{args.port}/v1/draft")
     else:
-        app = target_app(args, ckpt, model, name)
+        app = target_app(args, ckpt, model, name, access)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except SystemExit as e:  # uvicorn exits when it cannot bind the address
@@ -183,7 +194,29 @@ def run_serve(args) -> int:
     return 0
 
 
-def target_app(args, ckpt, model, name: str):
+def access_of(args):
+    """Who may call the server (pocketgpt.serve.access.Access), from the flags; UsageError for a key file that
+    cannot be read or holds no key, and for a draft server given a key (its target would not send one)."""
+    from pocketgpt.serve.access import Access
+
+    if args.api_key is not None and args.api_key_file is not None:
+        raise UsageError("give the API key once: --api-key or --api-key-file")
+    key = args.api_key
+    if args.api_key_file is not None:
+        try:
+            lines = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read the API key file {args.api_key_file}: {e}") from None
+        key = lines[0].strip() if lines else ""
+    if key is not None and not key.strip():
+        raise UsageError("the API key is empty")
+    if key is not None and args.role == "draft":
+        raise UsageError("a draft server takes no API key (its target sends none); keep it on a loopback address")
+    origins = tuple(o.strip().rstrip("/") for o in args.allowed_origins.split(",") if o.strip())
+    return Access(key.strip() if key else None, origins, args.max_body, args.host)
+
+
+def target_app(args, ckpt, model, name: str, access):
     """The OpenAI-compatible app over the model's batcher (speculative with a draft flag)."""
     from pocketgpt.generate import Batcher, SpeculativeBatcher
     from pocketgpt.serve.server import Engine, create_app
@@ -192,7 +225,8 @@ def target_app(args, ckpt, model, name: str):
     check_draft_tokenizer(args, ckpt, draft_tok)
     batcher = (SpeculativeBatcher(model, draft, args.draft_k, args.adaptive, args.slots) if draft is not None
                else Batcher(model, args.slots, args.context))
-    engine = Engine(model, ckpt.tokenizer, name, ckpt.documents, args.slots, args.max_queue, batcher)
+    engine = Engine(model, ckpt.tokenizer, name, ckpt.documents, args.slots, args.max_queue, batcher,
+                    args.request_timeout)
     say(f"serving {name} ({model.num_params:,} parameters{', ' + kind + ' draft' if draft else ''}) "
         f"at http://{args.host}:{args.port}/v1 with {args.slots} slots")
-    return create_app(engine)
+    return create_app(engine, access)

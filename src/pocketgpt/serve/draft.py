@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -30,6 +31,7 @@ from pocketgpt.generate import Sampling
 from pocketgpt.generate.remote import encode_dist
 from pocketgpt.generate.speculative import ModelDraft
 from pocketgpt.model import GPT
+from pocketgpt.serve.access import Access, AccessMiddleware
 from pocketgpt.serve.server import APIError, body_field, read_json, sampling_fields
 
 SESSIONS = 64  # sessions kept (the least recently used is dropped)
@@ -143,7 +145,8 @@ def parse_draft(service: DraftService, body: dict) -> tuple[str, list[int], int,
     return sid, context, k, sampling
 
 
-def create_draft_app(service: DraftService) -> Starlette:
+def create_draft_app(service: DraftService, access: Access | None = None) -> Starlette:
+    """The draft service's app, behind pocketgpt.serve.access (default: no key, no other origin)."""
     async def health(request: HTTPRequest):
         return JSONResponse({"status": "ok", "model": service.name, "role": "draft", "requests": service.requests,
                              "drafted_ahead": service.hits})
@@ -166,4 +169,5 @@ def create_draft_app(service: DraftService) -> Starlette:
         service.worker.shutdown(wait=False, cancel_futures=True)
 
     return Starlette(routes=[Route("/health", health), Route("/v1/draft", draft, methods=["POST"])],
+                     middleware=[Middleware(AccessMiddleware, access=access or Access())],
                      lifespan=lifespan)

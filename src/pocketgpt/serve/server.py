@@ -11,9 +11,16 @@ Chat template: each message becomes "ROLE:\\n<content>\\n\\n" with the role in c
 ASSISTANT), and the prompt ends with "ASSISTANT:\\n" -- the layout of a speech in tinyshakespeare. A blank
 line ("\\n\\n") ends the reply unless the request gives its own stop strings.
 
-Errors are OpenAI-shaped ({"error": {"message", "type", "param", "code"}}): 400 for malformed JSON and bad
-parameters (max_tokens beyond the context, a temperature outside [0, 2], characters outside the vocabulary),
-404 for an unknown model, 429 when the running and waiting requests already fill the slots and the queue.
+Prompts: a completion's prompt is a string, a list of one string, or token ids (a list of ints, or a list of one
+such list); a chat message's content is a string or a list of text parts. A prompt whose characters could not
+fit the context even at the tokenizer's longest token is refused before it is tokenized.
+
+Errors are OpenAI-shaped ({"error": {"message", "type", "param", "code"}}): 400 for malformed JSON (or JSON
+nested deeper than MAX_DEPTH) and bad parameters (max_tokens beyond the context, a temperature outside [0, 2],
+characters outside the vocabulary, logprobs and echo, which this server does not compute), 404 for an unknown
+model, 429 with Retry-After when the running and waiting requests already fill the slots and the queue, 504 for
+a request that ran past the server's request timeout (it is cancelled, and its slot freed). Who may call, and
+how large a body may be, is pocketgpt.serve.access's (401, 403, 413).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import time
 import uuid
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
@@ -35,17 +43,24 @@ from pocketgpt.errors import InputError, SettingsError
 from pocketgpt.generate import Batcher, Request, Sampling, Sequence, TextStream, encode_prompt
 from pocketgpt.generate.chat import chat_ids
 from pocketgpt.serve import MAX_QUEUE, SLOTS
+from pocketgpt.serve.access import Access, AccessMiddleware
+
+MAX_DEPTH = 32  # nesting of a request's JSON
+RETRY_AFTER = 1  # seconds a client told 429 should wait
 
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 FIELDS = {"max_new_tokens": "max_tokens"}  # library field -> JSON parameter, where the names differ
@@ -55,9 +70,10 @@ class Engine:
     """A batcher, the thread that steps it, and what the HTTP handlers need to know about the model."""
 
     def __init__(self, model, tokenizer, name: str, documents: bool, slots: int = SLOTS, max_queue: int = MAX_QUEUE,
-                 batcher=None):
+                 batcher=None, request_timeout: float | None = None):
         self.model, self.tokenizer, self.name, self.documents = model, tokenizer, name, documents
-        self.slots, self.max_queue = slots, max_queue
+        self.slots, self.max_queue, self.request_timeout = slots, max_queue, request_timeout
+        self.token_chars = max(len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size))  # the longest
         self.batcher = batcher if batcher is not None else Batcher(model, slots)
         self.context = self.batcher.context  # positions a request may fill
         self.created = int(time.time())
@@ -88,7 +104,8 @@ class Engine:
     def submit(self, seq: Sequence) -> None:
         if self.batcher.load() >= self.slots + self.max_queue:
             raise APIError(429, f"the server is at capacity ({self.slots} running, {self.max_queue} waiting); "
-                           "retry later", code="rate_limit_exceeded", kind="rate_limit_error")
+                           "retry later", code="rate_limit_exceeded", kind="rate_limit_error",
+                           headers={"Retry-After": str(RETRY_AFTER)})
         self.batcher.submit(seq)
         self.wake.set()
 
@@ -116,20 +133,20 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     where = "messages" if chat else "prompt"
     if body_field(body, "n", (int,), 1) != 1:
         raise APIError(400, "n must be 1", "n")
+    for name in ("logprobs", "top_logprobs", "echo"):
+        if body.get(name) not in (None, False, 0):
+            raise APIError(400, f"{name} is not supported by this server", name)
+    block = engine.context
     template_stops: tuple[str, ...] = ()
     try:
         if chat:
-            prompt, template_stops = chat_ids(engine.tokenizer, body.get("messages"), engine.documents)
+            messages = body.get("messages")
+            _check_length(engine, messages if isinstance(messages, list) else [], where)
+            prompt, template_stops = chat_ids(engine.tokenizer, messages, engine.documents)
         else:
-            text = body.get("prompt", "")
-            if isinstance(text, list) and len(text) == 1 and isinstance(text[0], str):
-                text = text[0]
-            if not isinstance(text, str):
-                raise APIError(400, "prompt must be a string (or a list of one string)", "prompt")
-            prompt = encode_prompt(engine.tokenizer, text, engine.documents)
+            prompt = _completion_prompt(engine, body.get("prompt", ""))
     except InputError as e:
         raise APIError(400, f"{where}: {e}", where) from None
-    block = engine.context
     room = block - len(prompt)
     if room < 1:
         raise APIError(400, f"this model's maximum context length is {block} tokens; the prompt has {len(prompt)}",
@@ -152,14 +169,58 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     return request, bool(body_field(body, "stream", (bool,), False))
 
 
+def _completion_prompt(engine: Engine, prompt) -> list[int]:
+    """A completion's prompt ids: from text (a string or a list of one), or token ids (a list, or a list of one)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        _check_length(engine, [prompt], "prompt")
+        return encode_prompt(engine.tokenizer, prompt, engine.documents)
+    V = engine.tokenizer.vocab_size
+    if (isinstance(prompt, list) and prompt
+            and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in prompt)):
+        return list(prompt)
+    raise APIError(400, f"prompt must be a string, token ids in 0..{V - 1}, or a list of one of them", "prompt")
+
+
+def _check_length(engine: Engine, texts: list, where: str) -> None:
+    """Refuse, before tokenizing, a prompt too long for the context at any tokenization: more characters than the
+    context's tokens times the tokenizer's longest token."""
+    chars = 0
+    for t in texts:
+        content = t.get("content") if isinstance(t, dict) else t
+        parts = content if isinstance(content, list) else [content]
+        chars += sum(len(p.get("text", "")) if isinstance(p, dict) and isinstance(p.get("text"), str) else
+                     len(p) if isinstance(p, str) else 0 for p in parts)
+    if chars > engine.context * engine.token_chars:
+        raise APIError(400, f"this model's maximum context length is {engine.context} tokens; the prompt has "
+                       f"{chars} characters, more than that many tokens can hold", where, "context_length_exceeded")
+
+
 async def read_json(request: HTTPRequest) -> dict:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the body is not valid JSON: {e}") from None
+    except RecursionError:  # nested past what the parser itself takes
+        raise APIError(400, f"the body is nested more than {MAX_DEPTH} levels deep") from None
+    if _depth(body) > MAX_DEPTH:
+        raise APIError(400, f"the body is nested more than {MAX_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object")
     return body
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 class Completion:
@@ -174,6 +235,8 @@ class Completion:
         self.pieces_done: list[str] = []
         self.speculative = None  # a speculative batcher's statistics for this request, once it has finished
         self.seq = Sequence(request, on_token=self._on_token, on_finish=self._on_finish)
+        timeout = engine.request_timeout
+        self.deadline = None if timeout is None else self.loop.time() + timeout
         engine.submit(self.seq)
 
     def _on_token(self, token: int) -> None:  # in the batcher's thread
@@ -198,20 +261,37 @@ class Completion:
         else:
             self.pieces_done.append(piece)
 
+    async def _next(self, wait: float | None = None):
+        """The next item of the queue (a piece, or None at the end); TimeoutError after `wait` seconds; APIError 504
+        (the sequence cancelled) once the request's deadline has passed."""
+        left = None if self.deadline is None else self.deadline - self.loop.time()
+        limits = [t for t in (wait, left) if t is not None]
+        try:
+            return await asyncio.wait_for(self.queue.get(), max(0.0, min(limits)) if limits else None)
+        except TimeoutError:
+            if self.deadline is not None and self.loop.time() >= self.deadline:
+                self.cancel()
+                raise APIError(504, f"the request ran past the server's timeout of {self.engine.request_timeout:g} s "
+                               "and was cancelled", code="timeout", kind="timeout_error") from None
+            raise
+
     async def stream(self):
-        """Text pieces as they become safe to send; afterwards self.finish_reason is set."""
-        while (piece := await self.queue.get()) is not None:
+        """Text pieces as they become safe to send; afterwards self.finish_reason is set. APIError 504 past the
+        deadline."""
+        while (piece := await self._next()) is not None:
             yield piece
 
     async def result(self, request: HTTPRequest) -> str:
-        """The whole text, once the sequence has finished (cancelled if the client goes away meanwhile)."""
-        end = asyncio.ensure_future(self.queue.get())
-        while not (await asyncio.wait({end}, timeout=1.0))[0]:
-            if await request.is_disconnected():
-                self.cancel()
-                end.cancel()
-                return ""
-        return "".join(self.pieces_done)
+        """The whole text, once the sequence has finished (cancelled if the client goes away meanwhile; APIError 504
+        past the deadline)."""
+        while True:
+            try:
+                await self._next(1.0)
+                return "".join(self.pieces_done)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    self.cancel()
+                    return ""
 
     @property
     def finish_reason(self) -> str:
@@ -231,7 +311,8 @@ class Completion:
         return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
 
 
-def create_app(engine: Engine) -> Starlette:
+def create_app(engine: Engine, access: Access | None = None) -> Starlette:
+    """The OpenAI-compatible app over `engine`, behind pocketgpt.serve.access (default: no key, no other origin)."""
     async def health(request: HTTPRequest):
         stats = getattr(engine.batcher, "stats", None)
         return JSONResponse({"status": "ok", "model": engine.name, "running": engine.batcher.load(),
@@ -251,7 +332,10 @@ def create_app(engine: Engine) -> Starlette:
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": engine.name}
         if not stream:
-            text = await job.result(request)
+            try:
+                text = await job.result(request)
+            except APIError as e:
+                return e.response()
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
                       else {"index": 0, "text": text, "logprobs": None})
             choice["finish_reason"] = job.finish_reason
@@ -274,6 +358,9 @@ def create_app(engine: Engine) -> Starlette:
                 async for piece in job.stream():
                     yield chunk(piece)
                 yield chunk(None, job.finish_reason)
+            except APIError as e:  # past the deadline: the stream ends with the error, as OpenAI's do
+                yield f"data: {json.dumps(e.body())}\n\n"
+            else:
                 yield "data: [DONE]\n\n"
             finally:  # the client went away (the task is cancelled) or the stream ended
                 job.cancel()
@@ -297,4 +384,4 @@ def create_app(engine: Engine) -> Starlette:
         Route("/health", health), Route("/v1/models", models),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=[Middleware(AccessMiddleware, access=access or Access())])
