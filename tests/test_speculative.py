@@ -123,6 +123,23 @@ def test_the_layer_draft_is_the_targets_early_exit(target):
         make_draft("layers", target, layers=2)
 
 
+def test_the_layer_draft_reads_the_targets_cache_instead_of_prefilling(target, monkeypatch):
+    """The draft's layers are the target's, so the keys and values of the context are already in the target's
+    cache: each proposal feeds the draft only the context's last token and its own drafts, never the prompt."""
+    prompt = [0, 1, 2, 0, 1, 2, 0, 1]
+    plain = list(generate(target, prompt, max_new_tokens=16, sampling=GREEDY))
+    for kind, fed_prompt in (("layers", False), ("model", True)):
+        draft = (make_draft("layers", target, layers=1) if kind == "layers"
+                 else make_draft("model", model=first_layers(target, 1)))
+        fed, real = [], draft.model.forward_cached
+        monkeypatch.setattr(draft.model, "forward_cached",
+                            lambda idx, cache, outputs=None, real=real, fed=fed: fed.append(np.shape(idx)[1]) or
+                            real(idx, cache, outputs))
+        assert list(speculative_generate(target, prompt, max_new_tokens=16, draft=draft, k=3,
+                                         sampling=GREEDY)) == plain
+        assert max(fed) == len(prompt) if fed_prompt else set(fed) == {1}
+
+
 def test_max_tokens_and_stop_token(target):
     plain = list(generate(target, [0, 1], max_new_tokens=7, sampling=GREEDY))
     draft = drafts(target)["random weights"]

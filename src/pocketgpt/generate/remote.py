@@ -47,7 +47,7 @@ class RemoteDraft:
         self.on_failure = on_failure
         self.failures: list[str] = []
 
-    def session(self) -> _RemoteSession:
+    def session(self, target_cache=None) -> _RemoteSession:
         return _RemoteSession(self)
 
 

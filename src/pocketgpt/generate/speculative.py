@@ -16,7 +16,9 @@ step re-reads the last block_size tokens), so the output is plain decoding's for
 Drafts come from `make_draft(kind, ...)`: "model" (a smaller GPT of the same tokenizer), "quantized" (the
 target's own low-bit copy, round to nearest), "layers" (the target's first blocks and its head: layer
 skipping), "ngram" (lookup in the context, no model), "remote" (a draft in another process, asked over
-HTTP). A draft is a description; `session()` gives each sequence its own state.
+HTTP). A draft is a description; `session(target_cache)` gives each sequence its own state (a layer-skipping
+draft's is the target's own cache for its layers: the target has already computed every key and value the draft
+needs for the context, and overwrites what the draft writes past it when it verifies).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pocketgpt.generate.decode import continue_decoding, decode
 from pocketgpt.generate.remote import RemoteDraft
 from pocketgpt.generate.request import Request, Sequence, check_context, emit_all
 from pocketgpt.generate.sampling import Sampling, draw, probs_from_logits
-from pocketgpt.model import GPT, linear_names, packed_copy, param_shapes
+from pocketgpt.model import GPT, KVCache, linear_names, packed_copy, param_shapes
 
 KINDS = ("model", "quantized", "layers", "ngram", "remote")
 MAX_ADAPTIVE_K = 16
@@ -217,7 +219,7 @@ class NGramDraft:
         check_settings([(1 <= min_n <= max_n, "min_n", f"must be in 1..max_n (got {min_n}, max_n {max_n})")])
         self.max_n, self.min_n = max_n, min_n
 
-    def session(self) -> NGramDraft:
+    def session(self, target_cache=None) -> NGramDraft:
         return self
 
     def room(self, context_len: int) -> int:
@@ -246,14 +248,25 @@ class ModelDraft:
     def __init__(self, model: GPT):
         self.model = model
 
-    def session(self) -> _ModelSession:
+    def session(self, target_cache=None) -> _ModelSession:
         return _ModelSession(self.model)
 
 
+class LayerDraft(ModelDraft):
+    """The target's first layers and head (first_layers): a session over a float target cache reads and writes
+    that cache's first layers instead of keeping its own, so the draft never prefills."""
+
+    def session(self, target_cache=None) -> _ModelSession:
+        if type(target_cache) is not KVCache:  # a 4-bit or other cache: the draft keeps its own
+            return _ModelSession(self.model)
+        n = self.model.config.n_layer
+        return _ModelSession(self.model, KVCache.over(target_cache.k[:n], target_cache.v[:n]), target_cache)
+
+
 class _ModelSession:
-    def __init__(self, model: GPT):
-        self.model = model
-        self.cache = model.new_cache(1)
+    def __init__(self, model: GPT, cache=None, target_cache=None):
+        self.model, self.target_cache = model, target_cache
+        self.cache = cache if cache is not None else model.new_cache(1)
 
     def room(self, context_len: int) -> int:
         """Drafts that fit: feeding the context and k - 1 drafts must stay within the draft's context."""
@@ -264,6 +277,8 @@ class _ModelSession:
 
     def propose(self, context: list[int], k: int, sampling: Sampling, rng) -> tuple[list[int], list]:
         tokens, dists = [], []
+        if self.target_cache is not None:  # every position the target holds is this cache's too
+            self.cache.length = self.target_cache.length
         feed = context[self.cache.length:]
         for _ in range(k):
             logits = self.model.forward_cached(np.array([feed]), self.cache, outputs=1)[0, -1]
@@ -323,7 +338,7 @@ def make_draft(kind: str, target: GPT | None = None, *, model: GPT | None = None
     if kind == "layers":
         if target is None:
             raise InputError("a layer-skipping draft needs the target whose layers it runs")
-        return ModelDraft(first_layers(target, layers))
+        return LayerDraft(first_layers(target, layers))
     if kind == "ngram":
         return NGramDraft(max_n, min_n)
     if kind == "remote":
@@ -373,11 +388,11 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
         yield from decode(target, seq, sliding)
         return
     stats = stats if stats is not None else SpecStats()
-    session = as_draft(draft).session()
+    cache = target.new_cache(1)
+    session = as_draft(draft).session(cache)
     length = DraftLength(VerifyCosts.of(target), session.token_seconds()) if adaptive else None
     sampling, rng = seq.request.sampling, seq.rng
     context = prompt
-    cache = target.new_cache(1)
     if len(context) > 1:
         target.forward_cached(np.array([context[:-1]]), cache)  # everything but the last token
     while len(context) <= block and not seq.done:
