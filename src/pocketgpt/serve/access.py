@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pocketgpt.serve import MAX_BODY
 
-OPEN_PATHS = frozenset({"/health"})  # paths that need no API key
+OPEN_PATHS = frozenset({"/", "/health"})  # the chat page (it holds nothing; it sends the key it is given) and health
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 

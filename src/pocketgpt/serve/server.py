@@ -1,9 +1,11 @@
 """An OpenAI-compatible HTTP server (Starlette + uvicorn, the `serve` extra) with continuous batching.
 
-Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with "stream": true
-for server-sent events that end with `data: [DONE]`. One thread runs a scheduler (pocketgpt.generate's
-Batcher, or its SpeculativeBatcher with a draft) step after step while there is work; requests join at the
-next step and leave when done, and a client that disconnects has its sequence cancelled, which frees its slot.
+Endpoints: GET / (the chat page, chat.html: one static file, its script and style inline, allowed by their hashes
+in its Content-Security-Policy and nothing else), GET /health, GET /v1/models, POST /v1/completions,
+POST /v1/chat/completions, with "stream": true for server-sent events that end with `data: [DONE]`. One thread
+runs a scheduler (pocketgpt.generate's Batcher, or its SpeculativeBatcher with a draft) step after step while
+there is work; requests join at the next step and leave when done, and a client that disconnects has its
+sequence cancelled, which frees its slot.
 Each request is parsed into the library's own Request and Sampling, so it is validated by the same rules as
 a Python caller's; a rule that fails becomes a 400 naming the JSON parameter.
 
@@ -26,17 +28,22 @@ how large a body may be, is pocketgpt.serve.access's (401, 403, 413).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
+import re
 import sys
 import threading
 import time
 import uuid
+from functools import cache
+from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from pocketgpt.errors import InputError, SettingsError
@@ -311,8 +318,28 @@ class Completion:
         return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
 
 
+@cache
+def chat_page() -> tuple[str, dict]:
+    """The chat page and its headers: a policy that lets the page run its own inline script and style (by their
+    SHA-256) and talk to this server, and nothing else."""
+    html = (resources.files("pocketgpt.serve") / "chat.html").read_text(encoding="utf-8")
+
+    def digest(tag: str) -> str:
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S).group(1)
+        return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+
+    policy = (f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; connect-src 'self'; "
+              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return html, {"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
+                  "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
 def create_app(engine: Engine, access: Access | None = None) -> Starlette:
     """The OpenAI-compatible app over `engine`, behind pocketgpt.serve.access (default: no key, no other origin)."""
+    async def page(request: HTTPRequest):
+        html, headers = chat_page()
+        return HTMLResponse(html, headers=headers)
+
     async def health(request: HTTPRequest):
         stats = getattr(engine.batcher, "stats", None)
         return JSONResponse({"status": "ok", "model": engine.name, "running": engine.batcher.load(),
@@ -381,7 +408,7 @@ def create_app(engine: Engine, access: Access | None = None) -> Starlette:
         engine.stop()
 
     return Starlette(routes=[
-        Route("/health", health), Route("/v1/models", models),
+        Route("/", page), Route("/health", health), Route("/v1/models", models),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ], lifespan=lifespan, middleware=[Middleware(AccessMiddleware, access=access or Access())])
