@@ -8,7 +8,7 @@ The prompts are written here once: grounded ones (a passage of tinyshakespeare's
 to summarise it, rewrite it or answer about it) and open chat prompts, each rendered by the model's chat template;
 each reply runs to the end of its turn or `--tokens` tokens. The draft length is chosen each round from measured
 acceptance and verification cost (pocketgpt.generate.speculative.DraftLength) unless a row gives k. Drafts:
-- n-gram prompt lookup, adaptive and with k = FIXED_K;
+- n-gram prompt lookup, adaptive (and with a fixed k, given --fixed-k);
 - layer skipping: the target's own first n layers and its head; acceptance for each exit layer in EXITS is
   measured first (greedy, k = 2, the first four grounded prompts), and the exit with the best tokens/s is kept;
 - the target's own 4-bit copy made from its float weights (RTN, asymmetric groups of 32);
@@ -45,7 +45,6 @@ from pocketgpt.generate.speculative import quantized_copy  # noqa: E402
 from pocketgpt.interop import load  # noqa: E402
 
 EXITS = (4, 8, 12, 16, 20)  # of SmolLM2's 30 layers
-FIXED_K = 3  # the fixed draft length set beside the adaptive one
 REQUESTS = ("Summarise this passage in two sentences.", "Rewrite this passage in plain modern English.",
             "Who speaks in this passage, and what do they want?", "List the people named in this passage.")
 OPEN = ("What is the capital of France?", "Give me three tips for sleeping better.",
@@ -141,6 +140,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per reply, at most")
     ap.add_argument("--rounds", type=int, default=3, help="timed repeats of each prompt, plain and speculative "
                     "alternately (the least counts)")
+    ap.add_argument("--fixed-k", dest="fixed_k", type=int, default=0, help="also n-gram lookup with this fixed k")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     path = smollm2_path()
@@ -163,7 +163,8 @@ def main() -> None:
     best_exit = max(exits, key=lambda e: e[0])[1]
     floats = load(path, packed=False).model()
     ngram = make_draft("ngram")
-    drafts = {"n-gram lookup": ngram, f"n-gram lookup, k = {FIXED_K}": (ngram, None, FIXED_K),
+    drafts = {"n-gram lookup": ngram, **({f"n-gram lookup, k = {args.fixed_k}": (ngram, None, args.fixed_k)}
+                                         if args.fixed_k else {}),
               f"first {best_exit} of 30 layers": make_draft("layers", target, layers=best_exit),
               "own 4-bit copy (RTN, groups of 32)": make_draft("model", model=quantized_copy(floats, 4, 32))}
     del floats

@@ -128,3 +128,36 @@ def test_chat_and_sample_from_the_file(path, capsys):
     assert main(["sample", str(path), "--prompt", "The capital of France is", "--temperature", "0", "--count", "1",
                  "--max-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("The capital of France is Paris")
+
+
+def test_the_server_serves_the_file_as_a_chat_model(ours, path):
+    """`pocketgpt serve FILE`'s app through the official client: its own chat template, the reply greedy decoding
+    gives up to the end-of-turn token (not sent), streamed or not, usage counted, the file's name as the model."""
+    from conftest import Served
+
+    from pocketgpt.generate.chat import chat_ids
+    from pocketgpt.serve.server import Engine
+
+    model, tok = ours
+    server = Served(Engine(model, tok, path.name, documents=False, slots=2, max_queue=2))
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids, _ = chat_ids(tok, messages)
+    want = tok.decode(generate(model, ids, max_new_tokens=40, sampling=Sampling(temperature=0),
+                               stop_tokens=tok.stop_tokens))
+    try:
+        client = server.client
+        assert [m.id for m in client.models.list().data] == [path.name]
+        r = client.chat.completions.create(model=path.name, messages=messages, temperature=0, max_tokens=40)
+        assert r.choices[0].message.content == want == "The capital of France is Paris."
+        assert r.choices[0].finish_reason == "stop"
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), len(tok.encode(want)))
+        stream = client.chat.completions.create(model=path.name, messages=messages, temperature=0, max_tokens=40,
+                                                stream=True)
+        chunks = [c for c in stream if c.choices]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        text = client.completions.create(model=path.name, prompt="The capital of France is", max_tokens=3,
+                                         temperature=0).choices[0].text
+        assert text.startswith(" Paris")
+    finally:
+        server.close()

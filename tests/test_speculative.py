@@ -140,6 +140,29 @@ def test_the_layer_draft_reads_the_targets_cache_instead_of_prefilling(target, m
         assert max(fed) == len(prompt) if fed_prompt else set(fed) == {1}
 
 
+def test_the_n_gram_index_finds_what_a_scan_of_the_context_finds():
+    """The session's index against a plain scan (the latest earlier occurrence of the last n tokens, n from 4
+    down), as the context grows one token at a time and when a new context is passed."""
+
+    def scan(context, k, max_n=4):
+        for n in range(min(max_n, len(context) - 1), 0, -1):
+            for start in range(len(context) - n - 1, -1, -1):
+                if context[start:start + n] == context[-n:]:
+                    return context[start + n:start + n + k]
+        return []
+
+    rng = np.random.default_rng(0)
+    session = make_draft("ngram").session()
+    for vocab in (2, 5, 50):
+        context = []
+        for _ in range(200):
+            context.append(int(rng.integers(vocab)))
+            k = int(rng.integers(1, 6))
+            assert session.propose(context, k, GREEDY, None)[0] == scan(context, k)
+        fresh = list(context[:57])
+        assert session.propose(fresh, 3, GREEDY, None)[0] == scan(fresh, 3)
+
+
 def test_max_tokens_and_stop_token(target):
     plain = list(generate(target, [0, 1], max_new_tokens=7, sampling=GREEDY))
     draft = drafts(target)["random weights"]

@@ -213,14 +213,23 @@ class DraftLength:
 
 class NGramDraft:
     """Prompt lookup: find the latest earlier occurrence of the context's last n tokens (n from max_n down to
-    min_n) and propose the tokens that followed it. Costs no model at all, and keeps no state."""
+    min_n) and propose the tokens that followed it. Costs no model at all; each session keeps an index of the
+    context's n-grams, extended as the context grows, so that a lookup costs max_n dictionary reads."""
 
     def __init__(self, max_n: int = 4, min_n: int = 1):
         check_settings([(1 <= min_n <= max_n, "min_n", f"must be in 1..max_n (got {min_n}, max_n {max_n})")])
         self.max_n, self.min_n = max_n, min_n
 
-    def session(self, target_cache=None) -> NGramDraft:
-        return self
+    def session(self, target_cache=None) -> _NGramSession:
+        return _NGramSession(self.max_n, self.min_n)
+
+
+class _NGramSession:
+    def __init__(self, max_n: int, min_n: int):
+        self.max_n, self.min_n = max_n, min_n
+        self.context: list[int] | None = None
+        self.index: dict[int, dict[tuple, int]] = {}
+        self.ends = 0  # the n-grams ending before this position are indexed
 
     def room(self, context_len: int) -> int:
         return MAX_ADAPTIVE_K
@@ -230,12 +239,18 @@ class NGramDraft:
         return 0.0
 
     def propose(self, context: list[int], k: int, sampling: Sampling, rng) -> tuple[list[int], list]:
+        if context is not self.context or len(context) < self.ends:  # another context: index it afresh
+            self.context, self.index, self.ends = context, {n: {} for n in range(self.min_n, self.max_n + 1)}, 0
+        while self.ends < len(context) - 1:  # every n-gram that some token follows, the latest start kept
+            end = self.ends + 1
+            for n in range(self.min_n, min(self.max_n, end) + 1):
+                self.index[n][tuple(context[end - n:end])] = end - n
+            self.ends = end
         for n in range(min(self.max_n, len(context) - 1), self.min_n - 1, -1):
-            tail = context[-n:]
-            for start in range(len(context) - n - 1, -1, -1):
-                if context[start:start + n] == tail:
-                    tokens = context[start + n:start + n + k]
-                    return tokens, [None] * len(tokens)
+            start = self.index[n].get(tuple(context[-n:]))
+            if start is not None:
+                tokens = context[start + n:start + n + k]
+                return tokens, [None] * len(tokens)
         return [], []
 
     def rollback(self, length: int) -> None:
@@ -351,21 +366,29 @@ def make_draft(kind: str, target: GPT | None = None, *, model: GPT | None = None
 # ----------------------------------------------------------------------------- decoding
 
 
-def verify(logits: np.ndarray, drafts: list[int], dists: list, sampling: Sampling, rng) -> tuple[int, int]:
+def verify(logits: np.ndarray, drafts: list[int], dists: list, sampling: Sampling, rng,
+           probs: dict | None = None) -> tuple[int, int]:
     """The acceptance rule over the target's logits (k + 1, V) for k drafts with their distributions (None:
-    one-hot on the draft). Returns how many drafts were accepted and the token that follows them."""
+    one-hot on the draft). Returns how many drafts were accepted and the token that follows them. When sampling,
+    each row's distribution is computed only if the rule reaches it, and kept in `probs` (row -> p) if given."""
     if sampling.greedy:  # p and q are one-hot, so a draft is kept exactly when it is the argmax
         best = np.argmax(logits, axis=1)
         accepted = next((i for i, x in enumerate(drafts) if x != best[i]), len(drafts))
         return accepted, int(best[accepted])
-    p = [probs_from_logits(row, sampling) for row in logits]
+    probs = {} if probs is None else probs
+
+    def p(i: int) -> np.ndarray:
+        if i not in probs:
+            probs[i] = probs_from_logits(logits[i], sampling)
+        return probs[i]
+
     for i, (x, q) in enumerate(zip(drafts, dists)):
         qx = 1.0 if q is None else q[x]
-        if rng.random() * qx < p[i][x]:  # u < p(x) / q(x), without dividing by a zero q
+        if rng.random() * qx < p(i)[x]:  # u < p(x) / q(x), without dividing by a zero q
             continue
-        residual = np.maximum(p[i] - (np.eye(1, p[i].size, x)[0] if q is None else q), 0.0)
-        return i, draw(residual / residual.sum() if residual.sum() > 0 else p[i], rng)
-    return len(drafts), draw(p[len(drafts)], rng)  # every draft accepted: the bonus token
+        residual = np.maximum(p(i) - (np.eye(1, p(i).size, x)[0] if q is None else q), 0.0)
+        return i, draw(residual / residual.sum() if residual.sum() > 0 else p(i), rng)
+    return len(drafts), draw(p(len(drafts)), rng)  # every draft accepted: the bonus token
 
 
 def as_draft(draft):
@@ -406,12 +429,13 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
         fed, probed = (drafts[:wanted], dists[:wanted]) if probe else (drafts, dists)
         start = cache.length  # == len(context) - 1
         logits = target.forward_cached(np.array([context[-1:] + fed]), cache)[0]  # (len(fed) + 1, V)
-        accepted, token = verify(logits, fed, probed, sampling, rng)
+        probs: dict = {}
+        accepted, token = verify(logits, fed, probed, sampling, rng, probs)
         t2 = time.perf_counter()
         stats.draft_seconds += t1 - t0
         stats.verify_seconds += t2 - t1
         if length is not None:
-            kept = ([_would_accept(logits[0], drafts[0], dists[0], sampling)] if probe and drafts
+            kept = ([_would_accept(logits[0], drafts[0], dists[0], sampling, probs.get(0))] if probe and drafts
                     else [1.0] * accepted + [0.0] * (accepted < len(fed)))
             length.learn(kept, len(drafts), t1 - t0, len(fed) + 1, t2 - t1)
         cache.length = start + 1 + accepted
@@ -428,11 +452,12 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
             seq.finish("length")
 
 
-def _would_accept(logits: np.ndarray, x: int, q, sampling: Sampling) -> float:
-    """The probability that the acceptance rule keeps draft x (drawn from q; None: one-hot) under these logits."""
+def _would_accept(logits: np.ndarray, x: int, q, sampling: Sampling, p: np.ndarray | None = None) -> float:
+    """The probability that the acceptance rule keeps draft x (drawn from q; None: one-hot) under these logits (p:
+    their distribution, when already computed)."""
     if sampling.greedy:
         return float(x == int(np.argmax(logits)))
-    p = probs_from_logits(logits, sampling)
+    p = probs_from_logits(logits, sampling) if p is None else p
     return float(min(1.0, p[x] / (1.0 if q is None else max(q[x], 1e-300))))
 
 
