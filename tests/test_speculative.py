@@ -91,6 +91,10 @@ def test_draft_length_weighs_acceptance_against_verification_cost():
     assert [steep.choose(16) for _ in range(2 * EXPLORE_EVERY)].count(1) == 2
     with pytest.raises(Exception, match="seconds"):
         VerifyCosts(np.ones(3))
+    costs = VerifyCosts(STEEP)  # passes of 3 tokens measured at twice their timed cost: every longer pass follows
+    for _ in range(100):
+        costs.observe(3, 2 * STEEP[3])
+    assert np.allclose(costs.seconds[2:], 2 * STEEP[2:], rtol=1e-3) and costs.seconds[1] == STEEP[1]
 
 
 @pytest.mark.parametrize("kind", ["smaller model", "quantized self", "first layer", "n-gram"])

@@ -113,14 +113,20 @@ class SpecStats:
 
 class VerifyCosts:
     """Seconds for `model` to take n = 1 .. MAX_ADAPTIVE_K + 1 new tokens in one cached forward pass: timed once on
-    a scratch cache (the least of `repeats`, made non-decreasing in n), then followed as rounds run: a moving
-    average that falls quickly and rises slowly, so that it follows what a pass costs when nothing else wants the
-    cores, not the odd pass another process slowed. One per model (`of`), shared by its sequences."""
+    a scratch cache (the least of `repeats`, made non-decreasing in n), then scaled by what rounds measure: one
+    factor for single tokens and one for every longer pass (a moving average of measured over timed seconds), so
+    that what a pass costs in place (a longer context, colder caches, another process on a core) reaches the
+    sizes a sequence has not tried yet. One per model (`of`), shared by its sequences."""
 
     def __init__(self, seconds):
-        self.seconds = np.asarray(seconds, np.float64).copy()  # [n]: n = 0 .. MAX_ADAPTIVE_K + 1 ([0] unused)
-        check_settings([(self.seconds.shape == (MAX_ADAPTIVE_K + 2,) and bool(np.all(self.seconds[1:] > 0)),
+        self.timed = np.asarray(seconds, np.float64).copy()  # [n]: n = 0 .. MAX_ADAPTIVE_K + 1 ([0] unused)
+        check_settings([(self.timed.shape == (MAX_ADAPTIVE_K + 2,) and bool(np.all(self.timed[1:] > 0)),
                          "seconds", f"must be {MAX_ADAPTIVE_K + 2} times, all but the first positive")])
+        self.scale = np.ones(2)  # [0]: one token, [1]: more
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return self.timed * np.r_[1.0, self.scale[0], np.full(MAX_ADAPTIVE_K, self.scale[1])]
 
     @classmethod
     def measure(cls, model: GPT, repeats: int = 3, prefix: int = 8) -> VerifyCosts:
@@ -143,8 +149,10 @@ class VerifyCosts:
         seconds[last + 1:] = seconds[last]
         return cls(np.maximum.accumulate(seconds))
 
-    def observe(self, n: int, seconds: float) -> None:
-        self.seconds[n] += (0.2 if seconds < self.seconds[n] else 0.02) * (seconds - self.seconds[n])
+    def observe(self, n: int, seconds: float, weight: float = 0.1) -> None:
+        i = int(n > 1)
+        ratio = min(max(seconds / self.timed[n], 0.25), 4.0)  # one pass another process stalled counts for little
+        self.scale[i] += weight * (ratio - self.scale[i])
 
     _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
