@@ -86,9 +86,13 @@ def test_draft_length_weighs_acceptance_against_verification_cost():
     for _ in range(60):  # then none kept: back to plain steps, still asking the (free) draft for one token
         steep.learn([0.0], 1, 0.0, 2, STEEP[2])
     assert steep.acceptance()[0] < 0.1 and steep.choose(16) == 0 and steep.probes()
-    steep.learn([], 4, 4 * 1.0, 1, 1.0)  # a draft that costs a step per token is not asked for nothing,
+    steep.draft_seconds = 0.12  # a draft dearer than a tenth of a step per token is not asked for nothing,
     assert not steep.probes()  # but tried once every EXPLORE_EVERY rounds
     assert [steep.choose(16) for _ in range(2 * EXPLORE_EVERY)].count(1) == 2
+    steep.draft_seconds = 0.3  # three times as dear: a third as often
+    assert [steep.choose(16) for _ in range(6 * EXPLORE_EVERY)].count(1) == 2
+    steep.draft_seconds = 0.6  # over ((k + 1) - 2.2 - 0.45 (k - 1)) / k for every k: it could never pay
+    assert [steep.choose(16) for _ in range(6 * EXPLORE_EVERY)].count(1) == 0
     with pytest.raises(Exception, match="seconds"):
         VerifyCosts(np.ones(3))
     costs = VerifyCosts(STEEP)  # passes of 3 tokens measured at twice their timed cost: every longer pass follows

@@ -42,7 +42,7 @@ from pocketgpt.model import GPT, KVCache, linear_names, packed_copy, param_shape
 KINDS = ("model", "quantized", "layers", "ngram", "remote")
 MAX_ADAPTIVE_K = 16
 PROBE_SHARE = 0.1  # a draft that costs under this share of a target step is still asked when k = 0 (see DraftLength)
-EXPLORE_EVERY = 8  # otherwise, every so many rounds of k = 0 one draft is tried
+EXPLORE_EVERY = 8  # otherwise, every so many rounds of k = 0 (times its cost in probes) one draft is tried
 
 
 @dataclass
@@ -172,7 +172,8 @@ class DraftLength:
     is taken to behave as the one before it. k = 0 is a plain decoding step; then a draft cheaper than PROBE_SHARE
     of a step is still asked for one token, and whether the target kept it feeds a_1, so that a stretch where the
     draft starts agreeing (a passage being quoted) is noticed; a dearer draft is tried with k = 1 every
-    EXPLORE_EVERY rounds of k = 0."""
+    EXPLORE_EVERY rounds of k = 0 times its cost in probes, and one too dear to pay at these verification costs
+    even if every draft were kept not at all."""
 
     def __init__(self, costs: VerifyCosts, draft_seconds: float = 0.0, decay: float = 0.95):
         self.costs, self.decay = costs, decay
@@ -194,8 +195,11 @@ class DraftLength:
         cost = self.costs.seconds[1:room + 2] + np.arange(room + 1) * self.draft_seconds
         best = int(np.argmax(expected / cost))
         self.idle = 0 if best else self.idle + 1
-        if best == 0 and room and not self.probes() and self.idle % EXPLORE_EVERY == 0:
-            return 1
+        step, k = self.costs.seconds[1], np.arange(1, MAX_ADAPTIVE_K + 1)
+        dearest = np.max(((k + 1) * step - self.costs.seconds[2:]) / k)  # per token, for k + 1 tokens a pass to pay
+        if best == 0 and room and not self.probes() and self.draft_seconds < dearest:
+            every = EXPLORE_EVERY * max(1, round(self.draft_seconds / (PROBE_SHARE * step)))
+            return int(self.idle % every == 0)
         return best
 
     def probes(self) -> bool:
