@@ -17,8 +17,9 @@ acceptance and verification cost (pocketgpt.generate.speculative.DraftLength) un
 At temperature 1 the replies run to `--tokens` (past the end of the turn), so that plain and speculative decoding,
 whose sampled replies differ, produce as many tokens. For each draft, prompt set and temperature (0 and 1):
 tokens/s of speculative over plain decoding (a warm-up pass that also fills the statistics, then each prompt plain
-and speculative alternately, the least of --rounds times per prompt), acceptance, tokens per target forward,
-acceptance by position, the share of time spent drafting, and at temperature 0 whether the outputs are identical.
+and speculative in turn, which goes first alternating, the least of --rounds times per prompt), acceptance, tokens
+per target forward, acceptance by position, the share of time spent drafting, and at temperature 0 whether the
+outputs are identical.
 """
 
 from __future__ import annotations
@@ -120,16 +121,20 @@ def timed(*args, **kwargs) -> float:
 
 
 def alternate(target, prompts, args, sampling, stops, draft, k, on_threads, threads) -> tuple[float, float]:
-    """Seconds of plain and of speculative decoding over the prompts: each prompt plain then speculative, --rounds
-    times, the least of each prompt's times summed (so that a moment when another process took a core spoils one
-    reply's time, not a whole pass)."""
+    """Seconds of plain and of speculative decoding over the prompts: each prompt plain and speculative in turn
+    (which goes first alternating), --rounds times, the least of each prompt's times summed (so that a moment when
+    another process took a core spoils one reply's time, not a whole pass)."""
     plain, spec = np.full(len(prompts), np.inf), np.full(len(prompts), np.inf)
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for i, p in enumerate(prompts):
             tp, ts = [], []
             sampling_i = Sampling(sampling.temperature, seed=i)
-            run(target, [p], args.tokens, sampling_i, stops, times=tp)
+            plain_first = (r + i) % 2 == 0  # each goes first as often as the other
+            if plain_first:
+                run(target, [p], args.tokens, sampling_i, stops, times=tp)
             on_threads(threads, run, target, [p], args.tokens, sampling_i, stops, draft, None, k, ts)
+            if not plain_first:
+                run(target, [p], args.tokens, sampling_i, stops, times=tp)
             plain[i], spec[i] = min(plain[i], tp[0]), min(spec[i], ts[0])
     return float(plain.sum()), float(spec.sum())
 
