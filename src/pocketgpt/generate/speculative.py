@@ -136,7 +136,7 @@ class VerifyCosts:
         ids = np.arange(size) % model.config.vocab_size
         cache = model.new_cache(1, size=size)
         if prefix > 0:
-            model.forward_cached(ids[None, :prefix], cache)
+            model.forward_cached(ids[None, :prefix], cache, outputs=1)
         for n in range(1, min(MAX_ADAPTIVE_K + 1, size - prefix) + 1):
             best = float("inf")
             for _ in range(repeats):
@@ -429,7 +429,7 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
     sampling, rng = seq.request.sampling, seq.rng
     context = prompt
     if len(context) > 1:
-        target.forward_cached(np.array([context[:-1]]), cache)  # everything but the last token
+        target.forward_cached(np.array([context[:-1]]), cache, outputs=1)  # all but the last token; no logits needed
     while len(context) <= block and not seq.done:
         left = seq.request.max_new_tokens - len(seq.tokens)
         room = min(MAX_ADAPTIVE_K if adaptive else k, block - len(context), left - 1, session.room(len(context)))
