@@ -156,7 +156,7 @@ def run_sample(args) -> int:
         if not args.json:
             print(pieces[-1])
     if stats is not None and not args.json:
-        say(f"speculative ({kind}, k={args.draft_k}{', adaptive' if args.adaptive else ''}): {stats.summary()}")
+        say(f"speculative ({kind}, {'adaptive k' if args.adaptive else f'k={args.draft_k}'}): {stats.summary()}")
     if args.json:
         emit_json({"samples": samples, **({"speculative": stats.to_dict()} if stats is not None else {})})
     return 0
