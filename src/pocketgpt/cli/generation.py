@@ -207,13 +207,14 @@ def access_of(args):
             lines = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read the API key file {args.api_key_file}: {e}") from None
-        key = lines[0].strip() if lines else ""
-    if key is not None and not key.strip():
+        key = lines[0] if lines else ""
+    key = key.strip() if key is not None else None
+    if key == "":
         raise UsageError("the API key is empty")
     if key is not None and args.role == "draft":
         raise UsageError("a draft server takes no API key (its target sends none); keep it on a loopback address")
     origins = tuple(o.strip().rstrip("/") for o in args.allowed_origins.split(",") if o.strip())
-    return Access(key.strip() if key else None, origins, args.max_body, args.host)
+    return Access(key, origins, args.max_body, args.host)
 
 
 def target_app(args, ckpt, model, name: str, access):

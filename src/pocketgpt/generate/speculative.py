@@ -195,12 +195,15 @@ class DraftLength:
         cost = self.costs.seconds[1:room + 2] + np.arange(room + 1) * self.draft_seconds
         best = int(np.argmax(expected / cost))
         self.idle = 0 if best else self.idle + 1
-        step, k = self.costs.seconds[1], np.arange(1, MAX_ADAPTIVE_K + 1)
-        dearest = np.max(((k + 1) * step - self.costs.seconds[2:]) / k)  # per token, for k + 1 tokens a pass to pay
-        if best == 0 and room and not self.probes() and self.draft_seconds < dearest:
-            every = EXPLORE_EVERY * max(1, round(self.draft_seconds / (PROBE_SHARE * step)))
-            return int(self.idle % every == 0)
-        return best
+        if best or not room or self.probes():
+            return best
+        seconds = self.costs.seconds
+        k = np.arange(1, MAX_ADAPTIVE_K + 1)
+        dearest = np.max(((k + 1) * seconds[1] - seconds[2:]) / k)  # per token, for k + 1 tokens a pass to pay
+        if self.draft_seconds >= dearest:
+            return 0
+        every = EXPLORE_EVERY * max(1, round(self.draft_seconds / (PROBE_SHARE * seconds[1])))
+        return int(self.idle % every == 0)
 
     def probes(self) -> bool:
         """Whether a round of k = 0 still asks the draft for one token."""

@@ -51,6 +51,7 @@ from pocketgpt.generate import Batcher, Request, Sampling, Sequence, TextStream,
 from pocketgpt.generate.chat import chat_ids
 from pocketgpt.serve import MAX_QUEUE, SLOTS
 from pocketgpt.serve.access import Access, AccessMiddleware
+from pocketgpt.tokenizers.chat import check_messages
 
 MAX_DEPTH = 32  # nesting of a request's JSON
 RETRY_AFTER = 1  # seconds a client told 429 should wait
@@ -147,8 +148,8 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     template_stops: tuple[str, ...] = ()
     try:
         if chat:
-            messages = body.get("messages")
-            _check_length(engine, messages if isinstance(messages, list) else [], where)
+            messages = check_messages(body.get("messages"))  # content parts joined
+            _check_length(engine, [m["content"] for m in messages], where)
             prompt, template_stops = chat_ids(engine.tokenizer, messages, engine.documents)
         else:
             prompt = _completion_prompt(engine, body.get("prompt", ""))
@@ -190,15 +191,10 @@ def _completion_prompt(engine: Engine, prompt) -> list[int]:
     raise APIError(400, f"prompt must be a string, token ids in 0..{V - 1}, or a list of one of them", "prompt")
 
 
-def _check_length(engine: Engine, texts: list, where: str) -> None:
+def _check_length(engine: Engine, texts: list[str], where: str) -> None:
     """Refuse, before tokenizing, a prompt too long for the context at any tokenization: more characters than the
     context's tokens times the tokenizer's longest token."""
-    chars = 0
-    for t in texts:
-        content = t.get("content") if isinstance(t, dict) else t
-        parts = content if isinstance(content, list) else [content]
-        chars += sum(len(p.get("text", "")) if isinstance(p, dict) and isinstance(p.get("text"), str) else
-                     len(p) if isinstance(p, str) else 0 for p in parts)
+    chars = sum(map(len, texts))
     if chars > engine.context * engine.token_chars:
         raise APIError(400, f"this model's maximum context length is {engine.context} tokens; the prompt has "
                        f"{chars} characters, more than that many tokens can hold", where, "context_length_exceeded")
