@@ -6,7 +6,17 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pocketgpt.cli.common import UsageError, defaults, emit_json, port, positive_float, positive_int, say, unescape
+from pocketgpt.cli.common import (
+    UsageError,
+    count,
+    defaults,
+    emit_json,
+    port,
+    positive_float,
+    positive_int,
+    say,
+    unescape,
+)
 from pocketgpt.generate import (
     Request,
     Sampling,
@@ -22,7 +32,7 @@ from pocketgpt.generate import (
 from pocketgpt.generate.sampling import MAX_TEMPERATURE
 from pocketgpt.interop import load
 from pocketgpt.model.gpt import CACHE_KINDS
-from pocketgpt.serve import CONTEXT, MAX_BODY, MAX_QUEUE, SLOTS
+from pocketgpt.serve import CONTEXT, MAX_BODY, MAX_QUEUE, PREFIX_CACHE, SLOTS
 
 
 def add_sampling_args(p) -> None:
@@ -83,6 +93,9 @@ def add(sub) -> None:
     v.add_argument("--slots", type=positive_int, default=SLOTS, help=f"sequences decoded together (default {SLOTS})")
     v.add_argument("--context", type=positive_int, default=CONTEXT, help=f"positions each slot holds, at most the "
                    f"model's context (default {CONTEXT})")
+    v.add_argument("--prefix-cache", dest="prefix_cache", type=count, default=PREFIX_CACHE, metavar="MB",
+                   help="megabytes of keys and values of prompt openings kept for requests that start the same way, "
+                   f"e.g. one system prompt; 0 turns it off (default {PREFIX_CACHE})")
     v.add_argument("--max-queue", dest="max_queue", type=int, default=MAX_QUEUE,
                    help=f"requests that may wait for a slot before the server answers 429 (default {MAX_QUEUE})")
     v.add_argument("--api-key", dest="api_key", help="require Authorization: Bearer KEY on every path but /health "
@@ -219,13 +232,14 @@ def access_of(args):
 
 def target_app(args, ckpt, model, name: str, access):
     """The OpenAI-compatible app over the model's batcher (speculative with a draft flag)."""
-    from pocketgpt.generate import Batcher, SpeculativeBatcher
+    from pocketgpt.generate import Batcher, PrefixCache, SpeculativeBatcher
     from pocketgpt.serve.server import Engine, create_app
 
     draft, kind, draft_tok = draft_of(args, model)
     check_draft_tokenizer(args, ckpt, draft_tok)
     batcher = (SpeculativeBatcher(model, draft, args.draft_k, args.adaptive, args.slots) if draft is not None
-               else Batcher(model, args.slots, args.context))
+               else Batcher(model, args.slots, args.context, PrefixCache(args.prefix_cache << 20)
+                            if args.prefix_cache else None))
     engine = Engine(model, ckpt.tokenizer, name, ckpt.documents, args.slots, args.max_queue, batcher,
                     args.request_timeout)
     say(f"serving {name} ({model.num_params:,} parameters{', ' + kind + ' draft' if draft else ''}) "

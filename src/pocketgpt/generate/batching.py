@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from pocketgpt.generate.prefix import PrefixCache
 from pocketgpt.generate.request import Request, Sequence, check_context
 from pocketgpt.generate.sampling import Sampling, next_token
 from pocketgpt.model import GPT, SlotCache
@@ -75,11 +76,13 @@ class Scheduler(ABC):
 
 class Batcher(Scheduler):
     """Runs Sequences in up to `slots` KV-cache slots of `context` positions each (default: the model's context),
-    decoding all of them in one call per step."""
+    decoding all of them in one call per step. With a PrefixCache, a prompt's opening blocks that an earlier
+    sequence computed are copied in instead of prefilled."""
 
-    def __init__(self, model: GPT, slots: int = 32, context: int | None = None):
+    def __init__(self, model: GPT, slots: int = 32, context: int | None = None, prefix: PrefixCache | None = None):
         super().__init__(model, slots, context)
         self.cache = SlotCache(model.config, slots, model.dtype, self.context)
+        self.prefix = prefix
         self.active: dict[int, Sequence] = {}
         self.pending: dict[int, int] = {}  # slot -> sampled token not yet fed to the model
 
@@ -92,9 +95,12 @@ class Batcher(Scheduler):
             seq.slot = next(s for s in range(self.slots) if s not in self.active)
             self.active[seq.slot] = seq
             self.cache.lengths[seq.slot] = 0
-            view = self.cache.slot(seq.slot)
-            logits = self.model.forward_cached(np.array([seq.request.prompt]), view, outputs=1)[0, -1]
+            view, prompt = self.cache.slot(seq.slot), seq.request.prompt
+            start = self.prefix.restore(prompt, view) if self.prefix is not None else 0
+            logits = self.model.forward_cached(np.array([prompt[start:]]), view, outputs=1)[0, -1]
             self.cache.lengths[seq.slot] = view.length
+            if self.prefix is not None:
+                self.prefix.store(prompt, view)
             self._emit(seq, logits)
         if self.pending:
             slots = np.array(sorted(self.pending))
@@ -116,6 +122,8 @@ class Batcher(Scheduler):
 
     def _leave(self, seq: Sequence, reason: str) -> None:
         seq.finish(reason)
+        if self.prefix is not None and self.active.get(seq.slot) is seq:  # the blocks its own tokens completed
+            self.prefix.store(seq.request.prompt + tuple(seq.tokens), self.cache.slot(seq.slot))
         self.active.pop(seq.slot, None)
         self.pending.pop(seq.slot, None)
 

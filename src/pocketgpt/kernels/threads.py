@@ -27,7 +27,9 @@ def single_threaded_blas() -> AbstractContextManager:
     return _BLAS.limit(limits=1, user_api="blas")
 
 
-def blas_threads_for(rows: int, small: int = 32) -> AbstractContextManager:
-    """One BLAS thread for products of at most `small` rows (a decode step): waking BLAS's other threads for
-    a product that small costs more than they save, and a waiting thread spins on a core the caller needs."""
+def blas_threads_for(rows: int, small: int = 64) -> AbstractContextManager:
+    """One BLAS thread for a forward pass of at most `small` tokens (a decode step, a short prefill): waking
+    BLAS's other threads for a product that small costs more than they save, and they spin afterwards on the
+    cores the compiled kernels between the BLAS calls need (SmolLM2's prefill of 17 to 32 tokens ran 4-7x
+    slower so). From about 64 tokens BLAS's own threads pay."""
     return single_threaded_blas() if rows <= small else nullcontext()

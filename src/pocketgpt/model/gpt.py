@@ -521,8 +521,9 @@ class GPT:
         if c.embed_norm:
             x = self._norm(x, "ln_e")
         rope = (self.rope_cos[positions], self.rope_sin[positions]) if c.positions == "rope" else None
-        for i in range(c.n_layer):
-            x = kernels.block(x, self.block_weights(i), rope, attention(i), outputs if i == c.n_layer - 1 else None)
+        with kernels.blas_threads_for(idx.size):
+            for i in range(c.n_layer):
+                x = kernels.block(x, self.block_weights(i), rope, attention(i), outputs if i == c.n_layer - 1 else None)
         if c.final_norm:
             x = self._norm(x, "ln_f")
         return kernels.linear(x, self.stored(self.lm_head_name))
