@@ -106,6 +106,9 @@ def add(sub) -> None:
                    "or *; requests from other web pages are refused (default: none but the server's own)")
     v.add_argument("--max-body", dest="max_body", type=positive_int, default=MAX_BODY,
                    help=f"largest request body in bytes (default {MAX_BODY})")
+    v.add_argument("--prune-to", dest="prune_to", type=positive_int, default=None, metavar="TOKENS",
+                   help="a prompt longer than this (or than the context leaves room for) loses its passages least "
+                   "relevant to its question instead of being refused (default: refused with 400)")
     v.add_argument("--request-timeout", dest="request_timeout", type=positive_float, default=None,
                    metavar="SECONDS", help="cancel a request that runs longer (default: none)")
     v.add_argument("--role", choices=("target", "draft"), default="target",
@@ -241,7 +244,7 @@ def target_app(args, ckpt, model, name: str, access):
                else Batcher(model, args.slots, args.context, PrefixCache(args.prefix_cache << 20)
                             if args.prefix_cache else None))
     engine = Engine(model, ckpt.tokenizer, name, ckpt.documents, args.slots, args.max_queue, batcher,
-                    args.request_timeout)
+                    args.request_timeout, args.prune_to)
     say(f"serving {name} ({model.num_params:,} parameters{', ' + kind + ' draft' if draft else ''}) "
         f"at http://{args.host}:{args.port}/v1 with {args.slots} slots")
     return create_app(engine, access)

@@ -15,7 +15,10 @@ line ("\\n\\n") ends the reply unless the request gives its own stop strings.
 
 Prompts: a completion's prompt is a string, a list of one string, or token ids (a list of ints, or a list of one
 such list); a chat message's content is a string or a list of text parts. A prompt whose characters could not
-fit the context even at the tokenizer's longest token is refused before it is tokenized.
+fit the context even at the tokenizer's longest token is refused before it is tokenized, unless the server prunes
+prompts (prune_to): then a text prompt or conversation longer than prune_to tokens, or than the context leaves
+room for, loses its passages least relevant to its question (pocketgpt.generate.prune), and the response says so
+in a "pruned" field.
 
 Errors are OpenAI-shaped ({"error": {"message", "type", "param", "code"}}): 400 for malformed JSON (or JSON
 nested deeper than MAX_DEPTH) and bad parameters (max_tokens beyond the context, a temperature outside [0, 2],
@@ -49,6 +52,7 @@ from starlette.routing import Route
 from pocketgpt.errors import InputError, SettingsError
 from pocketgpt.generate import Batcher, Request, Sampling, Sequence, TextStream, encode_prompt
 from pocketgpt.generate.chat import chat_ids
+from pocketgpt.generate.prune import PromptTooLong, Pruned, prune_messages, prune_text
 from pocketgpt.serve import MAX_QUEUE, SLOTS
 from pocketgpt.serve.access import Access, AccessMiddleware
 from pocketgpt.tokenizers.chat import check_messages
@@ -78,9 +82,10 @@ class Engine:
     """A batcher, the thread that steps it, and what the HTTP handlers need to know about the model."""
 
     def __init__(self, model, tokenizer, name: str, documents: bool, slots: int = SLOTS, max_queue: int = MAX_QUEUE,
-                 batcher=None, request_timeout: float | None = None):
+                 batcher=None, request_timeout: float | None = None, prune_to: int | None = None):
         self.model, self.tokenizer, self.name, self.documents = model, tokenizer, name, documents
         self.slots, self.max_queue, self.request_timeout = slots, max_queue, request_timeout
+        self.prune_to = prune_to  # prune prompts longer than this many tokens (or than the context), else refuse
         self.token_chars = max(len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size))  # the longest
         self.batcher = batcher if batcher is not None else Batcher(model, slots)
         self.context = self.batcher.context  # positions a request may fill
@@ -132,8 +137,9 @@ def sampling_fields(body: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
-    """Validate a request body into a generation Request and whether to stream (APIError 400/404 otherwise)."""
+def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool, Pruned | None]:
+    """Validate a request body into a generation Request, whether to stream and what pruning did to the prompt
+    (APIError 400/404 otherwise)."""
     model = body.get("model")
     if model != engine.name:
         raise APIError(404, f"the model {model!r} does not exist; this server has {engine.name!r}", "model",
@@ -145,22 +151,33 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
         if body.get(name) not in (None, False, 0):
             raise APIError(400, f"{name} is not supported by this server", name)
     block = engine.context
+    length_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body_field(body, length_field, (int,))
+    budget = None if engine.prune_to is None else min(engine.prune_to, block - max(1, asked or (0 if chat else 16)))
+    if budget is not None and budget < 1:
+        raise APIError(400, f"max_tokens must be below this model's maximum context length of {block} tokens",
+                       "max_tokens", "context_length_exceeded")
     template_stops: tuple[str, ...] = ()
+    pruned = None
     try:
         if chat:
             messages = check_messages(body.get("messages"))  # content parts joined
-            _check_length(engine, [m["content"] for m in messages], where)
-            prompt, template_stops = chat_ids(engine.tokenizer, messages, engine.documents)
+            if budget is None:
+                _check_length(engine, [m["content"] for m in messages], where)
+                prompt, template_stops = chat_ids(engine.tokenizer, messages, engine.documents)
+            else:  # any length the body limit lets in
+                prompt, template_stops, pruned = prune_messages(engine.tokenizer, messages, budget, engine.documents)
         else:
-            prompt = _completion_prompt(engine, body.get("prompt", ""))
+            prompt, pruned = _completion_prompt(engine, body.get("prompt", ""), budget)
+    except PromptTooLong as e:
+        raise APIError(400, f"{where}: {e}", where, "context_length_exceeded") from None
     except InputError as e:
         raise APIError(400, f"{where}: {e}", where) from None
     room = block - len(prompt)
     if room < 1:
         raise APIError(400, f"this model's maximum context length is {block} tokens; the prompt has {len(prompt)}",
                        where, "context_length_exceeded")
-    max_tokens = body_field(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
-                             (int,), room if chat else 16)
+    max_tokens = asked if asked is not None else room if chat else 16
     if max_tokens < 1 or max_tokens > room:
         raise APIError(400, f"max_tokens must be between 1 and {room}: this model's maximum context length is "
                        f"{block} tokens and the prompt has {len(prompt)}", "max_tokens", "context_length_exceeded")
@@ -174,20 +191,23 @@ def parse(engine: Engine, body: dict, chat: bool) -> tuple[Request, bool]:
     except SettingsError as e:
         param = FIELDS.get(e.fields[0], e.fields[0])
         raise APIError(400, e.named(lambda f: FIELDS.get(f, f)), param) from None
-    return request, bool(body_field(body, "stream", (bool,), False))
+    return request, bool(body_field(body, "stream", (bool,), False)), pruned
 
 
-def _completion_prompt(engine: Engine, prompt) -> list[int]:
-    """A completion's prompt ids: from text (a string or a list of one), or token ids (a list, or a list of one)."""
+def _completion_prompt(engine: Engine, prompt, budget: int | None) -> tuple[list[int], Pruned | None]:
+    """A completion's prompt ids: from text (a string or a list of one; pruned to `budget` tokens unless None),
+    or token ids (a list, or a list of one; never pruned)."""
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, str):
+        if budget is not None:
+            return prune_text(engine.tokenizer, prompt, budget, engine.documents)
         _check_length(engine, [prompt], "prompt")
-        return encode_prompt(engine.tokenizer, prompt, engine.documents)
+        return encode_prompt(engine.tokenizer, prompt, engine.documents), None
     V = engine.tokenizer.vocab_size
     if (isinstance(prompt, list) and prompt
             and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in prompt)):
-        return list(prompt)
+        return list(prompt), None
     raise APIError(400, f"prompt must be a string, token ids in 0..{V - 1}, or a list of one of them", "prompt")
 
 
@@ -230,8 +250,8 @@ class Completion:
     """One request's sequence. Its tokens become text in the batcher's thread (where a stop string also
     cancels the sequence); the event loop hears of each new piece of text when streaming, and of the end."""
 
-    def __init__(self, engine: Engine, request: Request, stream: bool):
-        self.engine, self.request, self.streaming = engine, request, stream
+    def __init__(self, engine: Engine, request: Request, stream: bool, pruned: Pruned | None = None):
+        self.engine, self.request, self.streaming, self.pruned = engine, request, stream, pruned
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.text = TextStream(engine.tokenizer.decode, request.sampling.stop)
@@ -306,8 +326,10 @@ class Completion:
             self.engine.wake.set()
 
     def extras(self) -> dict:
-        """Fields beyond OpenAI's: "speculative", the request's speculative decoding statistics (SpecStats)."""
-        return {"speculative": self.speculative} if self.speculative is not None else {}
+        """Fields beyond OpenAI's: "speculative", the request's speculative decoding statistics (SpecStats), and
+        "pruned", what context pruning did to its prompt (generate.prune.Pruned)."""
+        return ({"speculative": self.speculative} if self.speculative is not None else {}) | (
+            {"pruned": self.pruned.as_dict()} if self.pruned is not None else {})
 
     def usage(self) -> dict:
         n, m = len(self.request.prompt), len(self.seq.tokens)
@@ -347,8 +369,8 @@ def create_app(engine: Engine, access: Access | None = None) -> Starlette:
 
     async def complete(request: HTTPRequest, chat: bool):
         try:
-            gen_request, stream = parse(engine, await read_json(request), chat)
-            job = Completion(engine, gen_request, stream)
+            gen_request, stream, pruned = parse(engine, await read_json(request), chat)
+            job = Completion(engine, gen_request, stream, pruned)
         except APIError as e:
             return e.response()
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
