@@ -1,11 +1,14 @@
 """The server under load: aggregate tokens/s of 32 concurrent clients against one client, latency percentiles,
 and the server's resident memory over a long run of repeated requests.
 
-    python benchmarks/serve.py out/target [--clients 32] [--minutes 10] [--write-readme]
+    python benchmarks/serve.py MODEL [--clients 32] [--minutes 10] [--write-readme]
+
+MODEL is anything `pocketgpt serve` takes: a checkpoint folder, a GGUF file (SmolLM2's, for instance) or a
+Hugging Face folder.
 
 Starts `pocketgpt serve` as a child process, so its memory is measured apart from the clients'. Each client
-sends non-streamed completions (a 16-character prompt from the validation text, 64 new tokens, temperature
-0.8) one after another; the one-client and the many-client phases run back to back.
+sends non-streamed completions (a 16-token prompt from tinyshakespeare's validation text, 64 new tokens,
+temperature 0.8) one after another; the one-client and the many-client phases run back to back.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
+from pocketgpt.interop import load as load_model  # noqa: E402
 from pocketgpt.model import SlotCache  # noqa: E402
-from pocketgpt.train import load_checkpoint, load_dataset  # noqa: E402
+from pocketgpt.train import load_dataset  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -67,7 +71,7 @@ def engine_ratio(model, clients: int, steps: int = 30) -> float:
     """tokens/s of one decode step over `clients` slots against one slot, in this process (no HTTP)."""
     rates = {}
     for batch in (1, clients):
-        cache = SlotCache(model.config, batch, model.dtype)
+        cache = SlotCache(model.config, batch, model.dtype, min(512, model.config.block_size))
         cache.lengths[:] = 16
         tokens, slots = np.ones(batch, dtype=np.int64), np.arange(batch)
         model.decode_slots(tokens, slots, cache)
@@ -89,7 +93,7 @@ def main() -> None:
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_model(args.checkpoint)
     in_process = engine_ratio(ckpt.model(), args.clients)
     ds = load_dataset(ckpt.data.get("data", "shakespeare"), ckpt.data.get("mode"), ckpt.tokenizer)
     prompts = [ckpt.tokenizer.decode(ds.val[i:i + 16]) for i in range(0, 64 * 997, 997)]
