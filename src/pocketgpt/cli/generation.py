@@ -95,7 +95,7 @@ def add(sub) -> None:
                    f"model's context (default {CONTEXT})")
     v.add_argument("--prefix-cache", dest="prefix_cache", type=count, default=PREFIX_CACHE, metavar="MB",
                    help="megabytes of keys and values of prompt openings kept for requests that start the same way, "
-                   f"e.g. one system prompt; 0 turns it off (default {PREFIX_CACHE})")
+                   f"e.g. one system prompt; 0 turns it off; plain decoding only (default {PREFIX_CACHE})")
     v.add_argument("--max-queue", dest="max_queue", type=int, default=MAX_QUEUE,
                    help=f"requests that may wait for a slot before the server answers 429 (default {MAX_QUEUE})")
     v.add_argument("--api-key", dest="api_key", help="require Authorization: Bearer KEY on every path but /health "
