@@ -93,17 +93,18 @@ def test_the_server_prunes_with_prune_to_and_refuses_without(trained):
     plain = Served(Engine(model, tok, "tiny", documents=False, slots=1, max_queue=1))
     pruning = Served(Engine(model, tok, "tiny", documents=False, slots=1, max_queue=1, prune_to=56))
     try:
-        r = httpx.post(f"{plain.url}/v1/chat/completions", json=body)
+        r = httpx.post(f"{plain.url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
-        r = httpx.post(f"{pruning.url}/v1/chat/completions", json=body)
+        r = httpx.post(f"{pruning.url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text
         usage, pruned = r.json()["usage"], r.json()["pruned"]
         assert usage["prompt_tokens"] == pruned["prompt_tokens"] <= 56
         assert pruned["prompt_tokens_before"] > 400 and pruned["passages_kept"] < pruned["passages"]
-        r = httpx.post(f"{pruning.url}/v1/completions", json={"model": "tiny", "prompt": doc, "max_tokens": 4})
+        r = httpx.post(f"{pruning.url}/v1/completions", json={"model": "tiny", "prompt": doc, "max_tokens": 4},
+                       timeout=60)
         assert r.status_code == 200 and r.json()["pruned"]["prompt_tokens"] <= 56
         r = httpx.post(f"{pruning.url}/v1/chat/completions", json={**body, "messages": [
-            {"role": "system", "content": "be brief. " * 8}, *body["messages"]]})
+            {"role": "system", "content": "be brief. " * 8}, *body["messages"]]}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     finally:
         plain.close()

@@ -40,7 +40,7 @@ class PrefixCache:
         self.budget, self.block = budget, block
         self.blocks: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # k, v (L, nkv, block, hs)
         self.nbytes = 0
-        self.hits = self.misses = 0  # prompt blocks found / prefilled since the start
+        self.hits = 0  # prompt blocks found since the start
 
     def restore(self, tokens, cache: KVCache) -> int:
         """Copy into cache (one sequence, empty) the stored blocks that begin `tokens`, leaving at least the last
@@ -56,7 +56,6 @@ class PrefixCache:
             found += 1
         self._touch(keys[:found])
         self.hits += found
-        self.misses += len(keys) - found
         cache.length = found * self.block
         return cache.length
 

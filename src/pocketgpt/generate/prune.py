@@ -5,10 +5,9 @@ A prompt's passages are its paragraphs (text between blank lines; a paragraph ov
 split further at line breaks and sentence ends). The question is the last passage of the last message (of the
 text, for a completion prompt); it and every system message are always kept. Every other passage is scored by
 the TF-IDF cosine similarity of its words to the question's (lower-cased, English function words left out, idf
-over the prompt's own passages), and the most
-relevant are kept, in their original order, while the rendered prompt fits the budget; among equally relevant
-passages the later ones go first, so a conversation keeps its latest turns. A message left with no passage is
-dropped.
+over the prompt's own passages), and the most relevant are kept, in their original order, while the rendered
+prompt fits the budget; among equally relevant passages the later ones go first, so a conversation keeps its
+latest turns. A message left with no passage is dropped.
 """
 
 from __future__ import annotations

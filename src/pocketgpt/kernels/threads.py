@@ -30,6 +30,5 @@ def single_threaded_blas() -> AbstractContextManager:
 def blas_threads_for(rows: int, small: int = 64) -> AbstractContextManager:
     """One BLAS thread for a forward pass of at most `small` tokens (a decode step, a short prefill): waking
     BLAS's other threads for a product that small costs more than they save, and they spin afterwards on the
-    cores the compiled kernels between the BLAS calls need (SmolLM2's prefill of 17 to 32 tokens ran 4-7x
-    slower so). From about 64 tokens BLAS's own threads pay."""
+    cores the compiled kernels between the BLAS calls need. Past that, BLAS's own threads pay."""
     return single_threaded_blas() if rows <= small else nullcontext()
