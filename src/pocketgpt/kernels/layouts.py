@@ -39,13 +39,21 @@ class Layout:
             return products.FUSED[self.key]
         return _compiled(("matvec", self.kind), lambda: products.decoded_matvec(self.kind))
 
-    def split_rows(self, n: int) -> tuple[Callable, np.ndarray | None] | None:
-        """For a hot layout (one with a fused matvec) of rows n wide: its kernel for a few tokens and the order its
-        tokens go in (products.split_rows, products.split_order); None for the others (they use row_kernels)."""
+    @property
+    def split_rows(self) -> Callable | None:
+        """For a hot layout (one with a fused matvec): its kernel for a few tokens in split order (products.split_rows,
+        products.to_split_order); None for the others (they use row_kernels)."""
         if not self.fused:
             return None
-        kernel = _compiled(("split", *self.key), lambda: products.split_rows(*self.key))
-        return kernel, _compiled(("order", self.kind, n), lambda: products.split_order(self.kind, n))
+        return _compiled(("split", *self.key), lambda: products.split_rows(*self.key))
+
+    @property
+    def split_tile(self) -> Callable | None:
+        """For a hot layout: its kernel that decodes a tile of rows in split order (products.split_tile); None for the
+        others (their tiles are decoded in place by row_kernels' gather)."""
+        if not self.fused:
+            return None
+        return _compiled(("tile", *self.key), lambda: products.split_tile(*self.key))
 
     @property
     def row_kernels(self) -> tuple[Callable, Callable]:

@@ -281,18 +281,24 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
 # A row decoded in "split order": the weights its bytes' low nibbles hold, then those its high nibbles hold (for the
 # 8-bit and float layouts: the row's own order). Each decoder is one flat loop over the row's bytes, which
 # vectorizes, where the row decoders above scatter the two nibbles of a byte to their places (scalar code). The
-# tokens are permuted into the same order once per call (split_order), so each product is a flat dot product.
+# tokens are permuted into the same order once per call (to_split_order), so each product is a flat dot product.
 
 
-def split_order(kind: int, n: int) -> np.ndarray | None:
-    """Where each position of a row in split order comes from in the row (None: the row's own order)."""
-    k = np.arange(n // 2)
-    if kind in (Q4_0, Q4_1):  # byte k of a block of 32: weights j and j + 16 of the block
-        lo = 32 * (k >> 4) + (k & 15)
-        return np.concatenate([lo, lo + 16])
-    if kind == INT4:  # byte k: weights 2k and 2k + 1
-        return np.concatenate([2 * k, 2 * k + 1])
-    return None
+def to_split_order(kind: int, x: np.ndarray) -> np.ndarray:
+    """Tokens x (N, n) with each row's positions in the split order of `kind`: Q4_0, Q4_1 (byte k of a block of 32
+    holds weights j and j + 16 of the block) and int4 (byte k holds weights 2k and 2k + 1) permuted, the others
+    as they are. A copy into a fresh array (NumPy copies a transposed view into a given array several times faster
+    than it reshapes one)."""
+    N, n = x.shape
+    if kind in (Q4_0, Q4_1):
+        view, into = x.reshape(N, n // 32, 2, 16).transpose(0, 2, 1, 3), (N, 2, n // 32, 16)
+    elif kind == INT4:
+        view, into = x.reshape(N, n // 2, 2).transpose(0, 2, 1), (N, 2, n // 2)
+    else:
+        return x
+    out = np.empty((N, n), x.dtype)
+    np.copyto(out.reshape(into), view)
+    return out
 
 
 @njit(**BODY)
@@ -370,7 +376,7 @@ def _rows_q4(parts, xs, y, with_min):
 
 def split_rows(kind: int, group: int = 0) -> Callable:
     """rows(parts, xs, y) for a hot layout (f32, q8_0, q4_0, q4_1, int4 and int8 groups of 32, 64 or 128): xs (B, n)
-    the tokens in split order (split_order), y (B, R); each row decoded once, in split order, into a buffer, then
+    the tokens in split order (to_split_order), y (B, R); each row decoded once, in split order, into a buffer, then
     dotted with every token. Made per (kind, group): both are constants inside the parallel loop."""
     shift = (group // 2).bit_length() - 1 if kind == INT4 else group.bit_length() - 1
 
@@ -409,6 +415,71 @@ def split_rows(kind: int, group: int = 0) -> Callable:
                     _dot_each(buf, xs, y, r)
 
     return rows
+
+
+def split_tile(kind: int, group: int = 0) -> Callable:
+    """tile(parts, r0, out): rows r0 .. r0 + len(out) of a hot layout decoded in split order into out (M, n), for BLAS
+    (a prompt's products, pocketgpt.kernels.dispatch). The loop over rows is a parallel loop for one reason: the
+    stores vectorize only in such a loop's body, straight into an argument of the kernel (numba marks the body's
+    array arguments as aliasing nothing; in a plain function, in a helper inlined there, or with a dot product in
+    the same body they stay scalar: 1-1.7 against 5-8 G weights/s on one thread here). The caller decides how many
+    threads run it. kind and group reach that body as its arguments rather than as constants, so each layout has
+    its own loop without branches, and the group layouts loop over groups. Made per (kind, group)."""
+
+    @njit(**PARALLEL)
+    def tile(parts, r0, out):
+        M = out.shape[0]
+        chunks = min(M, 64)
+        if kind == F32:
+            w = parts[0]
+            for c in prange(chunks):
+                for i in range(c * M // chunks, (c + 1) * M // chunks):
+                    for k in range(w.shape[1]):
+                        out[i, k] = w[r0 + i, k]
+        elif kind == Q8_0:
+            q, d = parts[0], parts[1]
+            for c in prange(chunks):
+                for i in range(c * M // chunks, (c + 1) * M // chunks):
+                    for k in range(q.shape[1]):
+                        out[i, k] = d[r0 + i, k >> 5] * np.float32(q[r0 + i, k])
+        elif kind == Q4_0 or kind == Q4_1:
+            q, d = parts[0], parts[1]
+            m = parts[2] if kind == Q4_1 else d
+            h = q.shape[1]
+            for c in prange(chunks):
+                for i in range(c * M // chunks, (c + 1) * M // chunks):
+                    r = r0 + i
+                    if kind == Q4_1:  # w = d u + m
+                        for k in range(h):
+                            f = np.float32(q[r, k])
+                            hi = np.floor(f * SIXTEENTH)
+                            out[i, k] = d[r, k >> 4] * (f - SIXTEEN * hi) + m[r, k >> 4]
+                            out[i, h + k] = d[r, k >> 4] * hi + m[r, k >> 4]
+                    else:  # w = d (u - 8)
+                        for k in range(h):
+                            f = np.float32(q[r, k])
+                            hi = np.floor(f * SIXTEENTH)
+                            out[i, k] = d[r, k >> 4] * (f - SIXTEEN * hi - np.float32(8.0))
+                            out[i, h + k] = d[r, k >> 4] * (hi - np.float32(8.0))
+        else:  # pocketgpt's groups, w = s (u - z); int4: byte k holds weights 2k and 2k + 1
+            q, s, z = parts[0], parts[1], parts[2]
+            h, per = q.shape[1], group // 2 if kind == INT4 else group  # bytes of a row, of a group
+            for c in prange(chunks):
+                for i in range(c * M // chunks, (c + 1) * M // chunks):
+                    r = r0 + i
+                    for g in range(s.shape[1]):
+                        sg, zg = s[r, g], z[r, g]
+                        if kind == INT4:
+                            for k in range(g * per, (g + 1) * per):
+                                f = np.float32(q[r, k])
+                                hi = np.floor(f * SIXTEENTH)
+                                out[i, k] = sg * (f - SIXTEEN * hi - zg)
+                                out[i, h + k] = sg * (hi - zg)
+                        else:
+                            for k in range(g * per, (g + 1) * per):
+                                out[i, k] = sg * (np.float32(q[r, k]) - zg)
+
+    return tile
 
 
 # ----------------------------------------------------------------------------- a few tokens from the llama.cpp blocks
