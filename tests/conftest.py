@@ -1,9 +1,11 @@
 """Shared test helpers: central finite differences in float64, small model configurations, a small trained
-model, and a server on a free local port."""
+model, a server on a free local port, and a headless browser."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import socket
 import threading
 import time
@@ -98,3 +100,35 @@ class Served:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def browser_or_skip():
+    """A headless Chromium driven by Selenium (Debian's chromium and chromium-driver); skipped without them,
+    except where POCKETGPT_BROWSER_TESTS=required (.ci/run), where it fails."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+        if os.environ.get("POCKETGPT_BROWSER_TESTS") == "required":
+            pytest.fail(f"chromium ({CHROMIUM}) and chromedriver ({DRIVER}) are required here")
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not try to download a driver or a browser
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(DRIVER))
+
+
+def until(condition, timeout=30.0, every=0.01):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every)
+    return value

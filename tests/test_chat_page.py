@@ -5,13 +5,11 @@ and sets POCKETGPT_BROWSER_TESTS=required, so that there the test fails rather t
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import httpx
 import pytest
-from conftest import Served
+from conftest import Served, browser_or_skip, until
 
 from pocketgpt.config import PRESETS
 from pocketgpt.generate import Batcher
@@ -20,8 +18,6 @@ from pocketgpt.serve.access import Access
 from pocketgpt.serve.server import Engine, chat_page
 from pocketgpt.train import load_dataset
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 KEY = "page-key"
 
 
@@ -33,24 +29,6 @@ class SlowBatcher(Batcher):
         super().step()
 
 
-def _browser_or_skip():
-    if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
-        if os.environ.get("POCKETGPT_BROWSER_TESTS") == "required":
-            pytest.fail(f"chromium ({CHROMIUM}) and chromedriver ({DRIVER}) are required here")
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not try to download a driver or a browser
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(DRIVER))
-
-
 @pytest.fixture(scope="module")
 def page():
     """The page of a server with an API key over a random one-layer character model (its greedy replies run on
@@ -60,21 +38,13 @@ def page():
                                                    init_std=0.5), seed=0)
     engine = Engine(model, tokenizer, "tiny", documents=False, slots=2, max_queue=2, batcher=SlowBatcher(model, 2))
     server = Served(engine, access=Access(api_key=KEY))
-    driver = _browser_or_skip()
+    driver = browser_or_skip()
     try:
         driver.get(f"{server.url}/")
         yield driver, server
     finally:
         driver.quit()
         server.close()
-
-
-def until(condition, timeout=30.0, every=0.01):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(every)
-    return value
 
 
 def set_field(driver, element_id: str, value: str) -> None:

@@ -15,6 +15,8 @@ def add(sub) -> None:
     gs = g.add_subparsers(dest="guard_command", required=True, parser_class=Parser)
     gv = gs.add_parser("verify", help="check an audit log's hash chain; exit 1 and name the place if broken")
     gv.add_argument("log", metavar="LOG", help="an audit log written by a Gateway")
+    gv.add_argument("--key-file", dest="key_file", help="the file holding the key the log was written with "
+                    "(AuditLog(path, key=...)): checks every record's MAC and the head's")
     gv.set_defaults(parser=gv)
     gi = gs.add_parser("inventory", help="agents, tools, permissions and models; unused tools given a log")
     gi.add_argument("policy", metavar="POLICY", help="a policy file (TOML or YAML)")
@@ -33,15 +35,24 @@ def add(sub) -> None:
 
 def run(args) -> int:
     if args.guard_command == "verify":
+        key = None
+        if args.key_file:
+            try:
+                key = open(args.key_file, "rb").read().strip()
+            except OSError as e:
+                raise UsageError(f"{args.key_file}: {e.strerror or e}") from None
+            if not key:
+                raise UsageError(f"{args.key_file}: the key file is empty")
         try:
-            problems, last = audit.verify(args.log)
+            problems, last = audit.verify(args.log, key)
         except OSError as e:
             raise UsageError(f"{args.log}: {e.strerror or e}") from None
         if problems:
             for p in problems:
                 print(f"{args.log}: {p}", file=sys.stderr)
             return 1
-        print(f"{args.log}: intact, {0 if last is None else last['seq'] + 1} records")
+        checked = "its MACs checked with the key" if key else "unkeyed: hashes only, see AuditLog(path, key=...)"
+        print(f"{args.log}: intact, {0 if last is None else last['seq'] + 1} records, {checked}")
         return 0
     try:
         pol = policy.load_policy(args.policy or redteam.EXAMPLE_POLICY)

@@ -2,12 +2,15 @@
 
 Checks, in order, each with the id of the rule that decides: the request is well formed (input.*), the
 agent exists and holds the tool (agent.*), the tool has an implementation (tool.unregistered), the
-arguments fit the policy (args.*), a rate limit has room (rate_limits[i]), no argument that must be
-trusted carries an untrusted label (flow.untrusted:ARG; denied or sent to approval as the tool says),
-and tools marked for approval get it (approval.required). An allowed call runs; its result comes back as a
-Tainted value labelled with the tool's output source, after the injection scanner has looked at it
-(scan.output when the policy denies flagged outputs). Anything unexpected denies; nothing raises out of
-call() for bad input. Every decision goes to the audit log when there is one.
+arguments fit the policy (args.*; a failed check is denied or, where the argument says so, sent to
+approval), a rate limit has room (rate_limits[i]), no argument that must be trusted carries an untrusted
+label (flow.untrusted:ARG; denied or sent to approval as the argument or the tool says), a call made after
+the agent read untrusted data in this task gets what the tool's `untrusted_context` says (flow.context), and
+tools marked for approval get it (approval.required). An allowed call runs; its result comes back labelled
+with the tool's output source (or per field, field_sources), after the injection scanner has looked at every
+string in it; when the policy withholds a flagged output, or the output cannot be read (a cycle), the result
+says "withheld": the tool ran, its output was not passed on. Anything unexpected denies; nothing raises out
+of call() for bad input. Every decision goes to the audit log when there is one.
 """
 
 from __future__ import annotations
@@ -15,20 +18,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import posixpath
 import threading
 import time
-import urllib.parse
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pocketgpt.guard import scanner
-from pocketgpt.guard.approval import ApprovalRequest, Approver
+from pocketgpt.guard import addresses, scanner
+from pocketgpt.guard.approval import ApprovalRequest, Approver, shown_args
 from pocketgpt.guard.audit import AuditLog
-from pocketgpt.guard.policy import TYPES, ArgRule, Policy
-from pocketgpt.guard.taint import Tainted, plain, sources
+from pocketgpt.guard.policy import TYPES, ArgRule, Policy, ToolPolicy
+from pocketgpt.guard.taint import TRUSTED, Tainted, fully_labelled, plain, sources
 
 
 class GuardError(Exception):
@@ -44,7 +45,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class Result:
-    decision: str  # allow | deny | error (the tool raised)
+    decision: str  # allow | deny | error (the tool raised) | withheld (the tool ran, its output was not passed on)
     rule: str
     reason: str = ""
     value: Tainted | None = None
@@ -55,30 +56,29 @@ class Result:
         return self.decision == "allow"
 
 
-def _host(value: str) -> str | None:
-    if "://" in value:
-        return (urllib.parse.urlsplit(value).hostname or "").lower() or None
-    if value.count("@") == 1:
-        return value.rsplit("@", 1)[1].lower() or None
-    return None
+Sets = dict[str, Callable[[], Any] | Any]
 
 
-def _in_domains(host: str | None, domains: list[str]) -> bool:
-    return host is not None and any(host == d.lower() or host.endswith("." + d.lower()) for d in domains)
+def _members(sets: Sets | None, name: str) -> set:
+    """The named run-time set, read now (a callable is called on each check: the state may have changed),
+    strings case-folded."""
+    if not sets or name not in sets:
+        raise KeyError(f"no set {name!r} given to the gateway")
+    found = sets[name]() if callable(sets[name]) else sets[name]
+    return {x.casefold() if isinstance(x, str) else x for x in found}
 
 
-def _in_paths(value: str, prefixes: list[str]) -> bool:
-    if not value.startswith("/") or "\x00" in value or ".." in value.split("/"):
-        return False
-    norm = posixpath.normpath(value)
-    return any(norm == p.rstrip("/") or norm.startswith(p.rstrip("/") + "/") for p in prefixes)
+def _folded(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value
 
 
-def check_arg(rule: ArgRule, value: Any) -> str | None:
-    """The name of the first check the value fails, or None."""
-    if not isinstance(value, TYPES[rule.type]) or (isinstance(value, bool) and rule.type in ("integer", "number")):
-        return "type"
-    if rule.enum is not None and value not in rule.enum:
+def _listed(allowed: list | str, sets: Sets | None) -> set:
+    return _members(sets, allowed) if isinstance(allowed, str) else {_folded(a) for a in allowed}
+
+
+def _value_check(rule: ArgRule, value: Any, sets: Sets | None) -> str | None:
+    """The first value check (enum onwards) a scalar fails."""
+    if rule.enum is not None and _folded(value) not in _listed(rule.enum, sets):
         return "enum"
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value != value or (rule.min is not None and value < rule.min):  # NaN fails too
@@ -90,24 +90,87 @@ def check_arg(rule: ArgRule, value: Any) -> str | None:
             return "max_length"
         if rule.pattern is not None and not rule.pattern.fullmatch(value):
             return "pattern"
-        if rule.domains is not None and not _in_domains(_host(value), rule.domains):
-            return "domains"
-        if rule.recipients is not None and value.lower() not in {r.lower() for r in rule.recipients}:
+        if rule.domains is not None:
+            allowed = _members(sets, rule.domains) if isinstance(rule.domains, str) else rule.domains
+            if not addresses.in_domains(addresses.host(value), allowed):
+                return "domains"
+        if rule.recipients is not None and value.casefold() not in _listed(rule.recipients, sets):
             return "recipients"
-        if rule.paths is not None and not _in_paths(value, rule.paths):
+        if rule.paths is not None and not addresses.in_paths(value, rule.paths, rule.root):
             return "paths"
     elif any(x is not None for x in (rule.max_length, rule.pattern, rule.domains, rule.recipients, rule.paths)):
         return "type"
     return None
 
 
+def check_arg(rule: ArgRule, value: Any, sets: Sets | None = None) -> str | None:
+    """The name of the first check the value fails, or None. A list meets the rule's `items` element by element,
+    or, without `items`, the rule's value checks element by element; a dict meets its `fields`."""
+    if value is None and rule.nullable:
+        return None
+    if not isinstance(value, TYPES[rule.type]) or (isinstance(value, bool) and rule.type in ("integer", "number")):
+        return "type"
+    if isinstance(value, list | tuple):
+        if rule.max_items is not None and len(value) > rule.max_items:
+            return "max_items"
+        for item in value:
+            failed = check_arg(rule.items, item, sets) if rule.items else check_arg(_element(rule), item, sets)
+            if failed:
+                return failed
+        return None
+    if isinstance(value, dict) and rule.fields is not None:
+        for key, item in value.items():
+            if key not in rule.fields:
+                return "fields"
+            failed = check_arg(rule.fields[key], item, sets)
+            if failed:
+                return failed
+        return "fields" if any(f.required and k not in value for k, f in rule.fields.items()) else None
+    if isinstance(value, dict) and rule.enum is None and rule.domains is None and rule.recipients is None:
+        return None if all(x is None for x in (rule.max_length, rule.pattern, rule.paths)) else "type"
+    return _value_check(rule, value, sets)
+
+
+def _element(rule: ArgRule) -> ArgRule:
+    """The rule an element of a list meets when the rule has no `items`: its value checks, any type."""
+    found = rule.__dict__.get("_element")
+    if found is None:
+        found = rule.__dict__["_element"] = ArgRule(rule.name, enum=rule.enum, min=rule.min, max=rule.max,
+                                                    pattern=rule.pattern, max_length=rule.max_length,
+                                                    domains=rule.domains, recipients=rule.recipients,
+                                                    paths=rule.paths, root=rule.root)
+    return found
+
+
+def _leaves(value: Any) -> list:
+    """The scalar leaves of a value (dict keys included)."""
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _leaves(k) + _leaves(v)]
+    if isinstance(value, list | tuple):
+        return [x for v in value for x in _leaves(v)]
+    return [value]
+
+
 class Gateway:
     def __init__(self, policy: Policy, tools: dict[str, Callable], approver: Approver | None = None,
-                 audit: AuditLog | str | None = None, clock: Callable[[], float] = time.monotonic):
+                 audit: AuditLog | str | None = None, clock: Callable[[], float] = time.monotonic,
+                 sets: Sets | None = None):
+        """sets: the run-time sets the policy names (a set, a list, or a function returning one, read from
+        trusted state on each check: the user's contacts, the payees paid before)."""
+        missing = sorted(policy.sets() - set(sets or {}))
+        if missing:
+            raise GuardError(f"the policy reads the set {missing[0]!r}, which was not given (Gateway(sets=...))")
         self.policy, self.tools, self.approver, self.clock = policy, dict(tools), approver, clock
+        self.sets = dict(sets or {})
         self.audit = AuditLog(audit) if isinstance(audit, str) else audit
         self.calls: dict[tuple, deque] = defaultdict(deque)
         self.lock = threading.Lock()
+        self.trusted_sources = TRUSTED | set(policy.trusted_sources)
+        self.context: set[str] = set()  # the sources of everything the agent read in this task
+
+    def begin_task(self) -> None:
+        """A new user task: what the agent read before no longer counts as its context (flow.context)."""
+        self.context = set()
 
     # ------------------------------------------------------------------------- deciding
 
@@ -141,14 +204,18 @@ class Gateway:
         for name in args:
             if name not in tp.args:
                 return Decision("deny", f"args.unknown:{name}", f"{tool} takes no argument {name!r}")
+        approvals = []  # checks that failed where the argument sends a failure to a human
         for name, rule in tp.args.items():
             if name not in args:
                 if rule.required:
                     return Decision("deny", f"args.missing:{name}", f"{tool} needs {name!r}")
                 continue
-            failed = check_arg(rule, values[name])
+            failed = check_arg(rule, values[name], self.sets)
             if failed:
-                return Decision("deny", f"args.{name}.{failed}", f"{tool}({name}=...) fails the {failed} check")
+                found = Decision(rule.on_fail, f"args.{name}.{failed}", f"{tool}({name}=...) fails the {failed} check")
+                if rule.on_fail == "deny":
+                    return found
+                approvals.append(found)
         for limit in p.rate_limits:
             if limit.agent in ("*", agent) and limit.tool in ("*", tool):
                 window = self.calls[(limit.id, agent, tool)]
@@ -158,10 +225,21 @@ class Gateway:
                 if len(window) >= limit.max_calls:
                     return Decision("deny", limit.id, f"more than {limit.max_calls} calls in {limit.per_seconds:g} s")
         for name, value in args.items():
-            if tp.must_be_trusted(name) and not self._trusted(value):
+            if tp.must_be_trusted(name) and not self._trusted(value) and not self._in_trusted_set(tp, name, value):
                 found = ", ".join(sorted(sources(value))) or "no label"
-                return Decision("approve" if tp.untrusted == "approve" else "deny", f"flow.untrusted:{name}",
-                                f"{name} carries untrusted data ({found})")
+                rule = tp.args.get(name)
+                action = rule.on_untrusted if rule is not None and rule.on_untrusted else tp.untrusted
+                decision = Decision(action, f"flow.untrusted:{name}", f"{name} carries untrusted data ({found})")
+                if action == "deny":
+                    return decision
+                approvals.append(decision)
+        context = self._context_decision(tp, args)
+        if context is not None:
+            if context.action == "deny":
+                return context
+            approvals.append(context)
+        if approvals:
+            return approvals[0]
         if tp.approval:
             return Decision("approve", "approval.required", f"{tool} always needs approval")
         return Decision("allow", "allow")
@@ -169,8 +247,32 @@ class Gateway:
     def _trusted(self, value: Any) -> bool:
         found = sources(value)
         if not found:
-            return self.policy.unlabeled == "trusted"
-        return Tainted(None, found).trusted and (self.policy.unlabeled == "trusted" or _fully_labelled(value))
+            return self.policy.unlabeled == "trusted" or fully_labelled(value)  # an empty list holds no data
+        return found <= self.trusted_sources and (self.policy.unlabeled == "trusted" or fully_labelled(value))
+
+    def _in_trusted_set(self, tp: ToolPolicy, name: str, value: Any) -> bool:
+        """Whether an untrusted argument passes anyway: its rule's trusted_or_in set holds every leaf of it."""
+        rule = tp.args.get(name)
+        if rule is None or rule.trusted_or_in is None:
+            return False
+        members = _members(self.sets, rule.trusted_or_in)
+        leaves = _leaves(plain(value))
+        return bool(leaves) and all(_folded(x) in members for x in leaves)
+
+    def _context_decision(self, tp: ToolPolicy, args: dict) -> Decision | None:
+        """flow.context: the tool's untrusted_context action, when the agent has read untrusted data in this task
+        (and, unless context_applies = "always", none of the call's arguments is trusted)."""
+        if tp.untrusted_context == "allow":
+            return None
+        read = self.context - self.trusted_sources
+        if not read:
+            return None
+        if tp.context_applies != "always" and any(self._trusted(v) for v in args.values()):
+            return None
+        return Decision(tp.untrusted_context, "flow.context",
+                        f"{tp.name} called after reading untrusted data ({', '.join(sorted(read))}) "
+                        "with no trusted argument" if tp.context_applies != "always" else
+                        f"{tp.name} called after reading untrusted data ({', '.join(sorted(read))})")
 
     # ------------------------------------------------------------------------- calling
 
@@ -185,7 +287,7 @@ class Gateway:
             output = self.tools[tool](**plain(args))
         except Exception as e:
             return self._record(agent, tool, args, Result("error", "tool.error", f"{type(e).__name__}: {e}"))
-        return self._record(agent, tool, args, self._wrap_output(tool, output, decision.rule))
+        return self._record(agent, tool, args, self._after_run(tool, output, decision.rule))
 
     async def acall(self, agent: str, tool: str, args: dict) -> Result:
         decision = self.check(agent, tool, args)
@@ -200,7 +302,7 @@ class Gateway:
                 await asyncio.to_thread(fn, **plain(args))
         except Exception as e:
             return self._record(agent, tool, args, Result("error", "tool.error", f"{type(e).__name__}: {e}"))
-        return self._record(agent, tool, args, self._wrap_output(tool, output, decision.rule))
+        return self._record(agent, tool, args, self._after_run(tool, output, decision.rule))
 
     def user_input(self, text: str, agent: str = "user") -> Result:
         """Label the user's text as trusted after scanning it (a hit is flagged or denied, as the policy says)."""
@@ -212,25 +314,41 @@ class Gateway:
             return self._record(agent, "user_input", {"text": text}, denied)
         return Result("allow", "allow", value=Tainted(text, frozenset({"user"})), findings=found.findings)
 
+    def _after_run(self, tool: str, output: Any, rule: str) -> Result:
+        """The result of a call that ran: its output scanned and labelled, or withheld (never an exception)."""
+        try:
+            return self._wrap_output(tool, output, rule)
+        except scanner.Unreadable as e:
+            return Result("withheld", "tool.output", f"{tool} ran; its output was withheld: {e}")
+        except Exception as e:  # a bug must not pass an output on unchecked, nor lose the audit record
+            return Result("withheld", "internal", f"{tool} ran; its output was withheld: {type(e).__name__}: {e}")
+
     def _wrap_output(self, tool: str, output: Any, rule: str) -> Result:
         tp = self.policy.tools[tool]
-        label = frozenset({"policy" if tp.trusted_output else tp.output_source})
-        text = output if isinstance(output, str) else json.dumps(output, default=str)
-        found = scanner.scan(text)
+        source = "policy" if tp.trusted_output else tp.output_source
+        found = scanner.scan_value(output)
         if found.score >= self.policy.scanner_threshold:
             action = self.policy.scanner_outputs
             if action == "deny":
-                return Result("deny", "scan.output", f"{tool}'s output looks like an injection: "
+                return Result("withheld", "scan.output", f"{tool} ran; its output was withheld as an injection: "
                               f"{', '.join(found.rules)}", findings=found.findings)
-            if action == "strip" and isinstance(output, str):
-                output = scanner.strip(output, found)
-        return Result("allow", rule, value=Tainted(output, label), findings=found.findings)
+            if action == "strip":
+                output = scanner.strip_value(output)
+        if tp.field_sources:
+            used: set[str] = set()
+            value = _label(output, source, tp.field_sources, used)
+        else:
+            value, used = Tainted(output, frozenset({source})), {source}
+        self.context |= used
+        return Result("allow", rule, value=value, findings=found.findings)
 
     def _approve(self, agent: str, tool: str, args: dict, decision: Decision) -> Decision:
         if self.approver is None:
             return Decision("deny", decision.rule, decision.reason + "; no approver configured")
         try:
-            ok = self.approver.approve(ApprovalRequest(agent, tool, plain(args), decision.reason))
+            request = ApprovalRequest(agent, tool, plain(args), decision.reason,
+                                      shown=shown_args(self.policy.tools[tool], plain(args)), rule=decision.rule)
+            ok = self.approver.approve(request)
         except Exception as e:
             return Decision("deny", decision.rule, f"approval failed: {e}")
         return Decision("allow", decision.rule) if ok else Decision("deny", decision.rule, "not approved")
@@ -249,12 +367,13 @@ class Gateway:
         return result
 
 
-def _fully_labelled(value: Any) -> bool:
-    """True when every leaf of value sits inside some Tainted (so no part of it arrived unlabelled)."""
-    if isinstance(value, Tainted):
-        return True
+def _label(value: Any, source: str, field_sources: dict[str, str], used: set[str]) -> Any:
+    """An output labelled leaf by leaf: a dict field named in field_sources (at any depth) by its own source,
+    everything else by the tool's; `used` collects the sources given."""
     if isinstance(value, dict):
-        return all(_fully_labelled(v) for v in value.values())
+        return {k: _label(v, field_sources.get(k, source) if isinstance(k, str) else source, field_sources, used)
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return all(_fully_labelled(v) for v in value)
-    return False
+        return [_label(v, source, field_sources, used) for v in value]
+    used.add(source)
+    return Tainted(value, frozenset({source}))

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from pocketgpt.guard.policy import Policy
+from pocketgpt.guard.policy import ArgRule, Policy
 
 
 def inventory(policy: Policy, log: str | Path | None = None) -> dict:
@@ -24,17 +24,30 @@ def inventory(policy: Policy, log: str | Path | None = None) -> dict:
         tools = []
         for name in agent.tools:
             tp = policy.tools[name]
-            rules = {a: {k: v for k, v in vars(r).items() if v not in (None, False) and k != "name"}
-                     for a, r in tp.args.items()}
-            for r in rules.values():
-                if "pattern" in r:
-                    r["pattern"] = r["pattern"].pattern
+            rules = {a: _rule(r) for a, r in tp.args.items()}
             tools.append({"tool": name, "sensitive": tp.sensitive, "approval": tp.approval, "args": rules,
                           "calls": used[(agent.name, name)] if log is not None else None})
         unused = [t["tool"] for t in tools if t["calls"] == 0] if log is not None else []
         agents.append({"agent": agent.name, "models": agent.models, "tools": tools, "unused_tools": unused})
     return {"policy": policy.source, "agents": agents, "tools": sorted(policy.tools),
             "over_privileged": [a["agent"] for a in agents if a["unused_tools"]]}
+
+
+def _rule(rule: ArgRule) -> dict:
+    """An argument rule as plain data: the keys that differ from their defaults, nested rules included."""
+    default = ArgRule(rule.name)
+    out = {}
+    for key, value in vars(rule).items():
+        if key == "name" or key.startswith("_") or value == getattr(default, key):
+            continue
+        if key == "pattern":
+            value = value.pattern
+        elif key == "items":
+            value = _rule(value)
+        elif key == "fields":
+            value = {k: _rule(v) for k, v in value.items()}
+        out[key] = value
+    return out
 
 
 def render(inv: dict) -> str:

@@ -38,22 +38,22 @@ def untrusted(value: Any, source: str) -> Tainted:
 
 
 def plain(x: Any) -> Any:
-    """The value without labels, recursively."""
+    """The value without labels, recursively (dict keys included)."""
     if isinstance(x, Tainted):
         return plain(x.value)
     if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
+        return {plain(k): plain(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [plain(v) for v in x]
     return x
 
 
 def sources(x: Any) -> frozenset[str]:
-    """Every source found in x, recursively."""
+    """Every source found in x, recursively (a dict's keys are data too: {address: role})."""
     if isinstance(x, Tainted):
         return x.sources | sources(x.value)
     if isinstance(x, dict):
-        return frozenset().union(*(sources(v) for v in x.values())) if x else frozenset()
+        return frozenset().union(*(sources(k) | sources(v) for k, v in x.items())) if x else frozenset()
     if isinstance(x, list | tuple):
         return frozenset().union(*(sources(v) for v in x)) if x else frozenset()
     return frozenset()
@@ -78,6 +78,18 @@ def substring(x: Any, start: int | None = None, end: int | None = None) -> Taint
 def find_all(x: Any, pattern: str) -> list[Tainted]:
     """Regex matches in x, each labelled with x's sources."""
     return [_wrap(m, x) for m in re.findall(pattern, str(plain(x)))]
+
+
+def fully_labelled(value: Any) -> bool:
+    """True when every leaf of value, dict keys included, sits inside some Tainted (no part of it arrived
+    unlabelled); an empty list or dict has no leaves, so it is."""
+    if isinstance(value, Tainted):
+        return True
+    if isinstance(value, dict):
+        return all(fully_labelled(k) and fully_labelled(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(fully_labelled(v) for v in value)
+    return False
 
 
 def get(x: Any, key: Any) -> Tainted:
