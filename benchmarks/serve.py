@@ -7,14 +7,16 @@ MODEL is anything `pocketgpt serve` takes: a checkpoint folder, a GGUF file (Smo
 Hugging Face folder.
 
 Starts `pocketgpt serve` as a child process, so its memory is measured apart from the clients'. Each client
-sends non-streamed completions (a 16-token prompt from tinyshakespeare's validation text, 64 new tokens,
-temperature 0.8) one after another; the one-client and the many-client phases run back to back.
+sends streamed completions (a 16-token prompt from tinyshakespeare's validation text, 64 new tokens,
+temperature 0.8) one after another, and times the first token (the first chunk with text) and the whole
+reply; the one-client and the many-client phases run back to back.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import statistics
 import subprocess
@@ -26,7 +28,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import loadavg, report  # noqa: E402
 
 from pocketgpt.interop import load as load_model  # noqa: E402
 from pocketgpt.model import SlotCache  # noqa: E402
@@ -41,19 +43,29 @@ def rss_mb(pid: int) -> float:
 
 
 def load(url: str, name: str, prompts: list[str], clients: int, seconds: float, tokens: int):
-    """Clients sending requests back to back for `seconds`: (completion tokens, latencies, wall seconds).
-    All clients share one thread (asyncio), so that they take as little of the machine as they can."""
-    done_tokens, latencies = [0], []
+    """Clients sending requests back to back for `seconds`: (completion tokens, latencies, times to the first
+    token, wall seconds). All clients share one thread (asyncio), so that they take as little of the machine as
+    they can."""
+    done_tokens, latencies, firsts = [0], [], []
 
     async def client(http: httpx.AsyncClient, i: int, stop_at: float) -> None:
         n = i
         while time.perf_counter() < stop_at:
-            t = time.perf_counter()
-            r = await http.post(f"{url}/v1/completions", json={"model": name, "prompt": prompts[n % len(prompts)],
-                                                               "max_tokens": tokens, "temperature": 0.8, "seed": n})
-            r.raise_for_status()
+            t, first = time.perf_counter(), None
+            body = {"model": name, "prompt": prompts[n % len(prompts)], "max_tokens": tokens, "temperature": 0.8,
+                    "seed": n, "stream": True}
+            async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if first is None and event["choices"][0]["text"]:
+                        first = time.perf_counter() - t
+                    if "usage" in event:
+                        done_tokens[0] += event["usage"]["completion_tokens"]
             latencies.append(time.perf_counter() - t)
-            done_tokens[0] += r.json()["usage"]["completion_tokens"]
+            firsts.append(first if first is not None else latencies[-1])
             n += clients
 
     async def run() -> None:
@@ -64,7 +76,7 @@ def load(url: str, name: str, prompts: list[str], clients: int, seconds: float, 
 
     start = time.perf_counter()
     asyncio.run(run())
-    return done_tokens[0], latencies, time.perf_counter() - start
+    return done_tokens[0], latencies, firsts, time.perf_counter() - start
 
 
 def engine_ratio(model, clients: int, steps: int = 30) -> float:
@@ -93,6 +105,7 @@ def main() -> None:
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
 
+    load_avg = loadavg()
     ckpt = load_model(args.checkpoint)
     in_process = engine_ratio(ckpt.model(), args.clients)
     ds = load_dataset(ckpt.data.get("data", "shakespeare"), ckpt.data.get("mode"), ckpt.tokenizer)
@@ -124,17 +137,19 @@ def main() -> None:
         server.wait(timeout=30)
 
     def row(label, result):
-        tokens, lat, wall = result
-        q = statistics.quantiles(lat, n=20)
+        tokens, lat, firsts, wall = result
+        q, f = statistics.quantiles(lat, n=20), statistics.quantiles(firsts, n=20)
         return tokens / wall, f"| {label} | {len(lat)} | {tokens / wall:,.0f} | {statistics.median(lat):.2f} s | " \
-                              f"{q[18]:.2f} s |"
+                              f"{q[18]:.2f} s | {statistics.median(firsts):.2f} s | {f[18]:.2f} s |"
 
     one_rate, one_row = row("1 client", one)
     many_rate, many_row = row(f"{args.clients} concurrent clients", many)
     rss = [m for _, m in memory]
-    rows = [f"Model: {ckpt.config.n_layer} layers, {ckpt.config.n_embd} channels; {args.tokens} new tokens per "
-            f"request, {args.seconds:.0f} s per phase, {args.clients} slots.", "",
-            "| load | requests | completion tokens/s | latency p50 | latency p95 |", "| --- | --- | --- | --- | --- |",
+    rows = [f"Model: {Path(args.checkpoint).name}, {ckpt.config.n_layer} layers, {ckpt.config.n_embd} channels; "
+            f"{args.tokens} new tokens per request, {args.seconds:.0f} s per phase, {args.clients} slots; load average "
+            f"at the start {load_avg}.", "",
+            "| load | requests | completion tokens/s | latency p50 | latency p95 | first token p50 | first token p95 |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
             one_row, many_row, "",
             f"Aggregate throughput with {args.clients} clients: **{many_rate / one_rate:.1f}x** one client's "
             f"(the batched decode step alone, in process: {in_process:.1f}x). "

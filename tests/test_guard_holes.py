@@ -318,3 +318,19 @@ def test_the_inventory_shows_nested_rules_as_plain_data():
     inv = json.loads(json.dumps(inventory(load_policy(EXAMPLE_POLICY))))  # --json must not fail on them
     mail = next(t for a in inv["agents"] for t in a["tools"] if t["tool"] == "send_email")
     assert mail["args"]["cc"] == {"type": "list", "domains": ["example.com"], "nullable": True, "max_items": 10}
+
+
+def test_a_task_plan_sends_unplanned_calls_and_targets_to_a_human():
+    asked = []
+    tools = {"read": {"output_source": "email"}, "send": {"args": {"to": {"type": "string"}, "body": {}}},
+             "pay": {"args": {"to": {}}}}
+    gw = gateway(tools, {"read": lambda: "hi", "send": lambda to, body="": "sent", "pay": lambda to: "paid"},
+                 approver=CallbackApprover(lambda r: asked.append(r.rule) or False))
+    gw.begin_task(plan={"read": {}, "send": {"to": ["Bob@example.com"]}})  # "e-mail Bob what the inbox says"
+    assert gw.call("bot", "read", {}).allowed
+    assert gw.call("bot", "send", {"to": U("bob@example.com"), "body": U("hi")}).allowed
+    assert not gw.call("bot", "send", {"to": U("eve@example.com")}).allowed  # a target the user did not name
+    assert not gw.call("bot", "pay", {"to": U("eve")}).allowed  # a tool the request did not ask for
+    assert asked == ["plan.to", "plan.unplanned"]
+    gw.begin_task()  # no plan: no plan rule
+    assert gw.call("bot", "pay", {"to": U("eve")}).allowed

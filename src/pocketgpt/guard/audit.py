@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pocketgpt.files import write_text
-
 GENESIS = "0" * 64
 
 
@@ -74,8 +72,23 @@ class AuditLog:
             finally:
                 os.close(fd)
             self.seq, self.prev = self.seq + 1, record["hash"]
-            write_text(head_path(self.path), canonical(_head(self.seq, self.prev, self.key)) + "\n")
+            _replace(head_path(self.path), canonical(_head(self.seq, self.prev, self.key)) + "\n")
             return record
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write text to a temporary file beside path, then rename it into place (a reader sees the old head or the
+    new one, never half of one). The guard uses the standard library only, hence not pocketgpt.files."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def verify(path: str | Path, key: bytes | None = None) -> tuple[list[str], dict | None]:

@@ -167,10 +167,19 @@ class Gateway:
         self.lock = threading.Lock()
         self.trusted_sources = TRUSTED | set(policy.trusted_sources)
         self.context: set[str] = set()  # the sources of everything the agent read in this task
+        self.plan: dict | None = None  # the task's plan (begin_task)
 
-    def begin_task(self) -> None:
-        """A new user task: what the agent read before no longer counts as its context (flow.context)."""
+    def begin_task(self, plan: dict[str, dict] | None = None) -> None:
+        """A new user task: what the agent read before no longer counts as its context (flow.context).
+
+        plan (optional, as CaMeL derives one from the user's request before any tool output is read): the
+        tools the task may call, each with the arguments whose values the user fixed, {"send_email": {"to":
+        ["bob@example.com"]}, "read_inbox": {}}; a value is a list of the allowed values. During the task, a call
+        to a tool outside the plan, or with a planned argument outside its values, goes to approval
+        (plan.unplanned, plan.ARG)."""
         self.context = set()
+        self.plan = None if plan is None else {t: {a: [_folded(v) for v in (vs if isinstance(vs, list) else [vs])]
+                                                   for a, vs in args.items()} for t, args in plan.items()}
 
     # ------------------------------------------------------------------------- deciding
 
@@ -233,6 +242,9 @@ class Gateway:
                 if action == "deny":
                     return decision
                 approvals.append(decision)
+        planned = self._plan_decision(tool, values)
+        if planned is not None:
+            approvals.append(planned)
         context = self._context_decision(tp, args)
         if context is not None:
             if context.action == "deny":
@@ -258,6 +270,19 @@ class Gateway:
         members = _members(self.sets, rule.trusted_or_in)
         leaves = _leaves(plain(value))
         return bool(leaves) and all(_folded(x) in members for x in leaves)
+
+    def _plan_decision(self, tool: str, values: dict) -> Decision | None:
+        """plan.*: approval for a call the task's plan does not name, or with a planned argument off the plan."""
+        if self.plan is None:
+            return None
+        if tool not in self.plan:
+            return Decision("approve", "plan.unplanned", f"{tool} is not in the task's plan")
+        for name, allowed in self.plan[tool].items():
+            given = values.get(name)
+            leaves = _leaves(given) if isinstance(given, list | tuple | dict) else [given]
+            if not leaves or any(_folded(x) not in allowed for x in leaves):
+                return Decision("approve", f"plan.{name}", f"{tool}({name}=...) is not what the task's plan names")
+        return None
 
     def _context_decision(self, tp: ToolPolicy, args: dict) -> Decision | None:
         """flow.context: the tool's untrusted_context action, when the agent has read untrusted data in this task
