@@ -238,19 +238,37 @@ class Unreadable(ValueError):
     """A value the scanner cannot walk (it contains itself)."""
 
 
-def _strings(value: Any, seen: set[int]) -> list[str]:
-    """Every string in value, dict keys included; a value that contains itself is Unreadable."""
+def strings(value: Any) -> list[str]:
+    """Every string in value (a tool's output: lists, tuples, sets and dicts, their keys included, and labelled
+    values); a value that contains itself is Unreadable (one reached twice by different routes is not)."""
+    out: list[str] = []
+    _walk(value, set(), out)
+    return out
+
+
+def _walk(value: Any, path: set[int], out: list[str]) -> None:
+    """strings() into out; `path` holds the containers being walked."""
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict | list | tuple | set | frozenset):
-        if id(value) in seen:
-            raise Unreadable("it contains itself")
-        seen = seen | {id(value)}
-        items = [x for kv in value.items() for x in kv] if isinstance(value, dict) else list(value)
-        return [s for item in items for s in _strings(item, seen)]
-    if hasattr(value, "value") and hasattr(value, "sources"):  # a Tainted value
-        return _strings(value.value, seen)
-    return []
+        out.append(value)
+        return
+    if isinstance(value, dict):
+        items = [x for kv in value.items() for x in kv]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = value
+    elif hasattr(value, "value") and hasattr(value, "sources"):  # a Tainted value
+        _walk(value.value, path, out)
+        return
+    else:
+        return
+    if id(value) in path:
+        raise Unreadable("it contains itself")
+    path.add(id(value))
+    for item in items:
+        if type(item) is str:
+            out.append(item)
+        else:
+            _walk(item, path, out)
+    path.discard(id(value))
 
 
 SEPARATOR = "\n\x00\n"  # between the strings of a value: ends every rule's line, and no \\s or word matches it
@@ -259,7 +277,7 @@ SEPARATOR = "\n\x00\n"  # between the strings of a value: ends every rule's line
 def scan_value(value: Any) -> ScanResult:
     """scan() of every string in a tool's output, joined by SEPARATOR (one pass: scanning each of a few hundred
     short strings alone costs more in per-call overhead than the text itself); offsets are into that join."""
-    return scan(SEPARATOR.join(_strings(value, set())))
+    return scan(SEPARATOR.join(strings(value)))
 
 
 def _span(text: str, f: Finding) -> tuple[int, int]:
