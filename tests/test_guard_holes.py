@@ -334,3 +334,19 @@ def test_a_task_plan_sends_unplanned_calls_and_targets_to_a_human():
     assert asked == ["plan.to", "plan.unplanned"]
     gw.begin_task()  # no plan: no plan rule
     assert gw.call("bot", "pay", {"to": U("eve")}).allowed
+
+
+def test_a_log_written_before_logs_had_a_head_still_verifies_and_grows(tmp_path):
+    log = tmp_path / "old.jsonl"
+    prev, lines = audit.GENESIS, []
+    for seq in range(3):  # records as earlier versions wrote them: no "keyed" field, no head file
+        record = {"seq": seq, "time": 0.0, "agent": "bot", "tool": "t", "decision": "allow", "rule": "allow",
+                  "args": {}, "prev": prev}
+        record["hash"] = prev = audit.digest(record)
+        lines.append(audit.canonical(record))
+    log.write_text("\n".join(lines) + "\n")
+    assert audit.verify(log)[0] == []
+    audit.AuditLog(log).append("bot", "t", "allow", "allow")  # from here on it has a head
+    assert audit.verify(log)[0] == [] and (tmp_path / "old.jsonl.head").exists()
+    (tmp_path / "old.jsonl.head").unlink()
+    assert "missing" in audit.verify(log)[0][0]

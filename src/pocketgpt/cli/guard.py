@@ -71,7 +71,8 @@ def run(args) -> int:
                f"{100 * result['attack_success_with_guard']:.1f}% with the guard, "
                f"{100 * result['attack_success_without_guard']:.1f}% without; benign utility "
                f"{100 * result['benign_utility_with_guard']:.1f}% with, "
-               f"{100 * result['benign_utility_without_guard']:.1f}% without; scanner detection "
+               f"{100 * result['benign_utility_without_guard']:.1f}% without; "
+               f"{100 * result['approval_share_benign']:.1f}% of benign calls sent to approval; scanner detection "
                f"{100 * result['scanner_detection_rate']:.1f}%, false positives "
                f"{100 * result['scanner_false_positive_rate']:.2f}% of {result['benign_texts']} benign texts")
     print(summary if ok else summary + f" -- FAIL: attack success above {100 * args.max_attack_success:g}%")

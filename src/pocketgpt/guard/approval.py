@@ -147,8 +147,8 @@ class HTTPApprover(Approver):
     buttons (open `page_url`, which carries the token in its fragment, never sent to a server); GET /pending,
     POST /approve/ID and POST /deny/ID need `Authorization: Bearer TOKEN`. POSTs must be application/json
     (the content types a cross-origin page may send without asking, such as text/plain, are refused) and may
-    not come from another origin (Origin, Sec-Fetch-Site); no CORS headers are sent, so a page elsewhere can
-    neither read the list nor set the header."""
+    not come from another origin (an Origin other than the address the request was sent to, or Sec-Fetch-Site);
+    no CORS headers are sent, so a page elsewhere can neither read the list nor set the header."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 300.0, token: str | None = None):
         self.timeout, self.pending, self.ids = timeout, {}, itertools.count(1)
@@ -171,8 +171,8 @@ class HTTPApprover(Approver):
                 given = self.headers.get("Authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {approver.token}".encode()):
                     return "401"
-                origin = self.headers.get("Origin")
-                if origin is not None and origin != approver.url:
+                origin = self.headers.get("Origin")  # a browser's request from a page: it must be this page's
+                if origin is not None and origin != f"http://{self.headers.get('Host', '')}":
                     return "403"
                 if self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
                     return "403"

@@ -94,7 +94,7 @@ def _replace(path: Path, text: str) -> None:
 def verify(path: str | Path, key: bytes | None = None) -> tuple[list[str], dict | None]:
     """(problems, last good record): each problem names the line and what is wrong there. Records written with
     a key are checked only with that key (without it, verify says so)."""
-    problems, prev, last = [], GENESIS, None
+    problems, prev, last, headed = [], GENESIS, None, False
     lines = Path(path).read_bytes().splitlines()
     for n, raw in enumerate(lines, 1):
         try:
@@ -110,6 +110,7 @@ def verify(path: str | Path, key: bytes | None = None) -> tuple[list[str], dict 
             problems.append(f"line {n}: its record number is not an integer")
             continue
         keyed = record.get("keyed") is True
+        headed = headed or "keyed" in record  # written since logs have a head (older records lack the field)
         if keyed and key is None:
             problems.append(f"line {n}: record {record['seq']} is keyed: verify it with the key (--key-file)")
             return problems, last
@@ -126,11 +127,11 @@ def verify(path: str | Path, key: bytes | None = None) -> tuple[list[str], dict 
             problems.append(f"line {n}: record numbers jump to {record.get('seq')}")
         record["hash"] = claimed
         prev, last = claimed, record
-    problems += _check_head(path, last, key)
+    problems += _check_head(path, last, key, headed)
     return problems, last
 
 
-def _check_head(path: str | Path, last: dict | None, key: bytes | None) -> list[str]:
+def _check_head(path: str | Path, last: dict | None, key: bytes | None, required: bool) -> list[str]:
     where = head_path(path)
     count = 0 if last is None else last["seq"] + 1
     try:
@@ -138,7 +139,9 @@ def _check_head(path: str | Path, last: dict | None, key: bytes | None) -> list[
         claimed = head.pop("mac", None)
         head_count, head_last = head["count"], head["last"]
     except FileNotFoundError:
-        return [] if count == 0 else [f"{where.name}: missing, so records deleted from the end cannot be found"]
+        if count == 0 or not required:  # an empty log, or one written before logs had a head
+            return []
+        return [f"{where.name}: missing, so records deleted from the end cannot be found"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return [f"{where.name}: not a head record"]
     if key is not None and (claimed is None or not hmac.compare_digest(digest(head, key), str(claimed))):

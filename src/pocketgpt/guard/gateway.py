@@ -170,7 +170,8 @@ class Gateway:
         self.plan: dict | None = None  # the task's plan (begin_task)
 
     def begin_task(self, plan: dict[str, dict] | None = None) -> None:
-        """A new user task: what the agent read before no longer counts as its context (flow.context).
+        """A new user task: what the agent read before no longer counts as its context (flow.context). The context
+        and the plan belong to the gateway: tasks that run at the same time need a gateway each.
 
         plan (optional, as CaMeL derives one from the user's request before any tool output is read): the
         tools the task may call, each with the arguments whose values the user fixed, {"send_email": {"to":

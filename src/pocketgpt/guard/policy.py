@@ -5,6 +5,7 @@ a bad regular expression is a PolicyError naming the file and the key. The shape
 
     unlabeled = "untrusted"          # arguments without provenance labels count as untrusted (the default)
     max_arg_bytes = 65536            # larger arguments are refused
+    trusted_sources = ["directory"]  # output sources trusted besides "user" and "policy"
 
     [scanner]                        # the injection scanner (guard.scanner)
     tool_outputs = "flag"            # flag | strip | deny a tool output that scores >= threshold
@@ -51,7 +52,6 @@ a bad regular expression is a PolicyError naming the file and the key. The shape
     root = "/home/user"              # relative paths are under this root
     paths = ["docs"]
 
-    trusted_sources = ["directory"]  # (top level) sources trusted besides "user" and "policy"
 
     [[rate_limits]]
     agent = "*"                      # an agent's name or *
