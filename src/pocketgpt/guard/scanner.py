@@ -26,50 +26,56 @@ AUTHORITY = ("system|system[ _-]?(message|prompt|note|instructions?|override|upd
              "|information|important[ _-]?(message|instructions?)|instructions?|root|sudo|assistant[ _-]?directive")
 AUTHORITY_HEADING = ("system[ _-]?(message|prompt|note|instructions?|override|update)"
                      "|admin(istrator)?[ _-]?(message|note)")
-# Each rule: (name, weight, pattern, flags, needles, reach). Every match of the pattern contains one of the needles
-# (lower case), and none is longer than `reach` characters, so the pattern runs only within `reach` of where a
-# needle occurs in the text (None: on the whole text, and needles None: unless the text is ASCII). Python's
-# regular expressions cost 40-100 ns a character; a text without needles costs a few substring searches. A
-# match padded past its reach (hundreds of spaces inside one) is not found: the scanner is a second line,
-# behind the data-flow rules.
-OVERRIDE_VERB_NEEDLES = ("ignore", "disregard", "forget", "override", "bypass", "skip")
-RULES: list[tuple[str, float, re.Pattern, tuple[str, ...] | None, int | None]] = [
-    (name, weight, re.compile(rx, flags), needles, reach) for name, weight, rx, flags, needles, reach in [
+# Each rule: (name, weight, pattern, flags, words, marks, reach). Every match of the pattern contains one of the
+# whole words `words` or one of the substrings `marks` (lower case), and none is longer than `reach` characters,
+# so the pattern runs only within `reach` of where one occurs (reach None: on the whole text; words and marks
+# None: unless the text is ASCII). An ASCII text's words are looked up in one set, so a rule whose words are
+# absent costs nothing; Python's regular expressions cost 40-100 ns a character and a substring search about
+# 1 ns, where a text of a few kilobytes should cost well under a millisecond in all. A match padded past its
+# reach (hundreds of spaces inside one) is not found: the scanner is a second line, behind the data-flow rules.
+CALL_WEIGHT = 0.6  # the weight of the rule on calls of a snake_case name ("run send_email with ...")
+OVERRIDE_NOUN_WORDS = ("instruction", "instructions", "task", "tasks", "order", "orders", "directive", "directives")
+AUTHORITY_WORDS = ("system", "admin", "administrator", "developer", "information", "important", "instruction",
+                   "instructions", "root", "sudo", "assistant")
+RULES: list[tuple[str, float, re.Pattern, frozenset | None, tuple[str, ...], int | None]] = [
+    (name, weight, re.compile(rx, flags), None if words is None else frozenset(words), marks, reach)
+    for name, weight, rx, flags, words, marks, reach in [
     ("override", 0.9, r"\b(ignore|disregard|forget|override|bypass|skip)\b[^.\n]{0,40}?"
                       r"\b(previous|prior|above|earlier|all|your|the|any)\b[^.\n]{0,25}?"
                       r"\b(instructions?|prompts?|rules|guidelines|directions|context|tasks?)\b", _I,
-     OVERRIDE_VERB_NEEDLES, 120),
+     ("ignore", "disregard", "forget", "override", "bypass", "skip"), (), 120),
     ("override", 0.8, r"\b(new|updated|real|actual|important|urgent)\s+(instructions?|task|orders?|directive)s?"
-                      r"\s*[:!-]", _I, ("instruction", "task", "order", "directive"), 80),
+                      r"\s*[:!-]", _I, OVERRIDE_NOUN_WORDS, (), 80),
     ("override", 0.6, r"\byou\s+(are|must)\s+now\b|\bfrom\s+now\s+on,?\s+you\b|\bdo\s+not\s+tell\s+the\s+user\b",
-     _I, ("now", "tell"), 60),
+     _I, ("now", "tell"), (), 60),
     ("override", 0.7, r"\b(as|you are) an? (ai|assistant|agent)[^.\n]{0,40}\b(must|should|will)\b[^.\n]{0,30}"
-                      r"\b(send|forward|transfer|delete|share|pay|email|post)\b", _I, ("as a", "you are a"), 140),
+                      r"\b(send|forward|transfer|delete|share|pay|email|post)\b", _I,
+     ("ai", "assistant", "agent"), (), 140),
     ("role-spoof", 0.8, r"<\|im_start\|>\s*(system|assistant|user|developer|tool)\b|<\|(system|assistant|user)\|>"
                         r"|\[/?INST\]|<</?SYS>>|^\s*#{2,}\s*(system|instruction)", _I | re.M,
-     ("<|", "inst]", "sys>>", "##"), 80),
-    ("role-spoof", 0.4, r"<\|(im_start|im_end|endoftext|eot_id)\|>", _I, ("<|",), 20),  # in text on tokenizers too
+     ("system", "instruction", "instructions"), ("<|", "inst]", "sys>>"), 80),
+    ("role-spoof", 0.4, r"<\|(im_start|im_end|endoftext|eot_id)\|>", _I, (), ("<|",), 20),  # in text on tokenizers too
     ("role-spoof", 0.7, r"^\s*(system|assistant|developer)\s*(prompt|message)?\s*:", _I | re.M,
-     ("system", "assistant", "developer"), 60),
-    ("role-spoof", 0.6, r"\b(system prompt|developer mode|jailbreak)\b", _I,
-     ("system prompt", "developer mode", "jailbreak"), 20),
+     ("system", "assistant", "developer"), (), 60),
+    ("role-spoof", 0.6, r"\b(system prompt|developer mode|jailbreak)\b", _I, ("system", "developer", "jailbreak"), (),
+     30),
     ("role-spoof", 0.8, rf"^[ \t]*#+[ \t]*([(\[{{<][ \t]*({AUTHORITY})[ \t]*[)\]}}>]|({AUTHORITY_HEADING})\b)"
                         rf"|<[ \t]*/?[ \t]*({AUTHORITY})[ \t]*>|\[[ \t]*/?({AUTHORITY})[ \t]*\]", _I | re.M,
-     ("system", "admin", "developer", "information", "important", "instruction", "root", "sudo", "assistant"), 80),
+     AUTHORITY_WORDS, (), 80),
     ("role-spoof", 0.6, r"\b(this is an? (important|urgent) (message|notice|instruction) from)\b"
                         r"|\bbefore you (can )?(solve|finish|complete|continue)\b[^.\n]{0,40}\b(task|request)", _I,
-     ("important", "urgent", "before you"), 100),
-    ("invisible-unicode", 0.9, INVISIBLE, 0, None, None),  # None: run unless the text is ASCII
-    ("markdown-exfiltration", 0.9, r"!\[[^\]]*\]\(\s*https?://[^)\s]*\?[^)\s]*=[^)\s]*\)", _I, ("](",), None),
-    ("markdown-exfiltration", 0.5, r"\[[^\]]*\]\(\s*https?://[^)\s]*\?[^)\s]*=[^)\s]{16,}\)", _I,
-     ("](",), None),
+     ("important", "urgent", "before"), (), 100),
+    ("invisible-unicode", 0.9, INVISIBLE, 0, None, (), None),  # run unless the text is ASCII
+    ("markdown-exfiltration", 0.9, r"!\[[^\]]*\]\(\s*https?://[^)\s]*\?[^)\s]*=[^)\s]*\)", _I, (), ("](",), None),
+    ("markdown-exfiltration", 0.5, r"\[[^\]]*\]\(\s*https?://[^)\s]*\?[^)\s]*=[^)\s]{16,}\)", _I, (), ("](",),
+     None),
     ("tool-call", 0.8, r"[{,]\s*\"(tool|function|function_call|tool_calls?|name|action)\"\s*:\s*\"?"
                        r"[a-z_]+\"?\s*,\s*\"(arguments|args|parameters|input)\"", _I,
-     ('"tool', '"function', '"name"', '"action"'), 120),
-    ("tool-call", 0.8, r"</?(tool_call|function_call|tool_use|invoke)\b", _I,
-     ("tool_call", "function_call", "tool_use", "invoke"), 20),
-    ("tool-call", 0.6, r"\b(call|invoke|run|execute|use)\s+(the\s+)?`?[a-z]+_[a-z_]+`?\s*(\(|tool\b|with\b)", _I,
-     ("_",), 80),
+     (), ('"tool', '"function', '"name"', '"action"'), 120),
+    ("tool-call", 0.8, r"</?(tool_call|function_call|tool_use|invoke)\b", _I, ("invoke",),
+     ("tool_call", "function_call", "tool_use"), 20),
+    ("tool-call", CALL_WEIGHT, r"\b(call|invoke|run|execute|use)\s+(the\s+)?`?[a-z]+_[a-z_]+`?\s*(\(|tool\b|with\b)",
+     _I, ("call", "invoke", "run", "execute", "use"), (), 80),  # runs only where the text has an "_" at all
 ]]
 ENCODED = [  # (kind, pattern, needle or None)
     ("base64", re.compile(r"[A-Za-z0-9+/]{24,}={0,2}"), None),
@@ -139,13 +145,17 @@ FUZZY_VERBS, FUZZY_OBJECTS, FUZZY_NOUNS = (_fuzzy_set(t) for t in (OVERRIDE_VERB
 NOT_LETTERS = str.maketrans({c: " " for c in map(chr, range(128)) if not c.isalpha()})
 
 
-def _windows(text: str, lowered: str, needles: tuple[str, ...], reach: int) -> list[tuple[int, int]]:
-    """The stretches of text within `reach` of an occurrence of a needle, overlapping ones merged."""
+def _windows(text: str, lowered: str, needles, reach: int, whole: bool = False) -> list[tuple[int, int]]:
+    """The stretches of text within `reach` of an occurrence of a needle (whole: only where no letter touches it
+    on either side), overlapping ones merged."""
     spans = []
     for needle in needles:
         at = lowered.find(needle)
         while at >= 0:
-            spans.append((max(0, at - reach), min(len(text), at + len(needle) + reach)))
+            end = at + len(needle)
+            if not whole or ((at == 0 or not lowered[at - 1].isalpha())
+                             and (end == len(lowered) or not lowered[end].isalpha())):
+                spans.append((max(0, at - reach), min(len(text), end + reach)))
             at = lowered.find(needle, at + 1)
     merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
@@ -156,11 +166,16 @@ def _windows(text: str, lowered: str, needles: tuple[str, ...], reach: int) -> l
     return merged
 
 
-def _fuzzy_overrides(text: str, lowered: str) -> list[tuple[Finding, float]]:
+def _words(lowered: str) -> set[str] | None:
+    """The words of an ASCII text (None for other text, whose punctuation the split below would not see)."""
+    return set(lowered.translate(NOT_LETTERS).split()) if lowered.isascii() else None
+
+
+def _fuzzy_overrides(text: str, lowered: str, present: set[str] | None) -> list[tuple[Finding, float]]:
     """The override rule's verb .. object .. noun sequence (within 12 words, in one sentence) with each word
     matched up to one typo; exact matches are the regular rule's, so only sequences with a typo are reported.
     Looked for only after each word within a typo of a verb, when the text also holds one near a noun."""
-    present = set(lowered.translate(NOT_LETTERS).split())
+    present = present if present is not None else set(lowered.translate(NOT_LETTERS).split())
     verbs, nouns = present & FUZZY_VERBS, present & FUZZY_NOUNS
     if not verbs or not nouns:
         return []
@@ -190,19 +205,28 @@ def _fuzzy_overrides(text: str, lowered: str) -> list[tuple[Finding, float]]:
 
 def _plain_rules(text: str, offset: int = 0) -> list[tuple[Finding, float]]:
     lowered = text.lower()
+    present = _words(lowered)
     found: dict[tuple, tuple[Finding, float]] = {}
-    for name, weight, rx, needles, reach in RULES:
-        if needles is None:
-            stretches = [] if text.isascii() else [(0, len(text))]
-        elif reach is None:
-            stretches = [(0, len(text))] if any(n in lowered for n in needles) else []
+    for name, weight, rx, words, marks, reach in RULES:
+        if words is None:
+            stretches = [] if present is not None else [(0, len(text))]
         else:
-            stretches = _windows(text, lowered, needles, reach)
+            found_words = words & present if present is not None else words
+            found_marks = [m for m in marks if m in lowered]
+            if not found_words and not found_marks or name == "tool-call" and weight == CALL_WEIGHT and "_" not in text:
+                continue
+            if reach is None:
+                stretches = [(0, len(text))]
+            else:
+                stretches = _windows(text, lowered, found_words, reach, whole=present is not None)
+                if found_marks:
+                    stretches = sorted(stretches + _windows(text, lowered, found_marks, reach))
         for start, end in stretches:
             for m in rx.finditer(text, start, end):
                 found[(name, weight, m.start(), m.end())] = (Finding(name, offset + m.start(), offset + m.end(),
                                                                      m.group(0)), weight)
-    fuzzy = [(Finding(f.rule, offset + f.start, offset + f.end, f.text), w) for f, w in _fuzzy_overrides(text, lowered)]
+    fuzzy = [(Finding(f.rule, offset + f.start, offset + f.end, f.text), w)
+             for f, w in _fuzzy_overrides(text, lowered, present)]
     return list(found.values()) + fuzzy
 
 
