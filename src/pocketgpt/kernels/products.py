@@ -424,7 +424,10 @@ def split_tile(kind: int, group: int = 0) -> Callable:
     array arguments as aliasing nothing; in a plain function, in a helper inlined there, or with a dot product in
     the same body they stay scalar: 1-1.7 against 5-8 G weights/s on one thread here). The caller decides how many
     threads run it. kind and group reach that body as its arguments rather than as constants, so each layout has
-    its own loop without branches, and the group layouts loop over groups. Made per (kind, group)."""
+    its own loop without branches, and the group layouts find a byte's group by a shift fixed here (one computed
+    inside the kernel would reach the body as a variable too, and a shift by a variable keeps the loop scalar).
+    Made per (kind, group)."""
+    shift, shift8 = max(group // 2, 1).bit_length() - 1, max(group, 1).bit_length() - 1  # log2 of a group's bytes
 
     @njit(**PARALLEL)
     def tile(parts, r0, out):
@@ -461,23 +464,24 @@ def split_tile(kind: int, group: int = 0) -> Callable:
                             hi = np.floor(f * SIXTEENTH)
                             out[i, k] = d[r, k >> 4] * (f - SIXTEEN * hi - np.float32(8.0))
                             out[i, h + k] = d[r, k >> 4] * (hi - np.float32(8.0))
-        else:  # pocketgpt's groups, w = s (u - z); int4: byte k holds weights 2k and 2k + 1
+        elif kind == INT4:  # w = s (u - z); byte k holds weights 2k and 2k + 1
             q, s, z = parts[0], parts[1], parts[2]
-            h, per = q.shape[1], group // 2 if kind == INT4 else group  # bytes of a row, of a group
+            h = q.shape[1]  # bytes of a row
             for c in prange(chunks):
                 for i in range(c * M // chunks, (c + 1) * M // chunks):
                     r = r0 + i
-                    for g in range(s.shape[1]):
-                        sg, zg = s[r, g], z[r, g]
-                        if kind == INT4:
-                            for k in range(g * per, (g + 1) * per):
-                                f = np.float32(q[r, k])
-                                hi = np.floor(f * SIXTEENTH)
-                                out[i, k] = sg * (f - SIXTEEN * hi - zg)
-                                out[i, h + k] = sg * (hi - zg)
-                        else:
-                            for k in range(g * per, (g + 1) * per):
-                                out[i, k] = sg * (np.float32(q[r, k]) - zg)
+                    for k in range(h):
+                        f = np.float32(q[r, k])
+                        hi = np.floor(f * SIXTEENTH)
+                        out[i, k] = s[r, k >> shift] * (f - SIXTEEN * hi - z[r, k >> shift])
+                        out[i, h + k] = s[r, k >> shift] * (hi - z[r, k >> shift])
+        else:  # INT8, w = s (u - z)
+            q, s, z = parts[0], parts[1], parts[2]
+            for c in prange(chunks):
+                for i in range(c * M // chunks, (c + 1) * M // chunks):
+                    r = r0 + i
+                    for k in range(q.shape[1]):
+                        out[i, k] = s[r, k >> shift8] * (np.float32(q[r, k]) - z[r, k >> shift8])
 
     return tile
 
