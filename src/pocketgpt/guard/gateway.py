@@ -59,24 +59,31 @@ class Result:
 Sets = dict[str, Callable[[], Any] | Any]
 
 
-def _members(sets: Sets | None, name: str) -> set:
-    """The named run-time set, read now (a callable is called on each check: the state may have changed),
-    strings case-folded."""
-    if not sets or name not in sets:
-        raise KeyError(f"no set {name!r} given to the gateway")
-    found = sets[name]() if callable(sets[name]) else sets[name]
-    return {x.casefold() if isinstance(x, str) else x for x in found}
+class _Snapshot:
+    """The run-time sets as one check reads them: each read from the application's state at most once per check
+    (a callable is called then: the state may have changed since the last), strings case-folded."""
+
+    def __init__(self, sets: Sets | None):
+        self.sets, self.read = sets or {}, {}
+
+    def members(self, name: str) -> set:
+        if name not in self.read:
+            if name not in self.sets:
+                raise KeyError(f"no set {name!r} given to the gateway")
+            found = self.sets[name]() if callable(self.sets[name]) else self.sets[name]
+            self.read[name] = {_folded(x) for x in found}
+        return self.read[name]
 
 
 def _folded(value: Any) -> Any:
     return value.casefold() if isinstance(value, str) else value
 
 
-def _listed(allowed: list | str, sets: Sets | None) -> set:
-    return _members(sets, allowed) if isinstance(allowed, str) else {_folded(a) for a in allowed}
+def _listed(allowed: list | str, sets: _Snapshot) -> set:
+    return sets.members(allowed) if isinstance(allowed, str) else {_folded(a) for a in allowed}
 
 
-def _value_check(rule: ArgRule, value: Any, sets: Sets | None) -> str | None:
+def _value_check(rule: ArgRule, value: Any, sets: _Snapshot) -> str | None:
     """The first value check (enum onwards) a scalar fails."""
     if rule.enum is not None and _folded(value) not in _listed(rule.enum, sets):
         return "enum"
@@ -91,7 +98,7 @@ def _value_check(rule: ArgRule, value: Any, sets: Sets | None) -> str | None:
         if rule.pattern is not None and not rule.pattern.fullmatch(value):
             return "pattern"
         if rule.domains is not None:
-            allowed = _members(sets, rule.domains) if isinstance(rule.domains, str) else rule.domains
+            allowed = sets.members(rule.domains) if isinstance(rule.domains, str) else rule.domains
             if not addresses.in_domains(addresses.host(value), allowed):
                 return "domains"
         if rule.recipients is not None and value.casefold() not in _listed(rule.recipients, sets):
@@ -103,9 +110,10 @@ def _value_check(rule: ArgRule, value: Any, sets: Sets | None) -> str | None:
     return None
 
 
-def check_arg(rule: ArgRule, value: Any, sets: Sets | None = None) -> str | None:
+def check_arg(rule: ArgRule, value: Any, sets: Sets | _Snapshot | None = None) -> str | None:
     """The name of the first check the value fails, or None. A list meets the rule's `items` element by element,
     or, without `items`, the rule's value checks element by element; a dict meets its `fields`."""
+    sets = sets if isinstance(sets, _Snapshot) else _Snapshot(sets)
     if value is None and rule.nullable:
         return None
     if not isinstance(value, TYPES[rule.type]) or (isinstance(value, bool) and rule.type in ("integer", "number")):
@@ -114,7 +122,7 @@ def check_arg(rule: ArgRule, value: Any, sets: Sets | None = None) -> str | None
         if rule.max_items is not None and len(value) > rule.max_items:
             return "max_items"
         for item in value:
-            failed = check_arg(rule.items, item, sets) if rule.items else check_arg(_element(rule), item, sets)
+            failed = check_arg(rule.items, item, sets) if rule.items else _element_check(rule, item, sets)
             if failed:
                 return failed
         return None
@@ -126,20 +134,37 @@ def check_arg(rule: ArgRule, value: Any, sets: Sets | None = None) -> str | None
             if failed:
                 return failed
         return "fields" if any(f.required and k not in value for k, f in rule.fields.items()) else None
+    return _leaf_check(rule, value, sets)
+
+
+def _element_check(rule: ArgRule, value: Any, sets: _Snapshot) -> str | None:
+    """What a list's element (of any type) fails of the rule's value checks when the rule has no `items`: a nested
+    list element by element."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            failed = _element_check(rule, item, sets)
+            if failed:
+                return failed
+        return None
+    return _leaf_check(rule, value, sets)
+
+
+def _leaf_check(rule: ArgRule, value: Any, sets: _Snapshot) -> str | None:
+    """The value checks of anything but a list. A dict without `fields` fails max_length, pattern and paths as a
+    type and passes when the rule has none of them nor enum, domains or recipients, which it meets as a scalar."""
     if isinstance(value, dict) and rule.enum is None and rule.domains is None and rule.recipients is None:
         return None if all(x is None for x in (rule.max_length, rule.pattern, rule.paths)) else "type"
     return _value_check(rule, value, sets)
 
 
-def _element(rule: ArgRule) -> ArgRule:
-    """The rule an element of a list meets when the rule has no `items`: its value checks, any type."""
-    found = rule.__dict__.get("_element")
-    if found is None:
-        found = rule.__dict__["_element"] = ArgRule(rule.name, enum=rule.enum, min=rule.min, max=rule.max,
-                                                    pattern=rule.pattern, max_length=rule.max_length,
-                                                    domains=rule.domains, recipients=rule.recipients,
-                                                    paths=rule.paths, root=rule.root)
-    return found
+def _in_trusted_set(tp: ToolPolicy, name: str, value: Any, sets: _Snapshot) -> bool:
+    """Whether an untrusted argument passes anyway: its rule's trusted_or_in set holds every leaf of it."""
+    rule = tp.args.get(name)
+    if rule is None or rule.trusted_or_in is None:
+        return False
+    members = sets.members(rule.trusted_or_in)
+    leaves = _leaves(plain(value))
+    return bool(leaves) and all(_folded(x) in members for x in leaves)
 
 
 def _leaves(value: Any) -> list:
@@ -215,12 +240,13 @@ class Gateway:
             if name not in tp.args:
                 return Decision("deny", f"args.unknown:{name}", f"{tool} takes no argument {name!r}")
         approvals = []  # checks that failed where the argument sends a failure to a human
+        sets = _Snapshot(self.sets)  # each run-time set read once for this call
         for name, rule in tp.args.items():
             if name not in args:
                 if rule.required:
                     return Decision("deny", f"args.missing:{name}", f"{tool} needs {name!r}")
                 continue
-            failed = check_arg(rule, values[name], self.sets)
+            failed = check_arg(rule, values[name], sets)
             if failed:
                 found = Decision(rule.on_fail, f"args.{name}.{failed}", f"{tool}({name}=...) fails the {failed} check")
                 if rule.on_fail == "deny":
@@ -235,7 +261,7 @@ class Gateway:
                 if len(window) >= limit.max_calls:
                     return Decision("deny", limit.id, f"more than {limit.max_calls} calls in {limit.per_seconds:g} s")
         for name, value in args.items():
-            if tp.must_be_trusted(name) and not self._trusted(value) and not self._in_trusted_set(tp, name, value):
+            if tp.must_be_trusted(name) and not self._trusted(value) and not _in_trusted_set(tp, name, value, sets):
                 found = ", ".join(sorted(sources(value))) or "no label"
                 rule = tp.args.get(name)
                 action = rule.on_untrusted if rule is not None and rule.on_untrusted else tp.untrusted
@@ -262,15 +288,6 @@ class Gateway:
         if not found:
             return self.policy.unlabeled == "trusted" or fully_labelled(value)  # an empty list holds no data
         return found <= self.trusted_sources and (self.policy.unlabeled == "trusted" or fully_labelled(value))
-
-    def _in_trusted_set(self, tp: ToolPolicy, name: str, value: Any) -> bool:
-        """Whether an untrusted argument passes anyway: its rule's trusted_or_in set holds every leaf of it."""
-        rule = tp.args.get(name)
-        if rule is None or rule.trusted_or_in is None:
-            return False
-        members = _members(self.sets, rule.trusted_or_in)
-        leaves = _leaves(plain(value))
-        return bool(leaves) and all(_folded(x) in members for x in leaves)
 
     def _plan_decision(self, tool: str, values: dict) -> Decision | None:
         """plan.*: approval for a call the task's plan does not name, or with a planned argument off the plan."""

@@ -38,7 +38,7 @@ def _rule(rule: ArgRule) -> dict:
     default = ArgRule(rule.name)
     out = {}
     for key, value in vars(rule).items():
-        if key == "name" or key.startswith("_") or value == getattr(default, key):
+        if key == "name" or value == getattr(default, key):
             continue
         if key == "pattern":
             value = value.pattern

@@ -26,20 +26,19 @@ AUTHORITY = ("system|system[ _-]?(message|prompt|note|instructions?|override|upd
              "|information|important[ _-]?(message|instructions?)|instructions?|root|sudo|assistant[ _-]?directive")
 AUTHORITY_HEADING = ("system[ _-]?(message|prompt|note|instructions?|override|update)"
                      "|admin(istrator)?[ _-]?(message|note)")
-# Each rule: (name, weight, pattern, flags, words, marks, reach). Every match of the pattern contains one of the
-# whole words `words` or one of the substrings `marks` (lower case), and none is longer than `reach` characters,
-# so the pattern runs only within `reach` of where one occurs (reach None: on the whole text; words and marks
-# None: unless the text is ASCII). An ASCII text's words are looked up in one set, so a rule whose words are
-# absent costs nothing; Python's regular expressions cost 40-100 ns a character and a substring search about
-# 1 ns, where a text of a few kilobytes should cost well under a millisecond in all. A match padded past its
-# reach (hundreds of spaces inside one) is not found: the scanner is a second line, behind the data-flow rules.
-CALL_WEIGHT = 0.6  # the weight of the rule on calls of a snake_case name ("run send_email with ...")
+# Each rule: (name, weight, pattern, flags, words, marks, reach[, needs]). Every match of the pattern contains one
+# of the whole words `words` or of the substrings `marks` (lower case), and none is longer than `reach` characters,
+# so the pattern runs only within `reach` of where one occurs (reach None: on the whole text; words None: on the
+# whole text unless it is ASCII). An ASCII text's words are looked up in one set, so a rule whose words are
+# absent costs nothing; a Python regular expression costs far more a character than a substring search. A match
+# padded past its reach (hundreds of spaces inside one) is not found: the scanner is a second line, behind the
+# data-flow rules. `needs`: a substring every match contains besides, without which the rule does not run.
 OVERRIDE_NOUN_WORDS = ("instruction", "instructions", "task", "tasks", "order", "orders", "directive", "directives")
 AUTHORITY_WORDS = ("system", "admin", "administrator", "developer", "information", "important", "instruction",
                    "instructions", "root", "sudo", "assistant")
-RULES: list[tuple[str, float, re.Pattern, frozenset | None, tuple[str, ...], int | None]] = [
-    (name, weight, re.compile(rx, flags), None if words is None else frozenset(words), marks, reach)
-    for name, weight, rx, flags, words, marks, reach in [
+RULES: list[tuple[str, float, re.Pattern, frozenset | None, tuple[str, ...], int | None, str]] = [
+    (name, weight, re.compile(rx, flags), None if words is None else frozenset(words), marks, reach, "".join(needs))
+    for name, weight, rx, flags, words, marks, reach, *needs in [
     ("override", 0.9, r"\b(ignore|disregard|forget|override|bypass|skip)\b[^.\n]{0,40}?"
                       r"\b(previous|prior|above|earlier|all|your|the|any)\b[^.\n]{0,25}?"
                       r"\b(instructions?|prompts?|rules|guidelines|directions|context|tasks?)\b", _I,
@@ -74,8 +73,8 @@ RULES: list[tuple[str, float, re.Pattern, frozenset | None, tuple[str, ...], int
      (), ('"tool', '"function', '"name"', '"action"'), 120),
     ("tool-call", 0.8, r"</?(tool_call|function_call|tool_use|invoke)\b", _I, ("invoke",),
      ("tool_call", "function_call", "tool_use"), 20),
-    ("tool-call", CALL_WEIGHT, r"\b(call|invoke|run|execute|use)\s+(the\s+)?`?[a-z]+_[a-z_]+`?\s*(\(|tool\b|with\b)",
-     _I, ("call", "invoke", "run", "execute", "use"), (), 80),  # runs only where the text has an "_" at all
+    ("tool-call", 0.6, r"\b(call|invoke|run|execute|use)\s+(the\s+)?`?[a-z]+_[a-z_]+`?\s*(\(|tool\b|with\b)", _I,
+     ("call", "invoke", "run", "execute", "use"), (), 80, "_"),
 ]]
 ENCODED = [  # (kind, pattern, needle or None)
     ("base64", re.compile(r"[A-Za-z0-9+/]{24,}={0,2}"), None),
@@ -145,18 +144,19 @@ FUZZY_VERBS, FUZZY_OBJECTS, FUZZY_NOUNS = (_fuzzy_set(t) for t in (OVERRIDE_VERB
 NOT_LETTERS = str.maketrans({c: " " for c in map(chr, range(128)) if not c.isalpha()})
 
 
-def _windows(text: str, lowered: str, needles, reach: int, whole: bool = False) -> list[tuple[int, int]]:
-    """The stretches of text within `reach` of an occurrence of a needle (whole: only where no letter touches it
-    on either side), overlapping ones merged."""
+def _windows(text: str, lowered: str, reach: int, whole=(), anywhere=()) -> list[tuple[int, int]]:
+    """The stretches of text within `reach` of an occurrence of a needle, overlapping ones merged: the needles in
+    `whole` only where no letter touches them on either side, those in `anywhere` wherever they occur."""
     spans = []
-    for needle in needles:
-        at = lowered.find(needle)
-        while at >= 0:
-            end = at + len(needle)
-            if not whole or ((at == 0 or not lowered[at - 1].isalpha())
-                             and (end == len(lowered) or not lowered[end].isalpha())):
-                spans.append((max(0, at - reach), min(len(text), end + reach)))
-            at = lowered.find(needle, at + 1)
+    for needles, alone in ((whole, True), (anywhere, False)):
+        for needle in needles:
+            at = lowered.find(needle)
+            while at >= 0:
+                end = at + len(needle)
+                if not alone or ((at == 0 or not lowered[at - 1].isalpha())
+                                 and (end == len(lowered) or not lowered[end].isalpha())):
+                    spans.append((max(0, at - reach), min(len(text), end + reach)))
+                at = lowered.find(needle, at + 1)
     merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
@@ -180,7 +180,7 @@ def _fuzzy_overrides(text: str, lowered: str, present: set[str] | None) -> list[
     if not verbs or not nouns:
         return []
     hits = []
-    for start, end in _windows(text, lowered, tuple(verbs), 160):
+    for start, end in _windows(text, lowered, 160, anywhere=verbs):
         if not any(n in lowered[start:end] for n in nouns):
             continue
         words = list(WORD.finditer(text, start, end))
@@ -207,20 +207,22 @@ def _plain_rules(text: str, offset: int = 0) -> list[tuple[Finding, float]]:
     lowered = text.lower()
     present = _words(lowered)
     found: dict[tuple, tuple[Finding, float]] = {}
-    for name, weight, rx, words, marks, reach in RULES:
+    for name, weight, rx, words, marks, reach, needs in RULES:
+        if needs and needs not in lowered:
+            continue
         if words is None:
             stretches = [] if present is not None else [(0, len(text))]
         else:
             found_words = words & present if present is not None else words
             found_marks = [m for m in marks if m in lowered]
-            if not found_words and not found_marks or name == "tool-call" and weight == CALL_WEIGHT and "_" not in text:
+            if not found_words and not found_marks:
                 continue
             if reach is None:
                 stretches = [(0, len(text))]
+            elif present is None:  # not ASCII: the words are looked for as substrings
+                stretches = _windows(text, lowered, reach, anywhere=[*found_marks, *found_words])
             else:
-                stretches = _windows(text, lowered, found_words, reach, whole=present is not None)
-                if found_marks:
-                    stretches = sorted(stretches + _windows(text, lowered, found_marks, reach))
+                stretches = _windows(text, lowered, reach, whole=found_words, anywhere=found_marks)
         for start, end in stretches:
             for m in rx.finditer(text, start, end):
                 found[(name, weight, m.start(), m.end())] = (Finding(name, offset + m.start(), offset + m.end(),

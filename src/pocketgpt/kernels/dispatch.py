@@ -81,8 +81,8 @@ def _tiled(lay: Layout, x2: np.ndarray, R: int) -> np.ndarray:
     """x2 (N, n) times W^T, W decoded a tile of rows at a time for BLAS: a hot layout's rows in split order by one
     vectorized pass (products.split_tile; the tokens permuted to match once), the others' exactly as dequantize().
     The decoding runs on this thread alone, between BLAS calls: in the same process BLAS's threads spin after each
-    call, and compiled kernels' threads woken then contend with them for the cores (a 128-token prefill of
-    SmolLM2 took 7 s instead of 0.6 s)."""
+    call, and compiled kernels' threads woken then contend with them for the cores (a long prefill became an order
+    of magnitude slower)."""
     n = x2.shape[1]
     tile = lay.split_tile
     if tile is None:

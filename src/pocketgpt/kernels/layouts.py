@@ -41,9 +41,10 @@ class Layout:
 
     @property
     def split_rows(self) -> Callable | None:
-        """For a hot layout (one with a fused matvec): its kernel for a few tokens in split order (products.split_rows,
-        products.to_split_order); None for the others (they use row_kernels)."""
-        if not self.fused:
+        """For a hot layout (one with a fused matvec) other than llama.cpp's blocks (products.block_tokens): its kernel
+        for a few tokens in split order (products.split_rows, products.to_split_order); None for the others (they
+        use row_kernels)."""
+        if not self.fused or self.kind in products.BLOCK_TOKENS:
             return None
         return _compiled(("split", *self.key), lambda: products.split_rows(*self.key))
 

@@ -287,8 +287,8 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
 def to_split_order(kind: int, x: np.ndarray) -> np.ndarray:
     """Tokens x (N, n) with each row's positions in the split order of `kind`: Q4_0, Q4_1 (byte k of a block of 32
     holds weights j and j + 16 of the block) and int4 (byte k holds weights 2k and 2k + 1) permuted, the others
-    as they are. A copy into a fresh array (NumPy copies a transposed view into a given array several times faster
-    than it reshapes one)."""
+    as they are. A copy into a fresh array (NumPy copies a transposed view into a given array faster than it
+    reshapes one)."""
     N, n = x.shape
     if kind in (Q4_0, Q4_1):
         view, into = x.reshape(N, n // 32, 2, 16).transpose(0, 2, 1, 3), (N, 2, n // 32, 16)
@@ -340,56 +340,19 @@ def _rows_f32(parts, xs, y):
             _dot_each(buf, xs, y, r)
 
 
-@njit(**BODY)
-def _rows_q8_0(parts, xs, y):
-    q, d = parts[0], parts[1]
-    R, n = q.shape
-    for c in prange(min(R, 64)):
-        buf = np.empty(n, np.float32)
-        for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
-            for k in range(n):
-                buf[k] = d[r, k >> 5] * np.float32(q[r, k])
-            _dot_each(buf, xs, y, r)
-
-
-@njit(**BODY)
-def _rows_q4(parts, xs, y, with_min):
-    """Q4_0 (w = d (u - 8)) or Q4_1 (w = d u + m)."""
-    q, d = parts[0], parts[1]
-    m = parts[2] if with_min else d
-    R, h = q.shape
-    for c in prange(min(R, 64)):
-        buf = np.empty(2 * h, np.float32)
-        for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
-            for k in range(h):
-                f = np.float32(q[r, k])
-                hi = np.floor(f * SIXTEENTH)
-                lo = f - SIXTEEN * hi
-                if with_min:
-                    buf[k] = d[r, k >> 4] * lo + m[r, k >> 4]
-                    buf[h + k] = d[r, k >> 4] * hi + m[r, k >> 4]
-                else:
-                    buf[k] = d[r, k >> 4] * (lo - np.float32(8.0))
-                    buf[h + k] = d[r, k >> 4] * (hi - np.float32(8.0))
-            _dot_each(buf, xs, y, r)
-
-
 def split_rows(kind: int, group: int = 0) -> Callable:
-    """rows(parts, xs, y) for a hot layout (f32, q8_0, q4_0, q4_1, int4 and int8 groups of 32, 64 or 128): xs (B, n)
-    the tokens in split order (to_split_order), y (B, R); each row decoded once, in split order, into a buffer, then
-    dotted with every token. Made per (kind, group): both are constants inside the parallel loop."""
+    """rows(parts, xs, y) for a hot layout other than llama.cpp's blocks, which block_tokens reads in place (f32,
+    int4 and int8 groups of 32, 64 or 128): xs (B, n) the tokens in split order (to_split_order), y (B, R); each row
+    decoded once, in split order, into a buffer, then dotted with every token. Made per (kind, group): both are
+    constants inside the parallel loop."""
+    if kind in BLOCK_TOKENS:
+        raise ValueError("llama.cpp's blocks take a few tokens through block_tokens")
     shift = (group // 2).bit_length() - 1 if kind == INT4 else group.bit_length() - 1
 
     @njit(**PARALLEL)
     def rows(parts, xs, y):
         if kind == F32:
             _rows_f32(parts, xs, y)
-        elif kind == Q8_0:
-            _rows_q8_0(parts, xs, y)
-        elif kind == Q4_0:
-            _rows_q4(parts, xs, y, False)
-        elif kind == Q4_1:
-            _rows_q4(parts, xs, y, True)
         elif kind == INT4:  # w = s (u - z); byte k holds weights 2k and 2k + 1
             q, s, z = parts[0], parts[1], parts[2]
             R, h = q.shape
@@ -422,7 +385,7 @@ def split_tile(kind: int, group: int = 0) -> Callable:
     (a prompt's products, pocketgpt.kernels.dispatch). The loop over rows is a parallel loop for one reason: the
     stores vectorize only in such a loop's body, straight into an argument of the kernel (numba marks the body's
     array arguments as aliasing nothing; in a plain function, in a helper inlined there, or with a dot product in
-    the same body they stay scalar: 1-1.7 against 5-8 G weights/s on one thread here). The caller decides how many
+    the same body they stay scalar, several times slower). The caller decides how many
     threads run it. kind and group reach that body as its arguments rather than as constants, so each layout has
     its own loop without branches, and the group layouts find a byte's group by a shift fixed here (one computed
     inside the kernel would reach the body as a variable too, and a shift by a variable keeps the loop scalar).
