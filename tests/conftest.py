@@ -132,3 +132,29 @@ def until(condition, timeout=30.0, every=0.01):
         assert time.monotonic() < deadline, "timed out"
         time.sleep(every)
     return value
+
+
+@pytest.fixture
+def float_activations():
+    """Products with llama.cpp's blocks take activations as they are during the test (no 8-bit rounding for integer
+    dot products: pocketgpt.kernels.int8_dots), so that they compare with a float reference."""
+    from pocketgpt import kernels
+
+    before = kernels.int8_dots()
+    kernels.set_int8_dots(False)
+    yield
+    kernels.set_int8_dots(before)
+
+
+@pytest.fixture
+def int8_activations():
+    """Integer dot products on during the test (skipped where the machine has no AVX2)."""
+    from pocketgpt import kernels
+    from pocketgpt.kernels import intdot
+
+    if not intdot.HOST_AVX2:
+        pytest.skip("the integer-dot kernels run on AVX2 only")
+    before = kernels.int8_dots()
+    kernels.set_int8_dots(True)
+    yield
+    kernels.set_int8_dots(before)

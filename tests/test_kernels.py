@@ -17,7 +17,7 @@ from pocketgpt.formats import GGMLBlocks, Packed
 from pocketgpt.formats.floats import quantize_floats
 from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, quantize_blocks
 from pocketgpt.formats.groups import quantize_groups
-from pocketgpt.kernels import ops, reference
+from pocketgpt.kernels import intdot, ops, products, reference
 from pocketgpt.model import GPT, packed_copy
 from pocketgpt.model.kvcache import KVCache, QuantizedKVCache
 
@@ -83,7 +83,11 @@ def test_products_from_packed_weights_equal_the_reference(name, tokens):
     rng = np.random.default_rng(tokens)
     x = rng.standard_normal((tokens, w.shape[1])).astype(np.float32)
     b = rng.standard_normal(w.shape[0]).astype(np.float32)
+    if kernels.rounds_activations(w, tokens):  # the kernels meet llama.cpp's blocks with int8 activations
+        codes, scales = reference.int8_activations(x)
+        x = (codes.reshape(tokens, -1, 32) * scales[..., None].astype(np.float64)).reshape(x.shape)
     expected = reference.linear(x.astype(np.float64), w, b)  # dequantized to float64 by the reference
+    x = x.astype(np.float32)  # exactly representable: codes times a float32 scale
     by_threads = {}
     for n in (1, 2):
         kernels.set_threads(n)
@@ -96,6 +100,44 @@ def test_products_from_packed_weights_equal_the_reference(name, tokens):
         assert np.all(err <= PRODUCT_RTOL * _product_bound(x, w) + 1e-6), (name, tokens, n, err.max())
     if tokens <= kernels.ROWS_UP_TO:  # each output is one thread's sum, in the same order whatever the count
         np.testing.assert_array_equal(by_threads[1], by_threads[2])
+
+
+def test_activations_are_rounded_to_8_bits_as_the_reference_rounds_them():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 256)) * rng.uniform(0.01, 100, (5, 1))).astype(np.float32)
+    x[2, 32:64] = 0.0  # a block of zeros: scale 0, codes 0
+    x[3, 5] = 1e4  # one outlier owns its block's scale
+    codes, scales, sums = products.quantized(x)
+    ref_codes, ref_scales = reference.int8_activations(x)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_array_equal(scales, ref_scales)
+    np.testing.assert_array_equal(sums, ref_scales * codes.reshape(5, -1, 32).sum(-1).astype(np.float32))
+    assert np.abs(codes).max() == 127 and not codes[2, 32:64].any()
+    err = np.abs(codes.reshape(5, -1, 32) * scales[..., None] - x.reshape(5, -1, 32))
+    assert np.all(err <= scales[..., None] * 0.5 * (1 + 1e-6))  # at most half a step of each block
+
+
+@pytest.mark.skipif(not intdot.HOST_AVX2, reason="the integer-dot kernels run on AVX2 only")
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1", "q8_0"])
+def test_integer_dot_products_do_not_depend_on_how_many_tokens_share_a_pass(kind, int8_activations):
+    """A speculative verification of k tokens must give each token the logits a decode step gives it."""
+    w = MATRICES[kind]
+    x = np.random.default_rng(4).standard_normal((7, N_IN)).astype(np.float32)
+    together = kernels.linear(x, w)  # passes of 4, 2 and 1 tokens
+    alone = np.stack([kernels.linear(x[t], w) for t in range(7)])  # the matvec kernel
+    np.testing.assert_array_equal(together, alone)
+
+
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1", "q8_0"])
+def test_the_float_kernels_of_llama_cpp_blocks_equal_the_reference_without_integer_dots(kind, float_activations):
+    """Where integer dot products do not run (turned off, no AVX2, or POCKETGPT_INT8_DOT=0), the float kernels take
+    the activations as they are: the matvec, the groups of four and two tokens, and the fused decode step's."""
+    w = MATRICES[kind]
+    for tokens in (1, 3, 7):
+        assert not kernels.rounds_activations(w, tokens)
+        x = np.random.default_rng(tokens).standard_normal((tokens, N_IN)).astype(np.float32)
+        err = np.abs(kernels.linear(x, w) - reference.linear(x.astype(np.float64), w))
+        assert np.all(err <= PRODUCT_RTOL * _product_bound(x, w) + 1e-6), (kind, tokens, err.max())
 
 
 def test_a_product_keeps_leading_axes_and_float64_runs_the_reference():
@@ -185,16 +227,35 @@ def _block_weights(config, fmt: str, rng) -> kernels.BlockWeights:
     return model.block_weights(0)
 
 
+def rounding_reference(monkeypatch) -> None:
+    """reference.linear rounding its input (its float32 value) to 8 bits per block as the integer-dot kernels do."""
+    linear = reference.linear
+
+    def rounded(x, w, b=None):
+        codes, scales = reference.int8_activations(x.astype(np.float32))
+        x = (codes.reshape(*x.shape[:-1], -1, 32) * scales[..., None].astype(x.dtype)).reshape(x.shape)
+        return linear(x, w, b)
+
+    monkeypatch.setattr(reference, "linear", rounded)
+
+
+@pytest.mark.parametrize("int8", [True, False])
 @pytest.mark.parametrize("family,fmt", [("llama", "q4_0"), ("llama", "q4_1"), ("llama", "q8_0"), ("llama", "f32"),
                                         ("gpt2", "q4_0"), ("gpt2", "f32")])
-def test_the_fused_decode_step_equals_the_reference_block(family, fmt):
+def test_the_fused_decode_step_equals_the_reference_block(family, fmt, int8, monkeypatch):
     """One token of one sequence in the fused step (all in one compiled call) against the composed block run in
-    float64 (every operation its NumPy reference), over the same cache."""
+    float64 (every operation its NumPy reference), over the same cache; where the kernels round activations to 8
+    bits (kernels.rounds_activations), the reference rounds each product's float32 input the same way."""
     config = (PRESETS["smollm2-135m"].replace(n_layer=1, n_embd=128, n_head=4, n_kv_head=2, ffn_size=96,
                                               block_size=16, vocab_size=32) if family == "llama" else
               PRESETS["gpt2"].replace(n_layer=1, n_embd=64, n_head=2, block_size=16, vocab_size=32))
     rng = np.random.default_rng(len(family + fmt))
     w = _block_weights(config, fmt, rng)
+    if int8 and not intdot.HOST_AVX2:
+        pytest.skip("the integer-dot kernels run on AVX2 only")
+    monkeypatch.setattr(products, "_int8", int8)
+    if kernels.rounds_activations(w.c_attn, 1):
+        rounding_reference(monkeypatch)
     pos, S, hs = 9, 16, config.head_size
     k, v = (rng.standard_normal((1, config.n_kv, S, hs)).astype(np.float32) for _ in range(2))
     x = rng.standard_normal((1, 1, config.n_embd)).astype(np.float32)

@@ -4,10 +4,11 @@ implementation runs it: a compiled kernel (numba; pocketgpt.kernels.products and
 
 What decides: float32 activations run compiled kernels (float64 runs the reference); a product of one token
 runs the weight layout's fused kernel, of up to ROWS_UP_TO tokens the row-decoding kernel, of more (a prompt)
-decodes tiles of rows that BLAS multiplies; attention of up to ATTENTION_UP_TO new tokens per sequence runs
-compiled, a longer prompt through BLAS. Compiled kernels are cached on disk (numba's NUMBA_CACHE_DIR, else
-~/.cache/pocketgpt/numba/<a digest of this package's sources>, so that a changed kernel is compiled afresh),
-and only a machine's first run compiles them.
+decodes tiles of rows that BLAS multiplies; llama.cpp's blocks meet up to ROWS_UP_TO tokens with integer dot
+products of activations rounded to 8 bits where the machine has AVX2 (int8_dots, set_int8_dots: intdot);
+attention of up to ATTENTION_UP_TO new tokens per sequence runs compiled, a longer prompt through BLAS.
+Compiled kernels are cached on disk (numba's NUMBA_CACHE_DIR, else ~/.cache/pocketgpt/numba/<a digest of this
+package's sources>, so that a changed kernel is compiled afresh), and only a machine's first run compiles them.
 Legend: N tokens, n input width, R output rows, C channels, B batch, T new tokens, nh heads, hs head size.
 """
 
@@ -47,13 +48,15 @@ from pocketgpt.kernels.dispatch import (  # noqa: E402
     linear,
     rmsnorm,
     rope,
+    rounds_activations,
     swiglu,
 )
 from pocketgpt.kernels.layouts import layout  # noqa: E402
+from pocketgpt.kernels.products import int8_dots, set_int8_dots  # noqa: E402
 
 __all__ = ["ATTENTION_UP_TO", "ROWS_UP_TO", "BlockWeights", "FloatKV", "attention", "attention_q4", "blas_threads_for",
-           "block", "embedding", "gelu", "layernorm", "layout", "linear", "machine_threads", "rmsnorm", "rope",
-           "set_threads", "single_threaded_blas", "swiglu", "threads"]
+           "block", "embedding", "gelu", "int8_dots", "layernorm", "layout", "linear", "machine_threads", "rmsnorm",
+           "rope", "rounds_activations", "set_int8_dots", "set_threads", "single_threaded_blas", "swiglu", "threads"]
 
 
 def threads() -> int:

@@ -120,7 +120,7 @@ def _attend(q, k, v, kv: FloatKV):
 
 def _step(x, w: BlockWeights, rope, kv: FloatKV) -> np.ndarray:
     lays = [layout(m) for m in w.matrices]
-    step = step_kernel(tuple(lay.key for lay in lays), w.norm, w.activation, rope is not None)
+    step = step_kernel(tuple((*lay.key, lay.int8) for lay in lays), w.norm, w.activation, rope is not None)
     row = 0 if kv.rows is None else int(np.asarray(kv.rows).reshape(-1)[0])
     pos = int(np.asarray(kv.first).reshape(-1)[0])
     cos, sin = (rope[0].reshape(-1), rope[1].reshape(-1)) if rope is not None else (NONE, NONE)

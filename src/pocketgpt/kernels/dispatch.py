@@ -64,6 +64,13 @@ def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -
     return y.reshape(*x.shape[:-1], R)
 
 
+def rounds_activations(w: np.ndarray | Packed, tokens: int) -> bool:
+    """Whether linear() of `tokens` tokens with W rounds them to 8 bits per block of 32 first (llama.cpp's blocks,
+    on a machine whose integer dot products pay: pocketgpt.kernels.intdot); prompts (more than ROWS_UP_TO tokens)
+    are multiplied in float."""
+    return isinstance(w, Packed) and not w.act_bits and tokens <= ROWS_UP_TO and layout(w).int8
+
+
 def _few(lay: Layout, x2: np.ndarray, y: np.ndarray) -> None:
     """y = x2 W^T for a few tokens: llama.cpp's blocks read in place, four tokens to a pass (products.block_tokens);
     the others' rows decoded once each and dotted with every token (in split order for the hot layouts, see

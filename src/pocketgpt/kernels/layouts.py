@@ -33,8 +33,16 @@ class Layout:
         return self.key in products.FUSED
 
     @property
+    def int8(self) -> bool:
+        """Whether products of a few tokens with this matrix round them to 8 bits (products.int8_dots)."""
+        return products.int8_dots() and self.kind in products.BLOCK_TOKENS
+
+    @property
     def matvec(self) -> Callable:
-        """matvec(parts, x, y): the fused kernel, or one through the row decoder (compiled once per kind)."""
+        """matvec(parts, x, y): the fused kernel (integer dots where int8), or one through the row decoder (compiled
+        once per kind)."""
+        if self.int8:
+            return products.INT_FUSED[self.kind]
         if self.fused:
             return products.FUSED[self.key]
         return _compiled(("matvec", self.kind), lambda: products.decoded_matvec(self.kind))

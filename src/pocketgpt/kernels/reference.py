@@ -26,6 +26,16 @@ def linear(x, w, b=None):
     return y if b is None else y + b
 
 
+def int8_activations(x):
+    """x (..., n) float32 as the integer-dot kernels round it (pocketgpt.kernels.intdot): per block of 32, codes
+    round(x / s) (int8) with s = max |x| / 127 (float32) -> (codes (..., n), scales (..., n / 32))."""
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    scale = np.abs(blocks).max(axis=-1) * np.float32(1.0 / 127.0)
+    inverse = np.divide(np.float32(1.0), scale, out=np.zeros_like(scale), where=scale > 0)
+    codes = np.rint(blocks * inverse[..., None]).astype(np.int8)
+    return codes.reshape(x.shape), scale
+
+
 def embedding(w, idx):
     """Rows idx of W."""
     return dense(w)[np.asarray(idx)]

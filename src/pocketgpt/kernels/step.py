@@ -25,7 +25,7 @@ ACTIVATIONS = ("swiglu", "gelu", "relu")
 
 
 def step_kernel(layouts: tuple[tuple[int, int], ...], norm: str, activation: str, rope: bool) -> Callable:
-    """The compiled block step for the layouts (kind, group) of c_attn, c_proj, c_fc and mlp.c_proj, made once per
+    """The compiled block step for the layouts (kind, group, int8) of c_attn, c_proj, c_fc and mlp.c_proj, made once per
     combination (its closure holds only integers and flags, which numba's disk cache recognises).
 
     step(x, attn, proj, fc, down, biases, ln1, ln2, eps, cos, sin, k, v, pos, n_head): x (C,) is the residual
@@ -40,7 +40,7 @@ def step_kernel(layouts: tuple[tuple[int, int], ...], norm: str, activation: str
 
 
 def _make(attn_layout, proj_layout, fc_layout, down_layout, rms: bool, act: int, rope: bool) -> Callable:
-    (k1, g1), (k2, g2), (k3, g3), (k4, g4) = attn_layout, proj_layout, fc_layout, down_layout
+    (k1, g1, i1), (k2, g2, i2), (k3, g3, i3), (k4, g4, i4) = attn_layout, proj_layout, fc_layout, down_layout
 
     @njit(cache=True, fastmath=True)
     def step(x, attn, proj, fc, down, biases, ln1, ln2, eps, cos, sin, k, v, pos, n_head):
@@ -49,7 +49,7 @@ def _make(attn_layout, proj_layout, fc_layout, down_layout, rms: bool, act: int,
         h = np.empty(C, np.float32)
         _normed(x, ln1, eps, h, rms)
         qkv = np.empty((n_head + 2 * n_kv) * hs, np.float32)
-        fused_matvec(attn, h, qkv, k1, g1)
+        fused_matvec(attn, h, qkv, k1, g1, i1)
         if biases[0].size:
             qkv += biases[0]
         q = qkv[:n_head * hs].reshape(n_head, hs)
@@ -65,17 +65,17 @@ def _make(attn_layout, proj_layout, fc_layout, down_layout, rms: bool, act: int,
         y = np.empty((n_head, hs), np.float32)
         ops.attend_heads(q, k, v, pos + 1, y)
         o = np.empty(C, np.float32)
-        fused_matvec(proj, y.reshape(-1), o, k2, g2)
+        fused_matvec(proj, y.reshape(-1), o, k2, g2, i2)
         x += o
         if biases[1].size:
             x += biases[1]
         _normed(x, ln2, eps, h, rms)
         f = np.empty(fc[0].shape[0], np.float32)
-        fused_matvec(fc, h, f, k3, g3)
+        fused_matvec(fc, h, f, k3, g3, i3)
         if biases[2].size:
             f += biases[2]
         a = _activated(f, act)
-        fused_matvec(down, a, o, k4, g4)
+        fused_matvec(down, a, o, k4, g4, i4)
         x += o
         if biases[3].size:
             x += biases[3]
