@@ -40,10 +40,13 @@ from pocketgpt.kernels.blocks import BlockWeights, FloatKV, block  # noqa: E402
 from pocketgpt.kernels.dispatch import (  # noqa: E402
     ATTENTION_UP_TO,
     ROWS_UP_TO,
+    adamw,
     attention,
     attention_q4,
     embedding,
     gelu,
+    gelu_train,
+    gelu_train_backward,
     layernorm,
     linear,
     rmsnorm,
@@ -54,9 +57,10 @@ from pocketgpt.kernels.dispatch import (  # noqa: E402
 from pocketgpt.kernels.layouts import layout  # noqa: E402
 from pocketgpt.kernels.products import int8_dots, set_int8_dots  # noqa: E402
 
-__all__ = ["ATTENTION_UP_TO", "ROWS_UP_TO", "BlockWeights", "FloatKV", "attention", "attention_q4", "blas_threads_for",
-           "block", "embedding", "gelu", "int8_dots", "layernorm", "layout", "linear", "machine_threads", "rmsnorm",
-           "rope", "rounds_activations", "set_int8_dots", "set_threads", "single_threaded_blas", "swiglu", "threads"]
+__all__ = ["ATTENTION_UP_TO", "ROWS_UP_TO", "BlockWeights", "FloatKV", "adamw", "attention", "attention_q4",
+           "blas_threads_for", "block", "embedding", "gelu", "gelu_train", "gelu_train_backward", "int8_dots",
+           "layernorm", "layout", "linear", "machine_threads", "rmsnorm", "rope", "rounds_activations",
+           "set_int8_dots", "set_threads", "single_threaded_blas", "swiglu", "threads"]
 
 
 def threads() -> int:

@@ -10,7 +10,7 @@ from numba import njit
 
 from pocketgpt.formats import Packed
 from pocketgpt.formats.groups import quantize_per_token
-from pocketgpt.kernels import ops, products, reference
+from pocketgpt.kernels import ops, products, reference, training
 from pocketgpt.kernels.layouts import Layout, layout
 
 ROWS_UP_TO = 32  # tokens whose product decodes each row once and dots it with every token; more: tiles and BLAS
@@ -181,6 +181,39 @@ def gelu(x: np.ndarray) -> np.ndarray:
     out = np.empty_like(x2)
     ops.gelu(x2, out)
     return out.reshape(x.shape)
+
+
+def gelu_train(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GELU for training: x (any shape) -> (y, t) with t = tanh(k (x + 0.044715 x^3)) for gelu_train_backward."""
+    if not _compiled(x):
+        return reference.gelu_train(x)
+    x = np.ascontiguousarray(x)
+    y, t = np.empty_like(x), np.empty_like(x)
+    training.gelu_forward(x.reshape(-1), y.reshape(-1), t.reshape(-1))
+    return y, t
+
+
+def gelu_train_backward(dy: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The gradient through gelu_train: dy, x, t of one shape -> dx."""
+    if not _compiled(dy, x, t):
+        return reference.gelu_train_backward(dy, x, t)
+    dy, x, t = (np.ascontiguousarray(a) for a in (dy, x, t))
+    dx = np.empty_like(x)
+    training.gelu_backward(dy.reshape(-1), x.reshape(-1), t.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def adamw(flat: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, decay: np.ndarray | None, lr: float,
+          beta1: float, beta2: float, c1: float, c2: float, eps: float, weight_decay: float) -> None:
+    """One AdamW step in place over flat parameters, their gradient and moments (one dtype, contiguous): one
+    compiled pass (pocketgpt.kernels.training.adamw) for float32 and float64, the NumPy passes otherwise."""
+    arrays = (flat, grad, m, v) + (() if decay is None else (decay,))
+    if flat.dtype not in (np.float32, np.float64) or any(a.dtype != flat.dtype or not a.flags.c_contiguous
+                                                          for a in arrays):
+        reference.adamw(flat, grad, m, v, decay, lr, beta1, beta2, c1, c2, eps, weight_decay)
+        return
+    mask = np.empty(0, flat.dtype) if decay is None else decay
+    training.adamw(flat, grad, m, v, mask, lr, beta1, beta2, c1, c2, eps, weight_decay)
 
 
 def firsts(first, B: int) -> np.ndarray:

@@ -65,8 +65,58 @@ def swiglu(h):
     return gate / (1.0 + np.exp(-gate)) * up
 
 
+GELU_K = math.sqrt(2.0 / math.pi)
+
+
 def gelu(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + np.tanh(GELU_K * (x + 0.044715 * x**3)))
+
+
+def gelu_train(x):
+    """GELU (the tanh approximation) of x for training -> (y, t): y = 0.5 x (1 + t), t = tanh(k (x + 0.044715 x^3)),
+    which the backward reads. In-place passes: at this size memory traffic, not arithmetic, is the cost."""
+    t = x * x
+    t *= 0.044715 * GELU_K
+    t += GELU_K
+    t *= x
+    np.tanh(t, out=t)
+    y = t + 1.0
+    y *= x
+    y *= 0.5
+    return y, t
+
+
+def gelu_train_backward(dy, x, t):
+    """dy * (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2))."""
+    dx = x * x
+    dx *= 3 * 0.044715 * GELU_K
+    dx += GELU_K
+    sech2 = t * t
+    np.subtract(1.0, sech2, out=sech2)
+    dx *= sech2
+    dx *= x
+    dx += t
+    dx += 1.0
+    dx *= 0.5
+    dx *= dy
+    return dx
+
+
+ADAM_CHUNK = 1 << 16  # elements per pass: the temporaries of one chunk stay in cache
+
+
+def adamw(flat, grad, m, v, decay, lr, beta1, beta2, c1, c2, eps, weight_decay):
+    """One AdamW step in place (see pocketgpt.train.optim.AdamW): decay is the decay mask, or None for none."""
+    for lo in range(0, flat.size, ADAM_CHUNK):
+        s = slice(lo, lo + ADAM_CHUNK)
+        p, g, ms, vs = flat[s], grad[s], m[s], v[s]
+        ms *= beta1
+        ms += (1.0 - beta1) * g
+        vs *= beta2
+        vs += (1.0 - beta2) * (g * g)
+        if decay is not None:
+            p -= (lr * weight_decay) * decay[s] * p
+        p -= lr * (ms * c1) / (np.sqrt(vs * c2) + eps)
 
 
 def attention(q, k, v, rows, first):

@@ -12,8 +12,7 @@ import math
 
 import numpy as np
 
-GELU_K = math.sqrt(2.0 / math.pi)
-
+from pocketgpt import kernels
 
 # ----------------------------------------------------------------------------- embedding
 
@@ -166,32 +165,14 @@ def relu_backward(dy, cache):
 
 def gelu_forward(x):
     """GELU with the tanh approximation (GPT-2's): 0.5 x (1 + tanh(k (x + 0.044715 x^3)))."""
-    t = x * x
-    t *= 0.044715 * GELU_K
-    t += GELU_K
-    t *= x
-    np.tanh(t, out=t)  # in-place passes: at this size memory traffic, not arithmetic, is the cost
-    y = t + 1.0
-    y *= x
-    y *= 0.5
+    y, t = kernels.gelu_train(x)
     return y, (x, t)
 
 
 def gelu_backward(dy, cache):
     """dy * (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2)), t = tanh(...) from the forward."""
     x, t = cache
-    dx = x * x
-    dx *= 3 * 0.044715 * GELU_K
-    dx += GELU_K
-    sech2 = t * t
-    np.subtract(1.0, sech2, out=sech2)
-    dx *= sech2
-    dx *= x
-    dx += t
-    dx += 1.0
-    dx *= 0.5
-    dx *= dy
-    return dx
+    return kernels.gelu_train_backward(dy, x, t)
 
 
 def swiglu_forward(h):

@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 
+from pocketgpt import kernels
+
 SCHEDULES = ("cosine", "linear", "constant")
-CHUNK = 1 << 16  # elements per pass: the temporaries of one chunk stay in cache
 
 
 def lr_at(step: int, total: int, lr: float, *, warmup: int = 0, schedule: str = "cosine",
@@ -58,16 +59,7 @@ class AdamW:
         b1, b2 = self.beta1, self.beta2
         c1 = 1.0 / (1.0 - b1**self.t)  # bias corrections
         c2 = 1.0 / (1.0 - b2**self.t)
-        for lo in range(0, self.flat.size, CHUNK):
-            s = slice(lo, lo + CHUNK)
-            p, g, m, v = self.flat[s], grad[s], self.m[s], self.v[s]
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            if self.decay is not None:
-                p -= (lr * self.weight_decay) * self.decay[s] * p
-            p -= lr * (m * c1) / (np.sqrt(v * c2) + self.eps)
+        kernels.adamw(self.flat, grad, self.m, self.v, self.decay, lr, b1, b2, c1, c2, self.eps, self.weight_decay)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and scalars needed to continue exactly where this optimizer stands."""
