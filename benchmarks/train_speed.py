@@ -4,8 +4,11 @@
 (b) the shakespeare-cpu preset (batch 12, block 64, float32): ms per iteration, tokens/s, achieved
     GFLOP/s as a fraction of this machine's float32 matmul peak, and PyTorch eager on the same model.
 (c) with --converge: the full 2,000-iteration shakespeare-cpu run and its validation loss.
+(d) with --finetune: a fine-tuning step of SmolLM2-135M-Instruct (its GGUF weights expanded to float32, batch
+    4 x 256 tokens of tinyshakespeare, AdamW, fine-tuning's default settings) against Hugging Face transformers'
+    LlamaForCausalLM in PyTorch eager, loaded from the same file, with the same batches and threads.
 
-    python benchmarks/train_speed.py [--converge] [--write-readme]
+    python benchmarks/train_speed.py [--converge] [--finetune] [--write-readme]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pocketgpt.train import (  # noqa: E402
     eval_batches,
     load_dataset,
     make_optimizer,
+    settings_for,
     train,
 )
 from pocketgpt.train.optim import AdamW, lr_at  # noqa: E402
@@ -153,14 +157,65 @@ def converge() -> dict:
     return out
 
 
+def finetune_speed(rounds: int = 2, steps: int = 2) -> dict:
+    """Seconds per fine-tuning step of SmolLM2-135M on both engines, the same batches, rounds interleaved so both
+    see the same machine load; the first step's loss on each (the same model on the same batch: equal)."""
+    from common import import_transformers, smollm2_path
+
+    from pocketgpt.interop import load
+
+    path = smollm2_path()
+    ckpt = load(path, packed=False)
+    model = ckpt.model()
+    s = settings_for(None, model.num_params)
+    dataset = load_dataset("shakespeare", None, ckpt.tokenizer)
+    data = Batches(dataset, s.batch_size, s.context, seed=0).take(rounds * steps + 1)
+    ours = adamw_step(model, s, Cycle(data), make_optimizer(model, s))
+    out = {"batch": s.batch_size, "context": s.context, "workers": s.workers}
+    out["loss"] = ours(0, s.lr)["loss"]  # the first step also compiles what it needs
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        AutoModelForCausalLM = import_transformers("transformers.models.llama.modeling_llama").AutoModelForCausalLM
+    except ImportError:
+        out["seconds"] = min(median_time(lambda: ours(0, s.lr), repeats=steps, warmup=0) for _ in range(rounds))
+        return out
+    theirs_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    theirs_model.train()
+    opt = torch.optim.AdamW(theirs_model.parameters(), lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps,
+                            weight_decay=s.weight_decay)
+    tdata = Cycle([(torch.from_numpy(x), torch.from_numpy(y)) for x, y, _ in data])
+
+    def theirs() -> float:
+        x, y = tdata.next()
+        logits = theirs_model(input_ids=x).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs_model.parameters(), s.grad_clip)
+        opt.step()
+        return loss.item()
+
+    out["torch_loss"] = theirs()
+    ours_t, theirs_t = [], []
+    for _ in range(rounds):
+        ours_t.append(median_time(lambda: ours(0, s.lr), repeats=steps, warmup=0))
+        theirs_t.append(median_time(theirs, repeats=steps, warmup=0))
+    out.update({"seconds": min(ours_t), "torch_seconds": min(theirs_t), "torch_threads": torch.get_num_threads()})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--microgpt-steps", type=int, default=40)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--converge", action="store_true", help="also run the full 2,000-iteration training")
+    ap.add_argument("--finetune", action="store_true", help="also time a SmolLM2-135M fine-tuning step")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
 
+    load_at_start = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "unknown"
     a = microgpt_engines(args.microgpt_steps)
     print(f"(a) microgpt recipe: reference {a['reference_ms']:.1f} ms/step, NumPy engine {a['fast_ms']:.3f} "
           f"ms/step: {a['ratio']:.0f}x")
@@ -185,6 +240,18 @@ def main() -> None:
                       if "torch_val_loss" in c else "goal <= 1.89")
         rows.append(f"| shakespeare-cpu, 2,000 iterations (nanoGPT recipe) | validation loss "
                     f"**{c['val_loss']:.3f}** in {c['minutes']:.1f} min | {torch_cell} | |")
+    if args.finetune:
+        d = finetune_speed()
+        tokens = f"batch {d['batch']} x {d['context']}"
+        if "torch_seconds" in d:
+            rows.append(f"| SmolLM2-135M fine-tuning step, {tokens}, float32 | {d['seconds']:.2f} s/step "
+                        f"({d['workers']} workers) | transformers' LlamaForCausalLM, PyTorch eager, "
+                        f"{d['torch_seconds']:.2f} s/step ({d['torch_threads']} threads); first-step loss "
+                        f"{d['loss']:.4f} and {d['torch_loss']:.4f} | **{d['seconds'] / d['torch_seconds']:.2f}x** "
+                        "the PyTorch time |")
+        else:
+            rows.append(f"| SmolLM2-135M fine-tuning step, {tokens}, float32 | {d['seconds']:.2f} s/step | | |")
+    rows += ["", f"Load average at the start: {load_at_start}."]
     report("train_speed", rows, args.write_readme)
 
 

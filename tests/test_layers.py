@@ -135,8 +135,8 @@ def test_rope_scores_depend_on_the_distance_only():
     """A rotation by each position's angle: |x| is kept, and q_i . k_j depends on i - j alone."""
     cos, sin = layers.rope_tables(12, 8, 10000.0, np.float64)
     q, k = rng.standard_normal(8), rng.standard_normal(8)
-    rq = layers.rope_forward(np.tile(q, (12, 1)), cos, sin)[0]
-    rk = layers.rope_forward(np.tile(k, (12, 1)), cos, sin)[0]
+    rq = layers.rope_forward(np.tile(q, (1, 1, 12, 1)), cos, sin)[0][0, 0]  # one sequence, one head: (12, 8)
+    rk = layers.rope_forward(np.tile(k, (1, 1, 12, 1)), cos, sin)[0][0, 0]
     np.testing.assert_allclose(np.linalg.norm(rq, axis=1), np.linalg.norm(q), rtol=1e-13)
     scores = rq @ rk.T
     for d in range(-3, 4):

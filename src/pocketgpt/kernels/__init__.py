@@ -43,24 +43,35 @@ from pocketgpt.kernels.dispatch import (  # noqa: E402
     adamw,
     attention,
     attention_q4,
+    cross_entropy_backward,
     embedding,
     gelu,
     gelu_train,
     gelu_train_backward,
     layernorm,
+    layernorm_train,
+    layernorm_train_backward,
     linear,
+    logsumexp,
+    masked_softmax,
     rmsnorm,
+    rmsnorm_train,
+    rmsnorm_train_backward,
     rope,
     rounds_activations,
+    softmax_backward,
     swiglu,
+    swiglu_train_backward,
 )
 from pocketgpt.kernels.layouts import layout  # noqa: E402
 from pocketgpt.kernels.products import int8_dots, set_int8_dots  # noqa: E402
 
-__all__ = ["ATTENTION_UP_TO", "ROWS_UP_TO", "BlockWeights", "FloatKV", "adamw", "attention", "attention_q4",
-           "blas_threads_for", "block", "embedding", "gelu", "gelu_train", "gelu_train_backward", "int8_dots",
-           "layernorm", "layout", "linear", "machine_threads", "rmsnorm", "rope", "rounds_activations",
-           "set_int8_dots", "set_threads", "single_threaded_blas", "swiglu", "threads"]
+__all__ = ["ATTENTION_UP_TO", "BlockWeights", "FloatKV", "ROWS_UP_TO", "adamw", "attention", "attention_q4",
+           "blas_threads_for", "block", "cross_entropy_backward", "embedding", "gelu", "gelu_train",
+           "gelu_train_backward", "int8_dots", "layernorm", "layernorm_train", "layernorm_train_backward", "layout",
+           "linear", "logsumexp", "machine_threads", "masked_softmax", "rmsnorm", "rmsnorm_train",
+           "rmsnorm_train_backward", "rope", "rounds_activations", "set_int8_dots", "set_threads",
+           "single_threaded_blas", "softmax_backward", "swiglu", "swiglu_train_backward", "threads"]
 
 
 def threads() -> int:

@@ -18,7 +18,7 @@ from numba import njit
 
 from pocketgpt.formats.mxfp4 import FP4_VALUES
 
-EXACT = {"cache": True, "inline": "always"}  # no fastmath: same rounding as NumPy
+EXACT = {"cache": True, "inline": "always", "error_model": "numpy"}  # no fastmath: same rounding as NumPy
 HALF_SCALE = np.float32(2.0**112)  # f16 bits << 13, read as float32, times 2^112 = the f16 value (and subnormals)
 FP4 = FP4_VALUES.copy()
 HALF_STEP = np.ldexp(np.float32(1), np.maximum(np.arange(32), 1) - 25).astype(np.float32)  # 2^(e - 25), e >= 1

@@ -203,6 +203,113 @@ def gelu_train_backward(dy: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndar
     return dx
 
 
+def _present(*arrays) -> tuple[np.ndarray, ...]:
+    return tuple(a for a in arrays if a is not None)
+
+
+def _or_fill(a: np.ndarray | None, C: int, value: float) -> np.ndarray:
+    """A norm's gain or bias, or for none a row of `value` that leaves the kernel's arithmetic as it is."""
+    return np.full(C, value, F32) if a is None else a
+
+
+def rmsnorm_train(x: np.ndarray, w: np.ndarray | None, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """RMSNorm for training: x (..., C), w (C,) or None -> (y, rstd (..., 1)) for rmsnorm_train_backward."""
+    if not _compiled(x, *_present(w)):
+        return reference.rmsnorm_train(x, w, eps)
+    C = x.shape[-1]
+    x2 = _rows2d(x, C)
+    y, rstd = np.empty_like(x2), np.empty((x2.shape[0], 1), F32)
+    training.rmsnorm_forward(x2, _or_fill(w, C, 1.0), eps, y, rstd.reshape(-1))
+    return y.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
+
+
+def rmsnorm_train_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray | None,
+                           rstd: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The gradient through rmsnorm_train -> (dx, dw or None)."""
+    if not _compiled(dy, x, rstd, *_present(w)):
+        return reference.rmsnorm_train_backward(dy, x, w, rstd)
+    C = x.shape[-1]
+    dx, dw = np.empty(x.shape, F32), np.zeros(C, F32)
+    training.rmsnorm_backward(_rows2d(dy, C), _rows2d(x, C), _or_fill(w, C, 1.0), _rows2d(rstd, 1).reshape(-1),
+                              dx.reshape(-1, C), dw)
+    return dx, dw if w is not None else None
+
+
+def layernorm_train(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None,
+                    eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm for training: x (..., C), w and b (C,) or None -> (y, mean, rstd), mean and rstd (..., 1)."""
+    if not _compiled(x, *_present(w, b)):
+        return reference.layernorm_train(x, w, b, eps)
+    C = x.shape[-1]
+    x2 = _rows2d(x, C)
+    y, mean, rstd = np.empty_like(x2), np.empty((x2.shape[0], 1), F32), np.empty((x2.shape[0], 1), F32)
+    training.layernorm_forward(x2, _or_fill(w, C, 1.0), _or_fill(b, C, 0.0), eps, y, mean.reshape(-1),
+                               rstd.reshape(-1))
+    stats = (*x.shape[:-1], 1)
+    return y.reshape(x.shape), mean.reshape(stats), rstd.reshape(stats)
+
+
+def layernorm_train_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray | None, mean: np.ndarray,
+                             rstd: np.ndarray, has_b: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The gradient through layernorm_train -> (dx, dw or None, db or None)."""
+    if not _compiled(dy, x, mean, rstd, *_present(w)):
+        return reference.layernorm_train_backward(dy, x, w, mean, rstd, has_b)
+    C = x.shape[-1]
+    dx, dw, db = np.empty(x.shape, F32), np.zeros(C, F32), np.zeros(C, F32)
+    training.layernorm_backward(_rows2d(dy, C), _rows2d(x, C), _or_fill(w, C, 1.0), _rows2d(mean, 1).reshape(-1),
+                                _rows2d(rstd, 1).reshape(-1), dx.reshape(-1, C), dw, db)
+    return dx, dw if w is not None else None, db if has_b else None
+
+
+def swiglu_train_backward(dy: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The gradient through swiglu: dy (..., F), h (..., 2F) the forward's input -> dh (..., 2F)."""
+    if not _compiled(dy, h):
+        return reference.swiglu_train_backward(dy, h)
+    F = dy.shape[-1]
+    dh = np.empty(h.shape, F32)
+    training.swiglu_backward(_rows2d(dy, F), _rows2d(h, 2 * F), dh.reshape(-1, 2 * F))
+    return dh
+
+
+def masked_softmax(att: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """softmax(att + mask) over the last axis: att (..., R, Tk) (R a multiple of Tq; row r reads mask row r % Tq),
+    mask (Tq, Tk) additive (0 or -inf). Compiled, in place of a contiguous att; a masked position gets exactly 0."""
+    if not _compiled(att, mask) or not att.flags.c_contiguous:
+        return reference.masked_softmax(att, mask)
+    training.masked_softmax(att.reshape(-1, att.shape[-1]), np.ascontiguousarray(mask))
+    return att
+
+
+def softmax_backward(datt: np.ndarray, att: np.ndarray) -> np.ndarray:
+    """The gradient through a softmax over the last axis, in place of datt: (datt - sum(datt att)) att."""
+    if not _compiled(datt, att) or not (datt.flags.c_contiguous and att.flags.c_contiguous):
+        return reference.softmax_backward(datt, att)
+    Tk = att.shape[-1]
+    training.softmax_backward(datt.reshape(-1, Tk), att.reshape(-1, Tk))
+    return datt
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    """log sum exp of each row of z (N, V) -> (N,)."""
+    if not _compiled(z):
+        return reference.logsumexp(z)
+    z = np.ascontiguousarray(z)
+    lse = np.empty(z.shape[0], F32)
+    training.logsumexp(z, lse)
+    return lse
+
+
+def cross_entropy_backward(z: np.ndarray, targets: np.ndarray, lse: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """d loss / d z for the loss sum(scale (lse - z[target])): (softmax(z) - onehot(targets)) scale, z (N, V),
+    targets (N,), lse (N,) from logsumexp, scale (N,) each row's weight over the loss's denominator."""
+    if not _compiled(z, lse):
+        return reference.cross_entropy_backward(z, targets, lse, scale)
+    z = np.ascontiguousarray(z)
+    dz = np.empty_like(z)
+    training.cross_entropy_backward(z, np.ascontiguousarray(targets, np.int64), lse, np.asarray(scale, F32), dz)
+    return dz
+
+
 def adamw(flat: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, decay: np.ndarray | None, lr: float,
           beta1: float, beta2: float, c1: float, c2: float, eps: float, weight_decay: float) -> None:
     """One AdamW step in place over flat parameters, their gradient and moments (one dtype, contiguous): one

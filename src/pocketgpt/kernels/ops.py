@@ -17,9 +17,11 @@ from numba import njit, prange
 
 from pocketgpt.kernels.decoders import half
 
-FAST = {"cache": True, "fastmath": True}
-INLINE = {"cache": True, "fastmath": True, "inline": "always"}
-PARALLEL = {"cache": True, "fastmath": True, "parallel": True}
+# error_model "numpy": a division by zero gives inf or nan, as in NumPy, instead of raising; the check for it
+# would otherwise keep every loop that divides from vectorizing (every kernel of the package is compiled so).
+FAST = {"cache": True, "fastmath": True, "nogil": True, "error_model": "numpy"}
+INLINE = {"cache": True, "fastmath": True, "inline": "always", "error_model": "numpy"}
+PARALLEL = {"cache": True, "fastmath": True, "parallel": True, "error_model": "numpy"}
 LOG2E = np.float32(1.4426950408889634)
 LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 in two parts, the first exact
 EXP_POLY = tuple(np.float32(1 / math.factorial(i)) for i in range(7))  # 1, 1, 1/2, ..., 1/720

@@ -39,10 +39,11 @@ from pocketgpt.kernels.intdot import (
     q8_0_dots4,
 )
 
-FAST = {"cache": True, "fastmath": True}
-BODY = {"cache": True, "fastmath": True, "inline": "always"}
-PARALLEL = {"cache": True, "fastmath": True, "parallel": True}
-EXACT_PARALLEL = {"cache": True, "parallel": True}  # no fastmath, which would reorder the integer dots' float sums
+FAST = {"cache": True, "fastmath": True, "error_model": "numpy"}
+BODY = {"cache": True, "fastmath": True, "inline": "always", "error_model": "numpy"}
+PARALLEL = {"cache": True, "fastmath": True, "parallel": True, "error_model": "numpy"}
+# no fastmath, which would reorder the integer dots' float sums
+EXACT_PARALLEL = {"cache": True, "parallel": True, "error_model": "numpy"}
 SIXTEENTH, SIXTEEN = np.float32(0.0625), np.float32(16.0)
 _int8 = intdot.ENABLED  # whether llama.cpp's blocks meet activations rounded to 8 bits (set_int8_dots)
 

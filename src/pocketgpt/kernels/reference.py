@@ -102,6 +102,104 @@ def gelu_train_backward(dy, x, t):
     return dx
 
 
+def column_dot(a, b):
+    """sum over all rows of a * b: (..., C), (..., C) -> (C,)."""
+    C = a.shape[-1]
+    return np.einsum("nc,nc->c", a.reshape(-1, C), b.reshape(-1, C))
+
+
+def rmsnorm_train(x, w, eps):
+    """RMSNorm for training: x (..., C), w (C,) or None -> (y, rstd (..., 1)), rstd = 1 / sqrt(mean(x^2) + eps),
+    which the backward reads with x."""
+    C = x.shape[-1]
+    rstd = 1.0 / np.sqrt(np.einsum("...c,...c->...", x, x)[..., None] / C + eps)
+    y = x * rstd
+    if w is not None:
+        y *= w
+    return y, rstd
+
+
+def rmsnorm_train_backward(dy, x, w, rstd):
+    """-> (dx, dw or None): dx = rstd (g - xhat mean(g xhat)) with g = dy w, xhat = x rstd; dw = sum of dy xhat."""
+    C = x.shape[-1]
+    xhat = x * rstd
+    dw = None
+    if w is not None:
+        dw = column_dot(dy, xhat)
+        dy = dy * w
+    dx = rstd * (dy - xhat * (np.einsum("...c,...c->...", dy, xhat)[..., None] / C))
+    return dx, dw
+
+
+def layernorm_train(x, w, b, eps):
+    """LayerNorm for training: x (..., C), w and b (C,) or None -> (y, mean, rstd), mean and rstd (..., 1)."""
+    C = x.shape[-1]
+    mean = (x @ np.full(C, 1.0 / C, x.dtype))[..., None]  # a matrix-vector product (BLAS) rather than a reduction
+    y = x - mean
+    rstd = 1.0 / np.sqrt(np.einsum("...c,...c->...", y, y)[..., None] / C + eps)
+    y *= rstd
+    if w is not None:
+        y *= w
+    if b is not None:
+        y += b
+    return y, mean, rstd
+
+
+def layernorm_train_backward(dy, x, w, mean, rstd, has_b):
+    """-> (dx, dw or None, db or None): dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy w, xhat the normed x."""
+    C = x.shape[-1]
+    xhat = (x - mean) * rstd
+    dw = column_dot(dy, xhat) if w is not None else None
+    db = dy.reshape(-1, C).sum(axis=0) if has_b else None
+    g = dy * w if w is not None else dy.copy()
+    g -= (g @ np.full(C, 1.0 / C, g.dtype))[..., None]
+    g -= xhat * (np.einsum("...c,...c->...", g, xhat)[..., None] / C)  # g's mean is now 0: same projection
+    g *= rstd
+    return g, dw, db
+
+
+def swiglu_train_backward(dy, h):
+    """The gradient through swiglu(h), h (..., 2F) = [gate | up]: d gate = dy up sig (1 + gate (1 - sig)),
+    d up = dy gate sig, sig = sigmoid(gate) -> (..., 2F)."""
+    F = h.shape[-1] // 2
+    gate, up = h[..., :F], h[..., F:]
+    sig = 1.0 / (1.0 + np.exp(-gate))
+    return np.concatenate([dy * up * sig * (1.0 + gate * (1.0 - sig)), dy * gate * sig], axis=-1)
+
+
+def masked_softmax(att, mask):
+    """softmax(att + mask) over the last axis: att (..., R, Tk), R a multiple of Tq, whose row r is query r % Tq of
+    the additive mask (Tq, Tk) (0 or -inf)."""
+    Tq, Tk = mask.shape
+    s = att.reshape(-1, Tq, Tk) + mask
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s.reshape(att.shape)
+
+
+def softmax_backward(datt, att):
+    """The gradient through a softmax over the last axis, in place: datt = (datt - sum(datt att)) att."""
+    datt -= np.einsum("...t,...t->...", datt, att)[..., None]
+    datt *= att
+    return datt
+
+
+def logsumexp(z):
+    """log sum exp of each row of z (N, V) -> (N,)."""
+    top = z.max(axis=1)
+    return np.log(np.exp(z - top[:, None]).sum(axis=1)) + top
+
+
+def cross_entropy_backward(z, targets, lse, scale):
+    """d loss / d z of the weighted next-token loss sum(scale (lse - z[target])): (softmax(z) - onehot) scale,
+    z (N, V), targets (N,), lse (N,) = logsumexp(z), scale (N,) each row's weight over the denominator."""
+    dz = np.exp(z - lse[:, None])
+    dz[np.arange(z.shape[0]), targets] -= 1.0
+    dz *= scale[:, None].astype(dz.dtype)
+    return dz
+
+
 ADAM_CHUNK = 1 << 16  # elements per pass: the temporaries of one chunk stay in cache
 
 

@@ -50,76 +50,48 @@ def rope_tables(n_positions: int, head_size: int, theta: float, dtype) -> tuple[
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
+def _rotate_heads(x, cos, sin):
+    """x (B, nh, T, hs) through the kernels' rope, which takes (B, T, nh, hs): the same array seen transposed."""
+    if cos.ndim == 4:  # (B, 1, T, hs / 2), positions per sequence
+        cos, sin = cos[:, 0], sin[:, 0]
+    return kernels.rope(x.transpose(0, 2, 1, 3), cos, sin).transpose(0, 2, 1, 3)
+
+
 def rope_forward(x, cos, sin):
     """Rotate each pair (x_i, x_{i + hs/2}) of every head by its position's angle (Hugging Face's Llama layout:
-    the two halves of a head, not adjacent channels): (B, nh, T, hs) -> (B, nh, T, hs). cos and sin broadcast
-    to (B, nh, T, hs / 2)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1), (cos, sin)
+    the two halves of a head, not adjacent channels): (B, nh, T, hs) -> (B, nh, T, hs). cos and sin (T, hs / 2),
+    or (B, 1, T, hs / 2) for positions per sequence."""
+    return _rotate_heads(x, cos, sin), (cos, sin)
 
 
 def rope_backward(dy, cache):
-    """The inverse rotation (a rotation's transpose) applied to dy."""
+    """The inverse rotation (a rotation's transpose: the angle negated) applied to dy."""
     cos, sin = cache
-    half = dy.shape[-1] // 2
-    d1, d2 = dy[..., :half], dy[..., half:]
-    return np.concatenate([d1 * cos + d2 * sin, d2 * cos - d1 * sin], axis=-1)
+    return _rotate_heads(dy, cos, -sin)
 
 
 # ----------------------------------------------------------------------------- norms
 
 
-def column_dot(a, b):
-    """sum over all rows of a * b: (..., C), (..., C) -> (C,)."""
-    C = a.shape[-1]
-    return np.einsum("nc,nc->c", a.reshape(-1, C), b.reshape(-1, C))
-
-
 def rmsnorm_forward(x, w, eps):
-    """y = x / sqrt(mean(x^2) + eps) * w, over the last axis; w may be None."""
-    C = x.shape[-1]
-    rstd = 1.0 / np.sqrt(np.einsum("...c,...c->...", x, x)[..., None] / C + eps)  # (..., 1)
-    xhat = x * rstd
-    y = xhat * w if w is not None else xhat
-    return y, (xhat, rstd, w)
+    """y = x / sqrt(mean(x^2) + eps) * w, over the last axis; w may be None. The cache keeps x and each row's
+    1 / sqrt(...), from which the backward rebuilds the normed x as it reads x."""
+    y, rstd = kernels.rmsnorm_train(x, w, eps)
+    return y, (x, w, rstd)
 
 
 def rmsnorm_backward(dy, cache):
-    xhat, rstd, w = cache
-    C = xhat.shape[-1]
-    dw = None
-    if w is not None:
-        dw = column_dot(dy, xhat)
-        dy = dy * w
-    dx = rstd * (dy - xhat * (np.einsum("...c,...c->...", dy, xhat)[..., None] / C))
-    return dx, dw
+    return kernels.rmsnorm_train_backward(dy, *cache)
 
 
 def layernorm_forward(x, w, b, eps):
     """y = (x - mean) / sqrt(var + eps) * w + b, over the last axis; w and b may be None."""
-    C = x.shape[-1]
-    mean_vec = np.full(C, 1.0 / C, x.dtype)
-    xhat = x - (x @ mean_vec)[..., None]  # means as a matrix-vector product (BLAS) rather than a reduction
-    rstd = 1.0 / np.sqrt(np.einsum("...c,...c->...", xhat, xhat)[..., None] / C + eps)  # (..., 1)
-    xhat *= rstd
-    y = xhat * w if w is not None else xhat.copy()
-    if b is not None:
-        y += b
-    return y, (xhat, rstd, w, b is not None)
+    y, mean, rstd = kernels.layernorm_train(x, w, b, eps)
+    return y, (x, w, mean, rstd, b is not None)
 
 
 def layernorm_backward(dy, cache):
-    xhat, rstd, w, has_b = cache
-    C = xhat.shape[-1]
-    dw = column_dot(dy, xhat) if w is not None else None
-    db = dy.reshape(-1, C).sum(axis=0) if has_b else None
-    g = dy * w if w is not None else dy.copy()
-    mean_vec = np.full(C, 1.0 / C, g.dtype)
-    g -= (g @ mean_vec)[..., None]
-    g -= xhat * (np.einsum("...c,...c->...", g, xhat)[..., None] / C)  # g's mean is now 0: same projection
-    g *= rstd
-    return g, dw, db
+    return kernels.layernorm_train_backward(dy, *cache)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -176,19 +148,14 @@ def gelu_backward(dy, cache):
 
 
 def swiglu_forward(h):
-    """silu(gate) * up, with gate and up the two halves of h: (..., 2F) -> (..., F)."""
-    F = h.shape[-1] // 2
-    gate, up = h[..., :F], h[..., F:]
-    sig = 1.0 / (1.0 + np.exp(-gate))
-    silu = gate * sig
-    return silu * up, (gate, up, sig, silu)
+    """silu(gate) * up, with gate and up the two halves of h: (..., 2F) -> (..., F). The backward recomputes the
+    sigmoid from h rather than keeping it."""
+    return kernels.swiglu(h), h
 
 
 def swiglu_backward(dy, cache):
-    """d gate = dy * up * sig (1 + gate (1 - sig)), d up = dy * silu: (..., F) -> (..., 2F)."""
-    gate, up, sig, silu = cache
-    dgate = dy * up * sig * (1.0 + gate * (1.0 - sig))
-    return np.concatenate([dgate, dy * silu], axis=-1)
+    """d gate = dy * up * sig (1 + gate (1 - sig)), d up = dy * gate * sig: (..., F) -> (..., 2F)."""
+    return kernels.swiglu_train_backward(dy, cache)
 
 
 ACTIVATION = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward),
@@ -203,17 +170,14 @@ def attention_forward(q, k, v, mask):
 
     nh is a multiple of nkv (grouped-query attention; nkv = nh is multi-head, nkv = 1 multi-query): query head h
     reads key/value head h // (nh / nkv). The g = nh / nkv query heads of one key/value head are stacked along
-    time, so each key/value head is one (g Tq, hs) @ (hs, Tk) product. mask is additive (0 or -inf),
-    broadcastable to (B, 1, 1, Tq, Tk).
+    time, so each key/value head is one (g Tq, hs) @ (hs, Tk) product. mask (Tq, Tk) is additive (0 or -inf).
     """
     B, nh, Tq, hs = q.shape
-    nkv, Tk = k.shape[1], k.shape[2]
+    nkv = k.shape[1]
     g = nh // nkv
     scale = 1.0 / math.sqrt(hs)
     qs = (q * scale).reshape(B, nkv, g * Tq, hs)  # pre-scaled, queries of a group stacked
-    att = qs @ k.transpose(0, 1, 3, 2)  # (B, nkv, g Tq, Tk)
-    att.reshape(B, nkv, g, Tq, Tk)[...] += mask
-    softmax_(att)
+    att = kernels.masked_softmax(qs @ k.transpose(0, 1, 3, 2), mask)  # (B, nkv, g Tq, Tk)
     y = (att @ v).reshape(B, nh, Tq, hs)
     return y, (qs, k, v, att, scale, q.shape)
 
@@ -225,8 +189,7 @@ def attention_backward(dy, cache):
     dy = dy.reshape(B, nkv, gT, hs)
     dv = att.transpose(0, 1, 3, 2) @ dy  # (B, nkv, Tk, hs)
     dscores = dy @ v.transpose(0, 1, 3, 2)  # d att, (B, nkv, g Tq, Tk)
-    dscores -= np.einsum("bhts,bhts->bht", dscores, att)[..., None]
-    dscores *= att  # softmax backward
+    dscores = kernels.softmax_backward(dscores, att)
     dq = dscores @ k
     dq *= scale
     dk = dscores.transpose(0, 1, 3, 2) @ qs  # (B, nkv, Tk, hs)
@@ -240,19 +203,6 @@ def causal_mask(T_q: int, T_k: int, dtype) -> np.ndarray:
     return np.where(allowed, 0.0, -np.inf).astype(dtype)
 
 
-def softmax(x, axis=-1):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def softmax_(x):
-    """Softmax over the last axis, in place."""
-    x -= x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=-1, keepdims=True)
-    return x
-
-
 # ----------------------------------------------------------------------------- loss
 
 
@@ -263,19 +213,14 @@ def cross_entropy_forward(logits, targets, weights, denom):
     batch split across workers gives the same loss and gradients as the whole batch.
     """
     V = logits.shape[-1]
-    z = logits.reshape(-1, V)  # (N, V)
-    z = z - z.max(axis=1, keepdims=True)
-    logsumexp = np.log(np.exp(z).sum(axis=1))
-    rows = np.arange(z.shape[0])
-    nll = logsumexp - z[rows, targets.reshape(-1)]  # (N,)
+    z, t = logits.reshape(-1, V), targets.reshape(-1)  # (N, V), (N,)
+    lse = kernels.logsumexp(z)
+    nll = lse - z[np.arange(z.shape[0]), t]  # (N,)
     w = weights.reshape(-1)
     loss = float(nll @ w) / denom
-    return loss, (z, logsumexp, targets.reshape(-1), w, denom, logits.shape)
+    return loss, (z, lse, t, w, denom, logits.shape)
 
 
 def cross_entropy_backward(cache):
-    z, logsumexp, targets, w, denom, shape = cache
-    dz = np.exp(z - logsumexp[:, None])  # softmax, (N, V)
-    dz[np.arange(z.shape[0]), targets] -= 1.0
-    dz *= (w / denom)[:, None].astype(dz.dtype)
-    return dz.reshape(shape)
+    z, lse, targets, w, denom, shape = cache
+    return kernels.cross_entropy_backward(z, targets, lse, (w / denom).astype(z.dtype)).reshape(shape)
