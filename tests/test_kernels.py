@@ -7,6 +7,9 @@ packed model that never reaches a reference.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -302,3 +305,48 @@ def _refuse(name):
     def refuse(*args, **kwargs):
         raise AssertionError(f"reference.{name} ran")
     return refuse
+
+
+def test_two_processes_saving_variants_of_one_kernel_at_once_keep_both(tmp_path, monkeypatch):
+    """numba's disk cache numbers a kernel's variants in an index that each save reads, extends and writes back; two
+    saves at once (two servers compiling on a cold cache) must not both take number 1, or a later process runs one
+    variant's code on the other's arguments. Two savers with their own index objects, each pausing between reading
+    the index and writing it back (as a slow process would), must leave both entries, each with its own data."""
+    from numba.core import caching
+
+    load_index = caching.IndexDataCacheFile._load_index
+
+    def slow_load_index(self):
+        overloads = load_index(self)
+        time.sleep(0.2)
+        return overloads
+
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_load_index", slow_load_index)
+    savers = [caching.IndexDataCacheFile(str(tmp_path), "kernel", "stamp") for _ in range(2)]
+    threads = [threading.Thread(target=saver.save, args=(key, data))
+               for saver, key, data in zip(savers, ("variant a", "variant b"), (b"code of a", b"code of b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reader = caching.IndexDataCacheFile(str(tmp_path), "kernel", "stamp")
+    assert reader.load("variant a") == b"code of a" and reader.load("variant b") == b"code of b"
+
+
+def test_every_compiled_kernel_states_its_fastmath_and_error_model():
+    """numba compiles a kernel that leaves fastmath or error_model unset with its caller's, when a caller compiles it,
+    and caches that variant under the key it would have had alone: a kernel that must stay exact (the integer dots,
+    whose results must not depend on the token count) would later run, from the cache, with fastmath. So every
+    kernel of the package sets both."""
+    from numba.core.registry import CPUDispatcher
+
+    from pocketgpt.kernels import decoders, dispatch, step, training
+
+    found = 0
+    for module in (decoders, dispatch, intdot, ops, products, step, training):
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == module.__name__:
+                found += 1
+                inline = obj.targetoptions.get("inline", "never") == "always"  # compiled as part of its caller
+                assert inline or {"fastmath", "error_model"} <= obj.targetoptions.keys(), f"{module.__name__}.{name}"
+    assert found > 40

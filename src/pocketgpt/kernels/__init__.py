@@ -33,6 +33,34 @@ def _sources_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _lock_cache_saves() -> None:
+    """Make numba's disk-cache saves safe between processes. numba numbers a kernel's compiled variants in an index
+    file that a saving process reads, extends and writes back; two processes compiling variants of one kernel at
+    once (a draft server and a target server started together, on a cold cache) can both take the same number, and
+    a later process then runs one variant's machine code on the other's argument types: a crash. Each save holds an
+    exclusive lock on a file beside the index for its read-extend-write (POSIX; elsewhere saves stay as numba
+    makes them)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    from numba.core import caching
+
+    save = caching.IndexDataCacheFile.save
+    if getattr(save, "locked", False):
+        return
+
+    def locked_save(self, key, data):
+        os.makedirs(os.path.dirname(self._index_path), exist_ok=True)
+        with open(self._index_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            save(self, key, data)
+
+    locked_save.locked = True
+    caching.IndexDataCacheFile.save = locked_save
+
+
+_lock_cache_saves()
 if not numba.config.CACHE_DIR:  # read when each cached kernel is defined, below
     numba.config.CACHE_DIR = str(Path.home() / ".cache" / "pocketgpt" / "numba" / _sources_digest())
 

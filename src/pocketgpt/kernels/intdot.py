@@ -41,7 +41,7 @@ _INV127 = np.float32(1.0 / 127.0)
 CHAINS = 2  # independent sums per token (even and odd blocks): more measured slower here
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy")
 def round_activations(x, xq, scale, sums):
     """Tokens x (B, n) -> xq (B, n) int8 codes, scale (B, b) and sums (B, b): each block's scale times the sum of its
     codes (what the block's codes add up to in float, for a weight format's offsets). Without fastmath: the

@@ -42,8 +42,9 @@ from pocketgpt.kernels.intdot import (
 FAST = {"cache": True, "fastmath": True, "error_model": "numpy"}
 BODY = {"cache": True, "fastmath": True, "inline": "always", "error_model": "numpy"}
 PARALLEL = {"cache": True, "fastmath": True, "parallel": True, "error_model": "numpy"}
-# no fastmath, which would reorder the integer dots' float sums
-EXACT_PARALLEL = {"cache": True, "parallel": True, "error_model": "numpy"}
+# No fastmath, which would reorder the integer dots' float sums, and said so: numba gives a kernel that does not set
+# fastmath (or error_model) its caller's, when the caller compiles it, and caches that variant under the same key.
+EXACT_PARALLEL = {"cache": True, "parallel": True, "fastmath": False, "error_model": "numpy"}
 SIXTEENTH, SIXTEEN = np.float32(0.0625), np.float32(16.0)
 _int8 = intdot.ENABLED  # whether llama.cpp's blocks meet activations rounded to 8 bits (set_int8_dots)
 
@@ -393,7 +394,7 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
                         acc += buf[k] * xb[k]
                     y[b, r] = acc
 
-    @njit(cache=True)
+    @njit(cache=True, fastmath=False, error_model="numpy")
     def gather(parts, index, out):
         """Rows index (M,) decoded into out (M, n), exactly as the NumPy dequantizer. On one thread: it runs
         between BLAS calls (pocketgpt.kernels.dispatch's tiles), and a parallel region there contends with BLAS's

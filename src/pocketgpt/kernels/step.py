@@ -42,7 +42,7 @@ def step_kernel(layouts: tuple[tuple[int, int], ...], norm: str, activation: str
 def _make(attn_layout, proj_layout, fc_layout, down_layout, rms: bool, act: int, rope: bool) -> Callable:
     (k1, g1, i1), (k2, g2, i2), (k3, g3, i3), (k4, g4, i4) = attn_layout, proj_layout, fc_layout, down_layout
 
-    @njit(cache=True, fastmath=True)
+    @njit(cache=True, fastmath=True, error_model="numpy")
     def step(x, attn, proj, fc, down, biases, ln1, ln2, eps, cos, sin, k, v, pos, n_head):
         C = x.size
         n_kv, hs = k.shape[0], k.shape[2]
@@ -83,7 +83,7 @@ def _make(attn_layout, proj_layout, fc_layout, down_layout, rms: bool, act: int,
     return step
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True, inline="always", error_model="numpy")
 def _normed(x, gain_bias, eps, out, rms):
     if rms:
         ops.rmsnorm_row(x, gain_bias[0], eps, out)
@@ -91,7 +91,7 @@ def _normed(x, gain_bias, eps, out, rms):
         ops.layernorm_row(x, gain_bias[0], gain_bias[1], eps, out)
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True, inline="always", error_model="numpy")
 def _activated(f, act):
     """SwiGLU (act 0: f = [gate | up]), GELU (1) or ReLU (2) of f."""
     if act == 0:

@@ -49,7 +49,7 @@ def gelu_backward(dy, x, t, dx):
         dx[i] = dy[i] * np.float32(0.5) * (np.float32(1.0) + th + v * (np.float32(1.0) - th * th) * inner)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 def adamw(flat, grad, m, v, decay, lr, beta1, beta2, c1, c2, eps, weight_decay):
     """One AdamW step over flat parameters (n,) in place: the moments m, v, then the decoupled decay (decay (n,)
     its mask, or a size-0 array for none) and the update, in one pass, operation for operation as
