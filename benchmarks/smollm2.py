@@ -81,7 +81,7 @@ def main() -> None:
     ckpt = load(path, packed=False)  # the float path; benchmarks/kernels.py measures the packed one
     model, tok = ckpt.model(), ckpt.tokenizer
     rows = [f"SmolLM2-135M-Instruct ({SMOLLM2}, {path.stat().st_size / 2**20:.0f} MiB), 2 threads; pocketgpt expands "
-            "the file to float32 and runs NumPy; load average at the start "
+            "the file to float32 (the float path); load average at the start "
             f"{loadavg()}.", "", "| measure | pocketgpt | llama.cpp, same file | pocketgpt / llama.cpp |",
             "| --- | --- | --- | --- |"]
     ours, theirs = [], []
