@@ -1,13 +1,17 @@
-"""Compiled passes of a training step (numba): where a profile of the shakespeare-cpu step found the time outside
-the matrix products, each NumPy pass over the activations (seven for the GELU forward, ten for its backward, four
-for Adam's moments and update, each reading and writing the whole array) becomes one loop that reads its inputs
-once and writes its outputs once.
+"""Compiled passes of a training step (numba), each the forward or backward of one layer outside the matrix
+products: where a profile of the shakespeare-cpu step found the time outside BLAS, each NumPy pass over the
+activations (seven for the GELU forward, ten for its backward, four for Adam's moments and update, each reading and
+writing the whole array) becomes one loop that reads its inputs once and writes its outputs once. The Llama family's
+layers are here too (RMSNorm, SwiGLU's backward; rotary embedding is the inference kernel), and the attention's
+softmax and the cross-entropy over the vocabulary. Not here: the matrix products, which BLAS runs.
 
-The GELU's tanh is computed from the kernels' exp (tanh(v) = 1 - 2 / (e^(2v) + 1), a polynomial that vectorizes,
-pocketgpt.kernels.ops.exp_into), where np.tanh in a numba loop stays scalar. Its error against np.tanh is a few
-float32 ulp of 1 (tested). The kernels release the GIL: the training loop runs one per worker thread, each on its
-slice of the batch (pocketgpt.model.GPT.loss_and_grad). Adam runs without fastmath, operation for operation as the
-NumPy optimizer, so that a float64 model still follows the reference engine's Adam.
+Transcendentals come from the kernels' exp (pocketgpt.kernels.ops.exp_into, a polynomial that vectorizes), where a
+libm call in a numba loop stays scalar: the GELU's tanh(v) = 1 - 2 / (e^(2v) + 1), whose error against np.tanh is
+a few float32 ulp of 1 (tested), SwiGLU's sigmoid, the softmaxes' exponentials. The kernels release the GIL: the
+training loop runs one per worker thread, each on its slice of the batch (pocketgpt.model.GPT.loss_and_grad). Adam
+runs without fastmath, operation for operation as the NumPy optimizer, so that a float64 model still follows the
+reference engine's Adam. Legend: N rows (tokens), C channels, F the MLP's width, R attention rows, Tk keys,
+V vocabulary.
 """
 
 from __future__ import annotations
