@@ -46,18 +46,22 @@ def _lock_cache_saves() -> None:
         return
     from numba.core import caching
 
-    save = caching.IndexDataCacheFile.save
-    if getattr(save, "locked", False):
+    index_file = getattr(caching, "IndexDataCacheFile", None)  # numba's internals: left alone if they change
+    save = getattr(index_file, "save", None)
+    if save is None or getattr(save, "locked", False):
         return
 
     def locked_save(self, key, data):
-        os.makedirs(os.path.dirname(self._index_path), exist_ok=True)
-        with open(self._index_path + ".lock", "a") as lock:
+        index = getattr(self, "_index_path", None)
+        if index is None:
+            return save(self, key, data)
+        os.makedirs(os.path.dirname(index), exist_ok=True)
+        with open(index + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            save(self, key, data)
+            return save(self, key, data)
 
     locked_save.locked = True
-    caching.IndexDataCacheFile.save = locked_save
+    index_file.save = locked_save
 
 
 _lock_cache_saves()
