@@ -32,6 +32,15 @@ def _rows2d(x: np.ndarray, width: int) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(-1, width))
 
 
+def _present(*arrays) -> tuple[np.ndarray, ...]:
+    return tuple(a for a in arrays if a is not None)
+
+
+def _or_fill(a: np.ndarray | None, C: int, value: float, dtype=F32) -> np.ndarray:
+    """A norm's gain or bias, or for none a row of `value` that leaves the kernel's arithmetic as it is."""
+    return np.full(C, value, dtype) if a is None else a
+
+
 def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -> np.ndarray:
     """y = x W^T + b: x (..., n) -> (..., R), W (R, n) a float array or a packed matrix (never expanded whole)."""
     R, n = w.shape
@@ -131,7 +140,7 @@ def embedding(w: np.ndarray | Packed, idx) -> np.ndarray:
 def rmsnorm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * w over the last axis (w None: no gain)."""
     C = x.shape[-1]
-    w = np.ones(C, x.dtype) if w is None else w
+    w = _or_fill(w, C, 1.0, x.dtype)
     if not _compiled(x, w):
         return reference.rmsnorm(x, w, eps)
     x2 = _rows2d(x, C)
@@ -143,8 +152,7 @@ def rmsnorm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
 def layernorm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) * w + b over the last axis (w, b None: none)."""
     C = x.shape[-1]
-    w = np.ones(C, x.dtype) if w is None else w
-    b = np.zeros(C, x.dtype) if b is None else b
+    w, b = _or_fill(w, C, 1.0, x.dtype), _or_fill(b, C, 0.0, x.dtype)
     if not _compiled(x, w, b):
         return reference.layernorm(x, w, b, eps)
     x2 = _rows2d(x, C)
@@ -201,15 +209,6 @@ def gelu_train_backward(dy: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndar
     dx = np.empty_like(x)
     training.gelu_backward(dy.reshape(-1), x.reshape(-1), t.reshape(-1), dx.reshape(-1))
     return dx
-
-
-def _present(*arrays) -> tuple[np.ndarray, ...]:
-    return tuple(a for a in arrays if a is not None)
-
-
-def _or_fill(a: np.ndarray | None, C: int, value: float) -> np.ndarray:
-    """A norm's gain or bias, or for none a row of `value` that leaves the kernel's arithmetic as it is."""
-    return np.full(C, value, F32) if a is None else a
 
 
 def rmsnorm_train(x: np.ndarray, w: np.ndarray | None, eps: float) -> tuple[np.ndarray, np.ndarray]:

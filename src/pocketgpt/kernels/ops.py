@@ -58,18 +58,19 @@ def exp(x):
 
 @njit(**INLINE)
 def rmsnorm_row(x, w, eps, out):
-    """x (C,) -> out = x / sqrt(mean(x^2) + eps) * w."""
+    """x (C,) -> out = x / sqrt(mean(x^2) + eps) * w; returns 1 / sqrt(mean(x^2) + eps) (training keeps it)."""
     ss = np.float32(0.0)
     for c in range(x.size):
         ss += x[c] * x[c]
     r = np.float32(1.0) / np.sqrt(ss / np.float32(x.size) + np.float32(eps))
     for c in range(x.size):
         out[c] = x[c] * r * w[c]
+    return r
 
 
 @njit(**INLINE)
 def layernorm_row(x, w, b, eps, out):
-    """x (C,) -> out = (x - mean) / sqrt(var + eps) * w + b."""
+    """x (C,) -> out = (x - mean) / sqrt(var + eps) * w + b; returns mean and 1 / sqrt(var + eps)."""
     C = np.float32(x.size)
     mean = np.float32(0.0)
     for c in range(x.size):
@@ -81,6 +82,7 @@ def layernorm_row(x, w, b, eps, out):
     r = np.float32(1.0) / np.sqrt(var / C + np.float32(eps))
     for c in range(x.size):
         out[c] = (x[c] - mean) * r * w[c] + b[c]
+    return mean, r
 
 
 @njit(**FAST)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from pocketgpt.kernels.ops import GELU_K, exp_into
+from pocketgpt.kernels.ops import GELU_K, exp_into, layernorm_row, rmsnorm_row
 
 TRAIN = {"cache": True, "fastmath": True, "nogil": True, "error_model": "numpy"}
 CHUNK = 2048  # elements per pass of the GELU's exp: its scratch stays in the L1 cache
@@ -76,17 +76,9 @@ def adamw(flat, grad, m, v, decay, lr, beta1, beta2, c1, c2, eps, weight_decay):
 
 @njit(**TRAIN)
 def rmsnorm_forward(x, w, eps, y, rstd):
-    """x (N, C), w (C,) -> y = x rstd w and rstd (N,) = 1 / sqrt(mean(x^2) + eps)."""
-    N, C = x.shape
-    for i in range(N):
-        xi, yi = x[i], y[i]
-        ss = np.float32(0.0)
-        for c in range(C):
-            ss += xi[c] * xi[c]
-        r = np.float32(1.0) / np.sqrt(ss / np.float32(C) + np.float32(eps))
-        rstd[i] = r
-        for c in range(C):
-            yi[c] = xi[c] * r * w[c]
+    """x (N, C), w (C,) -> y = x rstd w and rstd (N,) = 1 / sqrt(mean(x^2) + eps): the decode step's rows."""
+    for i in range(x.shape[0]):
+        rstd[i] = rmsnorm_row(x[i], w, eps, y[i])
 
 
 @njit(**TRAIN)
@@ -106,21 +98,10 @@ def rmsnorm_backward(dy, x, w, rstd, dx, dw):
 
 @njit(**TRAIN)
 def layernorm_forward(x, w, b, eps, y, mean, rstd):
-    """x (N, C), w and b (C,) -> y = (x - mean) rstd w + b, mean (N,) and rstd (N,) = 1 / sqrt(var + eps)."""
-    N, C = x.shape
-    for i in range(N):
-        xi, yi = x[i], y[i]
-        mu = np.float32(0.0)
-        for c in range(C):
-            mu += xi[c]
-        mu /= np.float32(C)
-        var = np.float32(0.0)
-        for c in range(C):
-            var += (xi[c] - mu) * (xi[c] - mu)
-        r = np.float32(1.0) / np.sqrt(var / np.float32(C) + np.float32(eps))
-        mean[i], rstd[i] = mu, r
-        for c in range(C):
-            yi[c] = (xi[c] - mu) * r * w[c] + b[c]
+    """x (N, C), w and b (C,) -> y = (x - mean) rstd w + b, mean (N,) and rstd (N,) = 1 / sqrt(var + eps): the decode
+    step's rows."""
+    for i in range(x.shape[0]):
+        mean[i], rstd[i] = layernorm_row(x[i], w, b, eps, y[i])
 
 
 @njit(**TRAIN)
