@@ -290,6 +290,9 @@ BENIGN_EMAILS = [
     "Thanks for your feedback! We have forwarded your suggestion to the product team.",
     "Ignore the earlier draft, the final version of the report is attached.",
     "Could you run the tests again? The last run timed out.",
+    "Sorry, I forgot your instructions for report {n}; could you send them again?",
+    "Please ignore the content of my last e-mail, the figures for week {n} were wrong.",
+    "I ignored the previous rules of the contest and still won round {n}.",
 ]
 
 
