@@ -20,7 +20,7 @@ from pocketgpt.formats import GGMLBlocks, Packed
 from pocketgpt.formats.floats import quantize_floats
 from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, quantize_blocks
 from pocketgpt.formats.groups import quantize_groups
-from pocketgpt.kernels import intdot, ops, products, reference
+from pocketgpt.kernels import dispatch, intdot, ops, products, reference
 from pocketgpt.model import GPT, packed_copy
 from pocketgpt.model.kvcache import KVCache, QuantizedKVCache
 
@@ -31,11 +31,12 @@ OPS_RTOL = 2e-6  # norms, rotary embedding, activations: a few float32 roundings
 EXP_RTOL = 5e-7  # the kernels' exp (a degree-6 polynomial after range reduction): about 4 float32 ulp
 ATTENTION_RTOL = 1e-5  # a softmax-weighted sum over at most a few hundred positions
 R, N_IN, N_KQ = 37, 256, 512  # a ragged row count; widths of whole blocks (K-quants: 256 weights a block)
-HALVES = {"q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}  # float16 fields of K-quant blocks (test_quant_ggml)
+HALVES = {"q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208], "q5_0": [0], "q5_1": [0, 2]}  # their float16 fields
 
 
 def _kquant(kind: str, rng) -> GGMLBlocks:
-    """Random K-quant blocks (pocketgpt reads them, it does not write them): any bytes, finite float16 scales."""
+    """Random K-quant or 5-bit blocks (pocketgpt reads them, it does not write them): any bytes, finite float16
+    scales."""
     per_row = N_KQ // BLOCK_WEIGHTS[kind]
     blocks = rng.integers(0, 256, (R, per_row, BLOCK_BYTES[kind]), dtype=np.uint8)
     for offset in HALVES[kind]:
@@ -184,12 +185,13 @@ def test_norms_rotary_embedding_and_activations_equal_the_reference():
         _close(kernels.rope(q, c, s), expected, OPS_RTOL, "rope")
 
 
-@pytest.mark.parametrize("T", [1, 3, kernels.ATTENTION_UP_TO + 1])
+@pytest.mark.parametrize("T", [1, 3, kernels.ATTENTION_UP_TO + 1, 2 * dispatch.PROMPT_BLOCK + 5])
 def test_attention_over_a_slot_cache_equals_the_reference(T):
     """Grouped-query attention (6 query heads over 2 key/value heads), sequences in permuted cache rows, each at
-    its own position; with one and with two threads."""
+    its own position; with one and with two threads. A prompt of more than ATTENTION_UP_TO tokens goes block by
+    block of queries (the last block ragged)."""
     rng = np.random.default_rng(T)
-    B, nh, nkv, hs, S = 3, 6, 2, 32, 64
+    B, nh, nkv, hs, S = 3, 6, 2, 32, 40 + T
     q = rng.standard_normal((B, T, nh, hs)).astype(np.float32)
     k, v = (rng.standard_normal((5, nkv, S, hs)).astype(np.float32) for _ in range(2))
     rows, first = np.array([4, 0, 2]), np.array([0, 17, 40])
@@ -202,14 +204,15 @@ def test_attention_over_a_slot_cache_equals_the_reference(T):
             kernels.set_threads(kernels.machine_threads())
 
 
-@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("T", [1, 5, dispatch.PROMPT_BLOCK + 3])
 def test_attention_over_the_4_bit_cache_reads_it_as_stored(T):
     """The compiled kernel reads codes, scales and the float tail in place; the reference expands them first
-    (pocketgpt.formats.kv4.expand). Positions 0 .. 29 span complete groups and a partial one."""
-    config = PRESETS["smollm2-135m"].replace(n_layer=1, n_embd=96, n_head=6, n_kv_head=2, block_size=64)
+    (pocketgpt.formats.kv4.expand), as a prompt longer than ATTENTION_UP_TO does. The positions span complete
+    groups and a partial one."""
+    config = PRESETS["smollm2-135m"].replace(n_layer=1, n_embd=96, n_head=6, n_kv_head=2, block_size=30 + T)
     rng = np.random.default_rng(T)
     cache = QuantizedKVCache(config, batch=2, group=8)
-    start = 30 - T
+    start = max(30 - T, 11)
     for pos in (0, start):
         n = start if pos == 0 else T
         k, v = (rng.standard_normal((2, 2, n, 16)).astype(np.float32) for _ in range(2))

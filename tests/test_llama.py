@@ -83,8 +83,10 @@ def test_the_cli_imports_samples_and_exports_a_llama_folder(tmp_path, bpe, capsy
 # ----------------------------------------------------------------------------- GGUF files that are wrong
 
 
-def write_gguf(path: Path, *, arch: str = "llama", drop: str | None = None, odd_type: bool = False) -> Path:
-    """A tiny Llama GGUF (2 layers, 64 channels, F32 tensors) in llama.cpp's layout."""
+def write_gguf(path: Path, *, arch: str = "llama", drop: str | None = None, odd_type: bool = False,
+               types: dict | None = None) -> Path:
+    """A tiny Llama GGUF (2 layers, 64 channels, F32 tensors, or those in `types` quantized by the gguf package)
+    in llama.cpp's layout."""
     rng = np.random.default_rng(0)
     w = gguf.GGUFWriter(str(path), arch=arch)
     C, F, V, heads = 64, 96, 40, 4
@@ -115,6 +117,8 @@ def write_gguf(path: Path, *, arch: str = "llama", drop: str | None = None, odd_
         if odd_type and name == "blk.1.ffn_up.weight":
             blocks = rng.integers(0, 256, (shape[0], shape[1] // 32 * 18), dtype=np.uint8)  # 18-byte IQ4_NL blocks
             w.add_tensor(name, blocks, raw_dtype=gguf.GGMLQuantizationType.IQ4_NL)
+        elif types and name in types:
+            w.add_tensor(name, gguf.quants.quantize(data, types[name]), raw_dtype=types[name])
         else:
             w.add_tensor(name, data)
     w.write_header_to_file()
@@ -128,6 +132,24 @@ def test_a_tiny_gguf_loads(tmp_path):
     ckpt = load(write_gguf(tmp_path / "tiny.gguf"))
     assert ckpt.config.n_layer == 2 and ckpt.config.n_kv == 2 and ckpt.config.tie_embeddings
     assert np.isfinite(ckpt.model().forward(np.array([[1, 2, 3]]))[0]).all()
+
+
+def test_a_gguf_in_the_5_bit_blocks_of_k_quant_files_runs_packed(tmp_path):
+    """A Q4_K_M file of SmolLM2 is mostly Q5_0 (its 576-wide rows do not cut into K-quants' 256): Q5_0 and Q5_1
+    matrices load packed, dequantize as the gguf package does, and the packed model's logits equal those of the
+    same weights expanded to float32 (float tolerance: products summed in another order)."""
+    Q = gguf.GGMLQuantizationType
+    types = {**{f"blk.0.attn_{x}.weight": Q.Q5_0 for x in "qkv"}, **{f"blk.0.ffn_{x}.weight": Q.Q5_1 for x in
+             ("gate", "up")}, "blk.1.ffn_down.weight": Q.Q5_0, "blk.1.attn_output.weight": Q.Q5_1}
+    path = write_gguf(tmp_path / "q5.gguf", types=types)
+    packed, floats = load(path).model(), load(path, packed=False).model()
+    reader = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    up = packed.stored("h.0.mlp.c_fc.weight")  # gate and up, one above the other
+    assert up.format == "q5_1" and packed.stored("h.0.attn.c_attn.weight").format == "q5_0"
+    expected = gguf.quants.dequantize(reader["blk.0.ffn_up.weight"].data, Q.Q5_1)
+    np.testing.assert_array_equal(up.dequantize()[96:], expected)
+    idx = np.array([[1, 5, 7, 2, 30]])
+    np.testing.assert_allclose(packed.forward(idx)[0], floats.forward(idx)[0], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("damage,message", [

@@ -12,8 +12,10 @@ from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, DEQUANTIZE, QUANT
 
 TYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}
 ALL_TYPES = {**TYPES, "mxfp4": GGMLQuantizationType.MXFP4, "q4_k": GGMLQuantizationType.Q4_K,
-             "q5_k": GGMLQuantizationType.Q5_K, "q6_k": GGMLQuantizationType.Q6_K}
-HALVES = {"q8_0": [0], "q4_0": [0], "q4_1": [0, 2], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208], "mxfp4": []}
+             "q5_k": GGMLQuantizationType.Q5_K, "q6_k": GGMLQuantizationType.Q6_K, "q5_0": GGMLQuantizationType.Q5_0,
+             "q5_1": GGMLQuantizationType.Q5_1}
+HALVES = {"q8_0": [0], "q4_0": [0], "q4_1": [0, 2], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208], "mxfp4": [],
+          "q5_0": [0], "q5_1": [0, 2]}
 
 
 def hard_cases() -> np.ndarray:

@@ -1,6 +1,6 @@
 """llama.cpp's block formats (ggml) as `GGMLBlocks` matrices: Q8_0, Q4_0 and Q4_1, quantized bit-identically to
-ggml's reference quantizer; MXFP4 (pocketgpt.formats.mxfp4); the K-quants Q4_K, Q5_K, Q6_K
-(pocketgpt.formats.kquants, dequantized only).
+ggml's reference quantizer; MXFP4 (pocketgpt.formats.mxfp4); the K-quants Q4_K, Q5_K, Q6_K and the 5-bit
+Q5_0 and Q5_1 (pocketgpt.formats.kquants, dequantized only).
 
 Each cuts every row into blocks (32 weights; 256 for the K-quants) with their own scales; a checkpoint stores a
 matrix as its rows of blocks, (out, in / block * block bytes) uint8, exactly as a GGUF file holds it (in memory
@@ -31,7 +31,7 @@ from pocketgpt.formats.packed import Packed
 QK = 32  # weights per block
 BLOCK_BYTES = {"q8_0": 2 + QK, "q4_0": 2 + QK // 2, "q4_1": 4 + QK // 2, "mxfp4": mxfp4.BLOCK_BYTES,
                **kquants.BLOCK_BYTES}
-BLOCK_WEIGHTS = {kind: kquants.QK_K if kind in kquants.BLOCK_BYTES else QK for kind in BLOCK_BYTES}
+BLOCK_WEIGHTS = {kind: kquants.BLOCK_WEIGHTS.get(kind, QK) for kind in BLOCK_BYTES}
 
 
 def check_row(n: int, kind: str = "q8_0") -> None:
@@ -116,18 +116,20 @@ DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0, "q4_1": dequanti
               "mxfp4": mxfp4.dequantize_mxfp4, **kquants.DEQUANTIZE}
 
 
-SPLIT = ("q8_0", "q4_0", "q4_1", "mxfp4")  # kinds held split into codes and float32 scales (below)
+SPLIT = ("q8_0", "q4_0", "q4_1", "mxfp4", "q5_0", "q5_1")  # kinds held split into codes and float32 scales (below)
+HEAD = {"q8_0": 2, "q4_0": 2, "q4_1": 4, "mxfp4": 1, "q5_0": 6, "q5_1": 8}  # bytes of a block before its codes
 
 
 @dataclass
 class GGMLBlocks(Packed):
     """An (out, in) matrix of ggml blocks of one kind.
 
-    In memory the blocks of Q8_0, Q4_0, Q4_1 and MXFP4 are held split, in the form compiled kernels read in one
-    flat loop: `codes`, every block's code bytes in order ((out, in) int8 for Q8_0; (out, in / 2) uint8 for the
-    4-bit kinds, byte j of a block holding weights j and j + 16), `scale` (out, in / 32) float32 (d; for MXFP4
-    2^(e - 127)) and, for Q4_1, `minimum` (out, in / 32) float32. float16 to float32 is exact both ways, so
-    `blocks` rebuilds the stored bytes exactly. K-quant blocks are held as stored, in `codes`.
+    In memory the blocks of Q8_0, Q4_0, Q4_1, MXFP4, Q5_0 and Q5_1 are held split, in the form compiled kernels read
+    in one flat loop: `codes`, every block's code bytes in order ((out, in) int8 for Q8_0; (out, in / 2) uint8 for
+    the 4- and 5-bit kinds, byte j of a block holding the low four bits of weights j and j + 16), `scale` (out,
+    in / 32) float32 (d; for MXFP4 2^(e - 127)), for Q4_1 and Q5_1 `minimum` (out, in / 32) float32, and for the
+    5-bit kinds `high` (out, in / 32) uint32, bit j the fifth bit of weight j. float16 to float32 is exact both
+    ways, so `blocks` rebuilds the stored bytes exactly. K-quant blocks are held as stored, in `codes`.
     """
 
     kind: str
@@ -135,6 +137,7 @@ class GGMLBlocks(Packed):
     scale: np.ndarray | None
     minimum: np.ndarray | None
     shape: tuple[int, int]
+    high: np.ndarray | None = None
 
     @property
     def format(self) -> str:
@@ -151,10 +154,12 @@ class GGMLBlocks(Packed):
             scale = np.ldexp(np.float32(1), b[..., 0].astype(np.int32) - 127)
         else:
             scale = b[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
-        minimum = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if kind == "q4_1" else None
-        head = {"q8_0": 2, "q4_0": 2, "q4_1": 4, "mxfp4": 1}[kind]
-        codes = b[..., head:].reshape(out, -1)
-        return cls(kind, codes.view(np.int8) if kind == "q8_0" else codes, scale, minimum, tuple(shape))
+        offset = kind in ("q4_1", "q5_1")
+        minimum = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if offset else None
+        high = b[..., HEAD[kind] - 4:HEAD[kind]].copy().view("<u4")[..., 0].astype(np.uint32) \
+            if kind in ("q5_0", "q5_1") else None
+        codes = np.ascontiguousarray(b[..., HEAD[kind]:].reshape(out, -1))
+        return cls(kind, codes.view(np.int8) if kind == "q8_0" else codes, scale, minimum, tuple(shape), high)
 
     @property
     def blocks(self) -> np.ndarray:
@@ -169,6 +174,8 @@ class GGMLBlocks(Packed):
             head = [self.scale.astype(np.float16)[..., None].view(np.uint8)]
             if self.minimum is not None:
                 head.append(self.minimum.astype(np.float16)[..., None].view(np.uint8))
+            if self.high is not None:
+                head.append(self.high.astype("<u4")[..., None].view(np.uint8))
         codes = self.codes.view(np.uint8).reshape(out, n // QK, -1)
         return np.concatenate([*head, codes], axis=2).reshape(out, -1)
 

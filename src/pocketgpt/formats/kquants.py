@@ -1,5 +1,7 @@
-"""llama.cpp's K-quants Q4_K, Q5_K and Q6_K: what most downloaded GGUF files hold. Dequantization only
-(llama.cpp's quantizer makes them); every value equals ggml's own dequantization bit for bit.
+"""llama.cpp's K-quants Q4_K, Q5_K and Q6_K: what most downloaded GGUF files hold, and the 5-bit blocks Q5_0
+and Q5_1 that those files use for rows K-quants cannot cut (a width that is not a multiple of 256, such as
+SmolLM2's 576: its Q4_K_M file is mostly Q5_0). Dequantization only (llama.cpp's quantizer makes them); every
+value equals ggml's own dequantization bit for bit.
 
 A super-block is QK_K = 256 weights in 8 sub-blocks of 32 (Q4_K, Q5_K) or 16 of 16 (Q6_K). All fields are
 little-endian; d and dmin are float16.
@@ -16,6 +18,12 @@ Q6_K, 210 bytes: ql (128) | qh (64) | scales (16, int8) | d (2)
   each half of 128 weights uses 64 bytes of ql and 32 of qh: for l < 32 the four weights l, l + 32, l + 64,
   l + 96 take the low nibble of ql[l], of ql[l + 32], the high nibble of ql[l], of ql[l + 32], and the two-bit
   fields 0, 2, 4, 6 of qh[l] as their top bits; q - 32 times d times the int8 scale of its group of 16.
+
+Q5_0 and Q5_1 blocks hold 32 weights:
+Q5_0, 22 bytes: d (2) | qh (4, a little-endian uint32) | qs (16)
+  weight j < 16 is the low nibble of qs[j] with bit j of qh as its fifth bit, weight j + 16 the high nibble of
+  qs[j] with bit j + 16; w = d * (q - 16).
+Q5_1, 24 bytes: d (2) | m (2) | qh (4) | qs (16); the codes as Q5_0, w = d * q + m.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 QK_K = 256
-BLOCK_BYTES = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
+BLOCK_BYTES = {"q4_k": 144, "q5_k": 176, "q6_k": 210, "q5_0": 22, "q5_1": 24}
+BLOCK_WEIGHTS = {"q4_k": QK_K, "q5_k": QK_K, "q6_k": QK_K, "q5_0": 32, "q5_1": 32}
 
 
 def _half(b: np.ndarray) -> np.ndarray:
@@ -81,4 +90,26 @@ def dequantize_q6_k(blocks: np.ndarray, n: int) -> np.ndarray:
     return w.reshape(*np.shape(blocks)[:-1], n)
 
 
-DEQUANTIZE = {"q4_k": dequantize_q4_k, "q5_k": dequantize_q5_k, "q6_k": dequantize_q6_k}
+def _five_bits(b: np.ndarray) -> np.ndarray:
+    """(n, 20) bytes qh (4) | qs (16) of Q5_0 or Q5_1 blocks -> codes 0..31, (n, 32) float32."""
+    qh = b[:, 0:4].copy().view("<u4")  # (n, 1)
+    high = (qh >> np.arange(32, dtype=np.uint32)[None, :]) & 1  # (n, 32): the fifth bit of each weight
+    qs = b[:, 4:20]
+    low = np.concatenate([qs & 15, qs >> 4], axis=1)
+    return (low + 16 * high).astype(np.float32)
+
+
+def dequantize_q5_0(blocks: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q5_0"])
+    w = _half(b[:, 0:2]) * (_five_bits(b[:, 2:22]) - np.float32(16.0))
+    return w.reshape(*np.shape(blocks)[:-1], n)
+
+
+def dequantize_q5_1(blocks: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q5_1"])
+    w = _half(b[:, 0:2]) * _five_bits(b[:, 4:24]) + _half(b[:, 2:4])
+    return w.reshape(*np.shape(blocks)[:-1], n)
+
+
+DEQUANTIZE = {"q4_k": dequantize_q4_k, "q5_k": dequantize_q5_k, "q6_k": dequantize_q6_k, "q5_0": dequantize_q5_0,
+              "q5_1": dequantize_q5_1}

@@ -1,6 +1,7 @@
 """Loading GGUF files (llama.cpp's format, read with the `gguf` package) as pocketgpt checkpoints: architecture
-`llama` (SmolLM2, MobileLLM, Llama-style small models), tensors in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
-Q5_K or Q6_K; the tokenizer (GPT-2-style byte-level BPE) and the chat template from the metadata.
+`llama` (SmolLM2, MobileLLM, Llama-style small models), tensors in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+Q5_1, Q4_K, Q5_K or Q6_K (a Q4_K_M file of SmolLM2 is mostly Q5_0); the tokenizer (GPT-2-style byte-level BPE)
+and the chat template from the metadata.
 Matrices are kept packed as stored (GGMLBlocks, HalfFloats), which the kernels run directly, or with
 packed=False expanded to float32 (for fine-tuning or quantizing again). A matrix pocketgpt holds as one but the
 file as several (attn_q, attn_k and attn_v; ffn_gate and ffn_up) stays packed when its parts share a type, and
@@ -35,7 +36,8 @@ from pocketgpt.train import Checkpoint
 
 ARCHITECTURES = ("llama",)
 FLOAT_TYPES = ("F32", "F16", "BF16")
-BLOCK_TYPES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k"}
+BLOCK_TYPES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q4_K": "q4_k",
+               "Q5_K": "q5_k", "Q6_K": "q6_k"}
 PRE_TOKENIZERS = {"gpt2": "gpt2", "gpt-2": "gpt2", "smollm": "gpt2", "default": "gpt2", "llama-bpe": "llama3"}
 SPECIAL_TYPES = (3, 4)  # control and user-defined tokens: cut out of the text before BPE
 BLOCK_NAMES = {"attn_norm": "ln_1", "attn_output": "attn.c_proj", "ffn_norm": "ln_2", "ffn_down": "mlp.c_proj"}

@@ -6,7 +6,8 @@ What decides: float32 activations run compiled kernels (float64 runs the referen
 runs the weight layout's fused kernel, of up to ROWS_UP_TO tokens the row-decoding kernel, of more (a prompt)
 decodes tiles of rows that BLAS multiplies; llama.cpp's blocks meet up to ROWS_UP_TO tokens with integer dot
 products of activations rounded to 8 bits where the machine has AVX2 (int8_dots, set_int8_dots: intdot);
-attention of up to ATTENTION_UP_TO new tokens per sequence runs compiled, a longer prompt through BLAS.
+attention of up to ATTENTION_UP_TO new tokens per sequence runs compiled, a longer prompt PROMPT_BLOCK queries at
+a time through BLAS and the compiled masked softmax, the causal triangle beyond each block never computed.
 Compiled kernels are cached on disk (numba's NUMBA_CACHE_DIR, else ~/.cache/pocketgpt/numba/<a digest of this
 package's sources>, so that a changed kernel is compiled afresh), and only a machine's first run compiles them.
 Legend: N tokens, n input width, R output rows, C channels, B batch, T new tokens, nh heads, hs head size.

@@ -10,12 +10,14 @@ from numba import njit
 
 from pocketgpt.formats import Packed
 from pocketgpt.formats.groups import quantize_per_token
+from pocketgpt.formats.kv4 import expand
 from pocketgpt.kernels import ops, products, reference, training
 from pocketgpt.kernels.layouts import Layout, layout
 
 ROWS_UP_TO = 32  # tokens whose product decodes each row once and dots it with every token; more: tiles and BLAS
 TILE_BYTES = 1 << 19  # a tile of decoded rows stays in a core's L2 cache
 ATTENTION_UP_TO = 16  # new tokens per sequence that the compiled attention takes; more: BLAS
+PROMPT_BLOCK = 64  # a longer prompt's queries per block: a block reads the keys up to its own last query only
 F32 = np.dtype(np.float32)
 
 
@@ -333,10 +335,34 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows=None, first=0) -
     B, T = q.shape[:2]
     rows = np.arange(B) if rows is None else np.asarray(rows, np.int64)
     first = firsts(first, B)
-    if T > ATTENTION_UP_TO or not _compiled(q, k, v):
+    if not _compiled(q, k, v):
         return reference.attention(q, k, v, rows, first)
+    if T > ATTENTION_UP_TO:
+        return _prompt_attention(q, k, v, rows, first)
     out = np.empty(q.shape, F32)
     ops.attention(np.ascontiguousarray(q), k, v, rows, first, out)
+    return out
+
+
+def _prompt_attention(q, k, v, rows, first) -> np.ndarray:
+    """attention() of a long prompt, PROMPT_BLOCK queries at a time: a block's scores against the keys up to its
+    last query only (the causal triangle beyond it is never computed), by BLAS, their softmax by the compiled
+    masked softmax in place, then BLAS again for the values."""
+    B, T, nh, hs = q.shape
+    nkv = k.shape[1]
+    g = nh // nkv
+    out = np.empty(q.shape, F32)
+    scale = np.float32(1.0 / np.sqrt(hs))
+    for b in range(B):
+        row, start = int(rows[b]), int(first[b])
+        for t0 in range(0, T, PROMPT_BLOCK):
+            n = min(PROMPT_BLOCK, T - t0)
+            end = start + t0 + n
+            queries = (q[b, t0:t0 + n].transpose(1, 0, 2) * scale).reshape(nkv, g * n, hs)  # a group's heads stacked
+            att = queries @ k[row, :, :end].transpose(0, 2, 1)  # (nkv, g n, end)
+            seen = np.arange(end)[None, :] <= start + t0 + np.arange(n)[:, None]
+            training.masked_softmax(att.reshape(-1, end), np.where(seen, np.float32(0.0), np.float32(-np.inf)))
+            out[b, t0:t0 + n] = (att @ v[row, :, :end]).reshape(nh, n, hs).transpose(1, 0, 2)
     return out
 
 
@@ -344,8 +370,11 @@ def attention_q4(q: np.ndarray, arrays: tuple[np.ndarray, ...], group: int, firs
     """attention() over one layer of a 4-bit KV cache (pocketgpt.formats.kv4.LAYER_ARRAYS), read as stored."""
     B, T = q.shape[:2]
     first = firsts(first, B)
-    if T > ATTENTION_UP_TO or not _compiled(q):
+    if not _compiled(q):
         return reference.attention_q4(q, *arrays, group, first)
+    if T > ATTENTION_UP_TO:  # a prompt: the cache expanded once, then block by block as over a float cache
+        keys, values = expand(*arrays, group, int(first.max()) + T)
+        return _prompt_attention(q, keys.astype(F32, copy=False), values.astype(F32, copy=False), np.arange(B), first)
     halves = tuple(a.view(np.uint16) if a.dtype == np.float16 else a for a in arrays)
     out = np.empty(q.shape, F32)
     ops.attention_q4(np.ascontiguousarray(q), *halves, group, first, out)

@@ -86,7 +86,7 @@ def _build(w) -> Layout:
     if isinstance(w, HalfFloats):
         return Layout(w.kind, (w.bits,))
     if isinstance(w, GGMLBlocks):
-        return Layout(w.kind, tuple(a for a in (w.codes, w.scale, w.minimum) if a is not None))
+        return Layout(w.kind, tuple(a for a in (w.codes, w.scale, w.minimum, w.high) if a is not None))
     if isinstance(w, GroupQuantized):
         out, n = w.shape
         groups = n // w.group_size

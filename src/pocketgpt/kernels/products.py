@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from pocketgpt.kernels import intdot
-from pocketgpt.kernels.decoders import F32, INT4, INT8, Q4_0, Q4_1, Q8_0, decode
+from pocketgpt.kernels.decoders import F32, INT4, INT8, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, decode
 from pocketgpt.kernels.intdot import (
     q4_0_dots1,
     q4_0_dots2,
@@ -218,6 +218,37 @@ def mv_q4_1(parts, x, y):
         y[r] = acc + t
 
 
+@njit(**BODY)
+def _fifth_bits(dr, hr, x):
+    """16 sum_k d_(k/32) bit_k x_k: what the fifth bits of one row of Q5_0 or Q5_1 blocks add to its product (bit k
+    of a block's word h is that of its weight k; x in the row's own order)."""
+    acc = np.float32(0.0)
+    for k in range(x.size):
+        acc += dr[k >> 5] * np.float32((np.int64(hr[k >> 5]) >> (k & 31)) & 1) * x[k]
+    return SIXTEEN * acc
+
+
+@njit(**BODY)
+def mv_q5(parts, x, y, offset):
+    """parts (q, d, h) for Q5_0, w = d (u - 16), or with offset (q, d, m, h) for Q5_1, w = d u + m: u the nibble
+    of q (as Q4_0's) plus 16 times the weight's bit of h (R, n/32) uint32."""
+    q, d, h = parts[0], parts[1], parts[-1]
+    m = parts[2] if offset else d
+    xa, xc = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
+    xs = np.empty(d.shape[1], np.float32)
+    _block_halves(x, xa, xc, xs)
+    for r in prange(q.shape[0]):
+        qr, dr, mr = q[r], d[r], m[r]
+        acc = np.float32(0.0)
+        for k in range(xa.size):
+            f = np.float32(qr[k])
+            acc += dr[k >> 4] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
+        t = np.float32(0.0)
+        for b in range(xs.size):
+            t += (mr[b] if offset else np.float32(-16.0) * dr[b]) * xs[b]
+        y[r] = acc + t + _fifth_bits(dr, h[r], x)
+
+
 @njit(**PARALLEL)
 def matvec_f32(parts, x, y):
     mv_f32(parts, x, y)
@@ -236,6 +267,16 @@ def matvec_q4_0(parts, x, y):
 @njit(**PARALLEL)
 def matvec_q4_1(parts, x, y):
     mv_q4_1(parts, x, y)
+
+
+@njit(**PARALLEL)
+def matvec_q5_0(parts, x, y):
+    mv_q5(parts, x, y, False)
+
+
+@njit(**PARALLEL)
+def matvec_q5_1(parts, x, y):
+    mv_q5(parts, x, y, True)
 
 
 @njit(**EXACT_PARALLEL)
@@ -315,6 +356,7 @@ matvec_int8_32, matvec_int8_64, matvec_int8_128 = (int8_matvec(g) for g in (32, 
 
 INT_FUSED = {Q8_0: int_matvec_q8_0, Q4_0: int_matvec_q4_0, Q4_1: int_matvec_q4_1}  # with int8_dots()
 FUSED = {(F32, 0): matvec_f32, (Q8_0, 0): matvec_q8_0, (Q4_0, 0): matvec_q4_0, (Q4_1, 0): matvec_q4_1,
+         (Q5_0, 0): matvec_q5_0, (Q5_1, 0): matvec_q5_1,
          (INT4, 32): matvec_int4_32, (INT4, 64): matvec_int4_64, (INT4, 128): matvec_int4_128,
          (INT8, 32): matvec_int8_32, (INT8, 64): matvec_int8_64, (INT8, 128): matvec_int8_128}
 
@@ -340,6 +382,10 @@ def fused_matvec(parts, x, y, kind, group, int8):
             int_matvec_q4_1(parts, x, y)
         else:
             matvec_q4_1(parts, x, y)
+    elif kind == Q5_0:
+        matvec_q5_0(parts, x, y)
+    elif kind == Q5_1:
+        matvec_q5_1(parts, x, y)
     elif kind == INT4:
         if group == 32:
             matvec_int4_32(parts, x, y)
@@ -413,12 +459,12 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
 
 
 def to_split_order(kind: int, x: np.ndarray) -> np.ndarray:
-    """Tokens x (N, n) with each row's positions in the split order of `kind`: Q4_0, Q4_1 (byte k of a block of 32
-    holds weights j and j + 16 of the block) and int4 (byte k holds weights 2k and 2k + 1) permuted, the others
-    as they are. A copy into a fresh array (NumPy copies a transposed view into a given array faster than it
+    """Tokens x (N, n) with each row's positions in the split order of `kind`: the 4- and 5-bit blocks (byte k of a
+    block of 32 holds weights j and j + 16 of the block) and int4 (byte k holds weights 2k and 2k + 1) permuted, the
+    others as they are. A copy into a fresh array (NumPy copies a transposed view into a given array faster than it
     reshapes one)."""
     N, n = x.shape
-    if kind in (Q4_0, Q4_1):
+    if kind in (Q4_0, Q4_1, Q5_0, Q5_1):
         view, into = x.reshape(N, n // 32, 2, 16).transpose(0, 2, 1, 3), (N, 2, n // 32, 16)
     elif kind == INT4:
         view, into = x.reshape(N, n // 2, 2).transpose(0, 2, 1), (N, 2, n // 2)
@@ -469,10 +515,10 @@ def _rows_f32(parts, xs, y):
 
 
 def split_rows(kind: int, group: int = 0) -> Callable:
-    """rows(parts, xs, y) for a hot layout other than llama.cpp's blocks, which block_tokens reads in place (f32,
-    int4 and int8 groups of 32, 64 or 128): xs (B, n) the tokens in split order (to_split_order), y (B, R); each row
-    decoded once, in split order, into a buffer, then dotted with every token. Made per (kind, group): both are
-    constants inside the parallel loop."""
+    """rows(parts, xs, y) for a hot layout other than the llama.cpp blocks that block_tokens reads in place (f32,
+    Q5_0, Q5_1, int4 and int8 groups of 32, 64 or 128): xs (B, n) the tokens in split order (to_split_order), y
+    (B, R); each row decoded once, in split order, into a buffer, then dotted with every token. Made per (kind,
+    group): both are constants inside the parallel loop."""
     if kind in BLOCK_TOKENS:
         raise ValueError("llama.cpp's blocks take a few tokens through block_tokens")
     shift = (group // 2).bit_length() - 1 if kind == INT4 else group.bit_length() - 1
@@ -493,6 +539,24 @@ def split_rows(kind: int, group: int = 0) -> Callable:
                         g = k >> shift
                         buf[k] = s[r, g] * (f - SIXTEEN * hi - z[r, g])
                         buf[h + k] = s[r, g] * (hi - z[r, g])
+                    _dot_each(buf, xs, y, r)
+        elif kind == Q5_0 or kind == Q5_1:  # the nibbles as Q4_0's, plus 16 times each weight's bit of h
+            q, d, hb = parts[0], parts[1], parts[-1]
+            m = parts[2] if kind == Q5_1 else d
+            R, hn = q.shape
+            for c in prange(min(R, 64)):
+                buf = np.empty(2 * hn, np.float32)
+                for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
+                    for k in range(hn):
+                        f = np.float32(q[r, k])
+                        hi = np.floor(f * SIXTEENTH)
+                        bits, j = np.int64(hb[r, k >> 4]), k & 15
+                        lo5 = f - SIXTEEN * hi + SIXTEEN * np.float32((bits >> j) & 1)
+                        hi5 = hi + SIXTEEN * np.float32((bits >> (j + 16)) & 1)
+                        if kind == Q5_1:
+                            buf[k], buf[hn + k] = d[r, k >> 4] * lo5 + m[r, k >> 4], d[r, k >> 4] * hi5 + m[r, k >> 4]
+                        else:
+                            buf[k], buf[hn + k] = d[r, k >> 4] * (lo5 - SIXTEEN), d[r, k >> 4] * (hi5 - SIXTEEN)
                     _dot_each(buf, xs, y, r)
         else:  # INT8
             q, s, z = parts[0], parts[1], parts[2]
@@ -555,6 +619,25 @@ def split_tile(kind: int, group: int = 0) -> Callable:
                             hi = np.floor(f * SIXTEENTH)
                             out[i, k] = d[r, k >> 4] * (f - SIXTEEN * hi - np.float32(8.0))
                             out[i, h + k] = d[r, k >> 4] * (hi - np.float32(8.0))
+        elif kind == Q5_0 or kind == Q5_1:  # as Q4_0 and Q4_1, plus 16 times each weight's bit of hb
+            q, d, hb = parts[0], parts[1], parts[-1]
+            m = parts[2] if kind == Q5_1 else d
+            h = q.shape[1]
+            for c in prange(chunks):
+                for i in range(c * M // chunks, (c + 1) * M // chunks):
+                    r = r0 + i
+                    for k in range(h):
+                        f = np.float32(q[r, k])
+                        hi = np.floor(f * SIXTEENTH)
+                        bits, j = np.int64(hb[r, k >> 4]), k & 15
+                        lo5 = f - SIXTEEN * hi + SIXTEEN * np.float32((bits >> j) & 1)
+                        hi5 = hi + SIXTEEN * np.float32((bits >> (j + 16)) & 1)
+                        if kind == Q5_1:
+                            out[i, k] = d[r, k >> 4] * lo5 + m[r, k >> 4]
+                            out[i, h + k] = d[r, k >> 4] * hi5 + m[r, k >> 4]
+                        else:
+                            out[i, k] = d[r, k >> 4] * (lo5 - SIXTEEN)
+                            out[i, h + k] = d[r, k >> 4] * (hi5 - SIXTEEN)
         elif kind == INT4:  # w = s (u - z); byte k holds weights 2k and 2k + 1
             q, s, z = parts[0], parts[1], parts[2]
             h = q.shape[1]  # bytes of a row
