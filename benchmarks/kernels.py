@@ -4,8 +4,9 @@
     python benchmarks/kernels.py --llama-cpp LLAMA_CPP/build/bin [--chunks 20] [--write-readme]
     python benchmarks/kernels.py --toy [--write-readme]
 
-- speed on the shipped Q4_1 file and on Q4_0 and Q8_0 copies of it (`llama-quantize --allow-requantize`, the
-  token embedding kept Q8_0 as shipped; written to a temporary folder): prefill of a 512-token prompt and decode
+- speed on the shipped Q4_1 file and on Q4_0, Q8_0 and Q4_K_M copies of it (`llama-quantize --allow-requantize`,
+  the token embedding kept Q8_0 as shipped; written to a temporary folder; the Q4_K_M copy is mostly Q5_0, with
+  Q4_K and Q6_K where rows allow): prefill of a 512-token prompt and decode
   of 128 tokens (greedy, after a one-token prompt), tokens/s, pocketgpt running the packed weights and
   `llama-bench -t 2 -p 512 -n 128` on the same file, alternately, twice; best of each;
 - the same model expanded to float32 (`load(path, packed=False)`), decoded the same way;
@@ -112,7 +113,7 @@ def child(*args: str, cache_dir: str | None = None) -> list[str]:
 
 def copies(bin_dir: Path, path: Path, folder: Path) -> dict[str, Path]:
     files = {"Q4_1 (shipped)": path}
-    for kind in ("Q4_0", "Q8_0"):
+    for kind in ("Q4_0", "Q8_0", "Q4_K_M"):
         out = folder / f"smollm2-{kind}.gguf"
         subprocess.run([str(bin_dir / "llama-quantize"), "--allow-requantize", "--token-embedding-type", "q8_0",
                         str(path), str(out), kind], capture_output=True, check=True)
@@ -173,7 +174,8 @@ def main() -> None:
     rows += ["", f"The same weights expanded to float32 (538 MB): prefill {float_prefill:.1f}, decode "
              f"{float_decode:.1f} tokens/s; packed decode over float32 decode: Q4_1 **"
              f"{speeds['Q4_1 (shipped)'] / float_decode:.2f}x**, Q4_0 **{speeds['Q4_0'] / float_decode:.2f}x**, "
-             f"Q8_0 **{speeds['Q8_0'] / float_decode:.2f}x** (load average {loadavg()})."]
+             f"Q8_0 **{speeds['Q8_0'] / float_decode:.2f}x**, Q4_K_M **{speeds['Q4_K_M'] / float_decode:.2f}x** "
+             f"(load average {loadavg()})."]
     print(rows[-1], flush=True)
     tok = load(path).tokenizer
     ids = np.array(tok.encode(load_corpus("shakespeare").val))

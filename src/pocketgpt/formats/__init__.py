@@ -1,6 +1,6 @@
 """Packed weight formats, each documented byte by byte beside the code that packs it: pocketgpt's integer
-groups (groups), llama.cpp's blocks (ggml: Q8_0, Q4_0, Q4_1, MXFP4; kquants: Q4_K, Q5_K, Q6_K), 16-bit floats
-(floats: f16, bf16). NumPy only; nothing here knows a model or runs a product (pocketgpt.kernels does).
+groups (groups), llama.cpp's blocks (ggml: Q8_0, Q4_0, Q4_1, MXFP4; kquants: Q4_K, Q5_K, Q6_K, Q5_0, Q5_1),
+16-bit floats (floats: f16, bf16). NumPy only; nothing here knows a model or runs a product (pocketgpt.kernels does).
 
 FORMATS maps the name a checkpoint records to the class that rebuilds the matrix (`load_packed`).
 """

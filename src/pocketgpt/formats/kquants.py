@@ -90,6 +90,55 @@ def dequantize_q6_k(blocks: np.ndarray, n: int) -> np.ndarray:
     return w.reshape(*np.shape(blocks)[:-1], n)
 
 
+# ----------------------------------------------------------------------------- the K-quants as 32- and 16-weight blocks
+# Each K-quant is, weight for weight and with the same float32 arithmetic, a format of smaller blocks that the
+# compiled kernels run fused: Q4_K and Q5_K are Q4_1 and Q5_1 blocks of 32 (w = d u + m with d = d * sc and
+# m = -(dmin * m) of each sub-block: ggml's own d1 * q - m1), Q6_K is 8-bit groups of 16 (w = s (u - 32) with
+# s = d * scale). These return those blocks' split parts (pocketgpt.formats.ggml.GGMLBlocks), rows (R, ...).
+
+
+def _q4_k_fields(b: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Super-blocks (R * s, bytes) of Q4_K or Q5_K -> codes u (R, n) in weight order without the fifth bit, and the
+    scales d (R, n/32) and offsets m (R, n/32) of their sub-blocks."""
+    d, dmin = _half(b[:, 0:2]), _half(b[:, 2:4])
+    sc, m = _scales_mins(b[:, 4:16])
+    u = _nibbles(b[:, -128:])  # (R s, 8, 32)
+    return u.reshape(rows, -1), (d * sc).reshape(rows, -1), (-(dmin * m)).reshape(rows, -1)
+
+
+def _pack_low_nibbles(u: np.ndarray) -> np.ndarray:
+    """Codes (R, n) -> Q4_0/Q4_1 code bytes (R, n/2): byte j of a block of 32 holds weights j and j + 16."""
+    blocks = u.reshape(u.shape[0], -1, 2, 16) & 15
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).astype(np.uint8).reshape(u.shape[0], -1)
+
+
+def as_q4_1(blocks: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_K rows (R, bytes) -> Q4_1 parts (codes, d, m)."""
+    u, d, m = _q4_k_fields(np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q4_k"]), rows)
+    return _pack_low_nibbles(u), d, m
+
+
+def as_q5_1(blocks: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Q5_K rows (R, bytes) -> Q5_1 parts (codes, d, m, high): high bit i of a block's word is weight i's fifth."""
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q5_k"])
+    u, d, m = _q4_k_fields(b, rows)
+    fifth = ((b[:, 16:48][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(rows, -1, 32)
+    high = (fifth.astype(np.uint32) << np.arange(32, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+    return _pack_low_nibbles(u), d, m, high
+
+
+def as_int8_groups(blocks: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q6_K rows (R, bytes) -> 8-bit groups of 16: codes u (R, n) uint8 (0..63), scales s and zero points 32,
+    (R, n/16) float32 each."""
+    b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q6_k"])
+    ql, qh = b[:, 0:128].reshape(-1, 2, 64), b[:, 128:192].reshape(-1, 2, 32)
+    low = np.stack([ql[..., :32] & 15, ql[..., 32:] & 15, ql[..., :32] >> 4, ql[..., 32:] >> 4], axis=2)
+    top = np.stack([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], axis=2)
+    u = (low | (top << 4)).reshape(rows, -1)
+    s = (_half(b[:, 208:210]) * b[:, 192:208].view(np.int8).astype(np.float32)).reshape(rows, -1)
+    return np.ascontiguousarray(u), s, np.full(s.shape, 32, np.float32)
+
+
 def _five_bits(b: np.ndarray) -> np.ndarray:
     """(n, 20) bytes qh (4) | qs (16) of Q5_0 or Q5_1 blocks -> codes 0..31, (n, 32) float32."""
     qh = b[:, 0:4].copy().view("<u4")  # (n, 1)

@@ -1,5 +1,7 @@
 """A weight matrix as compiled kernels read it: its layout's arrays, row decoder and matrix-vector body (fused for
-the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float.
+the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float. The K-quants are
+read as the layouts of smaller blocks that compute the same weights (Q4_K as Q4_1, Q5_K as Q5_1, Q6_K as 8-bit
+groups of 16; pocketgpt.formats.kquants), their codes repacked once, the stored blocks kept for saving.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocketgpt.formats import GGMLBlocks, GroupQuantized, HalfFloats, Packed
+from pocketgpt.formats import GGMLBlocks, GroupQuantized, HalfFloats, Packed, kquants
 from pocketgpt.kernels import decoders, products
 
 
@@ -86,6 +88,13 @@ def _build(w) -> Layout:
     if isinstance(w, HalfFloats):
         return Layout(w.kind, (w.bits,))
     if isinstance(w, GGMLBlocks):
+        rows = w.shape[0]
+        if w.kind == "q4_k":  # as the fused layouts whose arithmetic is theirs (pocketgpt.formats.kquants)
+            return Layout("q4_1", kquants.as_q4_1(w.codes, rows))
+        if w.kind == "q5_k":
+            return Layout("q5_1", kquants.as_q5_1(w.codes, rows))
+        if w.kind == "q6_k":
+            return Layout("int8", (*kquants.as_int8_groups(w.codes, rows), np.array([8], np.int64)), 16)
         return Layout(w.kind, tuple(a for a in (w.codes, w.scale, w.minimum, w.high) if a is not None))
     if isinstance(w, GroupQuantized):
         out, n = w.shape

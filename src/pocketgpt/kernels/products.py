@@ -352,13 +352,14 @@ def int8_matvec(group: int) -> Callable:
 
 
 matvec_int4_32, matvec_int4_64, matvec_int4_128 = (int4_matvec(g) for g in (32, 64, 128))
-matvec_int8_32, matvec_int8_64, matvec_int8_128 = (int8_matvec(g) for g in (32, 64, 128))
+matvec_int8_16, matvec_int8_32, matvec_int8_64, matvec_int8_128 = (int8_matvec(g) for g in (16, 32, 64, 128))
 
 INT_FUSED = {Q8_0: int_matvec_q8_0, Q4_0: int_matvec_q4_0, Q4_1: int_matvec_q4_1}  # with int8_dots()
 FUSED = {(F32, 0): matvec_f32, (Q8_0, 0): matvec_q8_0, (Q4_0, 0): matvec_q4_0, (Q4_1, 0): matvec_q4_1,
          (Q5_0, 0): matvec_q5_0, (Q5_1, 0): matvec_q5_1,
          (INT4, 32): matvec_int4_32, (INT4, 64): matvec_int4_64, (INT4, 128): matvec_int4_128,
-         (INT8, 32): matvec_int8_32, (INT8, 64): matvec_int8_64, (INT8, 128): matvec_int8_128}
+         (INT8, 16): matvec_int8_16, (INT8, 32): matvec_int8_32, (INT8, 64): matvec_int8_64,
+         (INT8, 128): matvec_int8_128}  # 8-bit groups of 16: Q6_K (pocketgpt.formats.kquants)
 
 
 @njit(cache=True, inline="always")
@@ -393,6 +394,8 @@ def fused_matvec(parts, x, y, kind, group, int8):
             matvec_int4_64(parts, x, y)
         else:
             matvec_int4_128(parts, x, y)
+    elif group == 16:
+        matvec_int8_16(parts, x, y)
     elif group == 32:
         matvec_int8_32(parts, x, y)
     elif group == 64:
