@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from pocketgpt import kernels
 from pocketgpt.cli import main
 from pocketgpt.data import read_text
 from pocketgpt.interop import load
@@ -140,16 +141,25 @@ def test_a_gguf_in_the_5_bit_blocks_of_k_quant_files_runs_packed(tmp_path):
     same weights expanded to float32 (float tolerance: products summed in another order)."""
     Q = gguf.GGMLQuantizationType
     types = {**{f"blk.0.attn_{x}.weight": Q.Q5_0 for x in "qkv"}, **{f"blk.0.ffn_{x}.weight": Q.Q5_1 for x in
-             ("gate", "up")}, "blk.1.ffn_down.weight": Q.Q5_0, "blk.1.attn_output.weight": Q.Q5_1}
+             ("gate", "up")}, "blk.1.ffn_down.weight": Q.Q5_0, "blk.1.attn_output.weight": Q.Q5_1,
+             "blk.1.attn_q.weight": Q.Q5_0, "blk.1.attn_k.weight": Q.Q4_0, "blk.1.attn_v.weight": Q.Q8_0}
     path = write_gguf(tmp_path / "q5.gguf", types=types)
     packed, floats = load(path).model(), load(path, packed=False).model()
     reader = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
     up = packed.stored("h.0.mlp.c_fc.weight")  # gate and up, one above the other
     assert up.format == "q5_1" and packed.stored("h.0.attn.c_attn.weight").format == "q5_0"
+    mixed = packed.stored("h.1.attn.c_attn.weight")  # Q5_0, Q4_0 and Q8_0 rows: all as Q8_0, the same weights
+    assert mixed.format == "q8_0"
+    np.testing.assert_array_equal(mixed.dequantize(), floats.stored("h.1.attn.c_attn.weight"))
     expected = gguf.quants.dequantize(reader["blk.0.ffn_up.weight"].data, Q.Q5_1)
     np.testing.assert_array_equal(up.dequantize()[96:], expected)
     idx = np.array([[1, 5, 7, 2, 30]])
-    np.testing.assert_allclose(packed.forward(idx)[0], floats.forward(idx)[0], rtol=0, atol=1e-5)
+    on = kernels.int8_dots()
+    kernels.set_int8_dots(False)  # Q8_0 rows would round a few tokens' activations to 8 bits (kernels.intdot)
+    try:
+        np.testing.assert_allclose(packed.forward(idx)[0], floats.forward(idx)[0], rtol=0, atol=1e-5)
+    finally:
+        kernels.set_int8_dots(on)
 
 
 @pytest.mark.parametrize("damage,message", [

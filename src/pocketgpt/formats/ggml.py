@@ -208,3 +208,23 @@ def quantize_blocks(w: np.ndarray, kind: str) -> GGMLBlocks:
     """An (out, in) float matrix as ggml blocks of `kind`."""
     w = np.asarray(w, np.float32)
     return GGMLBlocks.from_blocks(kind, QUANTIZE[kind](w), tuple(w.shape))
+
+
+SYMMETRIC = {"q4_0": 8, "q5_0": 16}  # the blocks whose weights are d (u - offset), and their offsets
+
+
+def as_q8_0(w: GGMLBlocks) -> GGMLBlocks:
+    """Q4_0 or Q5_0 blocks as Q8_0 blocks of the same weights, exactly: the same d, and u - offset as the int8
+    code (d q is then the very product those formats compute). So a matrix whose parts mix these with Q8_0 (a
+    Q4_K_M file's attn_v beside its attn_q and attn_k) stays packed in one format."""
+    if w.kind == "q8_0":
+        return w
+    out, n = w.shape
+    u = np.empty((out, n), np.int16)
+    blocks = w.codes.reshape(out, n // QK, QK // 2)
+    u.reshape(out, n // QK, 2, QK // 2)[:, :, 0] = blocks & 15
+    u.reshape(out, n // QK, 2, QK // 2)[:, :, 1] = blocks >> 4
+    if w.high is not None:  # the fifth bits
+        u += 16 * ((w.high[:, :, None] >> np.arange(QK, dtype=np.uint32)) & 1).reshape(out, n).astype(np.int16)
+    codes = (u - SYMMETRIC[w.kind]).astype(np.int8)
+    return GGMLBlocks("q8_0", codes, w.scale.copy(), None, w.shape)

@@ -29,7 +29,7 @@ from pocketgpt.config import GPTConfig
 from pocketgpt.errors import InputError
 from pocketgpt.formats import GGMLBlocks, Packed, stack_rows
 from pocketgpt.formats.floats import HalfFloats
-from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS
+from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, SYMMETRIC, as_q8_0
 from pocketgpt.model import param_shapes
 from pocketgpt.tokenizers import BPETokenizer
 from pocketgpt.train import Checkpoint
@@ -158,9 +158,13 @@ def tensor_array(t, path, packed: bool = False) -> np.ndarray | Packed:
 
 
 def join_rows(parts: list[np.ndarray | Packed]) -> np.ndarray | Packed:
-    """Matrices one above the other: packed if all are packed in one format, else float32."""
-    if all(isinstance(p, Packed) for p in parts) and len({(p.format, tuple(p.meta().items())) for p in parts}) == 1:
-        return stack_rows(parts)
+    """Matrices one above the other: packed if all are packed in one format (Q4_0 and Q5_0 beside Q8_0 re-expressed
+    as the Q8_0 blocks of the same weights), else float32."""
+    if all(isinstance(p, Packed) for p in parts):
+        if {p.format for p in parts} <= {"q8_0", *SYMMETRIC} and any(p.format == "q8_0" for p in parts):
+            parts = [as_q8_0(p) for p in parts]
+        if len({(p.format, tuple(p.meta().items())) for p in parts}) == 1:
+            return stack_rows(parts)
     return np.concatenate([p.dequantize() if isinstance(p, Packed) else p for p in parts])
 
 

@@ -8,8 +8,8 @@ row bit for bit; the products built on these decoders (pocketgpt.kernels.product
 Layouts: f32 (W), f16 and bf16 (the raw 16 bits), q8_0 (int8 codes, block scales), q4_0 and q4_1 (nibbles of
 each block of 32: weight j low, j + 16 high; scales, Q4_1's minimums), mxfp4 (as q4_0 with FP4 values and
 power-of-two scales), int (pocketgpt's little-endian bit stream of 2, 3, 4 or 8-bit codes, per-group scales and
-zero points), q4_k, q5_k and q6_k (the GGUF super-blocks as stored; see pocketgpt.formats.kquants), q5_0 and q5_1
-(as q4_0 and q4_1, with each block's fifth bits in one uint32).
+zero points), q4_k, q5_k and q6_k (the GGUF super-blocks as stored; see pocketgpt.formats.kquants), q5_1 (as
+q4_1, with each block's fifth bits in one uint32).
 """
 
 from __future__ import annotations
@@ -174,27 +174,20 @@ def q6_k(parts, r, out):
 
 
 @njit(**EXACT)
-def q5(parts, r, out, offset):
-    """Q5_0 (parts (q, d, h): w = d (u - 16)) or Q5_1 (offset; parts (q, d, m, h): w = d u + m): u the nibble of
-    q (as Q4_0's) plus 16 times bit j of the block's h for weight j."""
-    q, d, h = parts[0][r], parts[1][r], parts[-1][r]
-    m = parts[2][r] if offset else d
+def q5_1(parts, r, out):
+    """parts (q, d, m, h): w = d u + m, u the nibble of q (as Q4_1's) plus 16 times bit j of the block's h for
+    weight j. (Q5_0 runs as the Q8_0 blocks of the same weights: pocketgpt.formats.ggml.as_q8_0.)"""
+    q, d, m, h = parts[0][r], parts[1][r], parts[2][r], parts[3][r]
     for k in range(q.size):
         b, j = k >> 4, k & 15
         c, bits = np.int64(q[k]), np.int64(h[b])
-        lo = np.float32((c & 15) | (((bits >> j) & 1) << 4))
-        hi = np.float32((c >> 4) | (((bits >> (j + 16)) & 1) << 4))
-        if offset:
-            out[32 * b + j] = d[b] * lo + m[b]
-            out[32 * b + 16 + j] = d[b] * hi + m[b]
-        else:
-            out[32 * b + j] = d[b] * (lo - np.float32(16.0))
-            out[32 * b + 16 + j] = d[b] * (hi - np.float32(16.0))
+        out[32 * b + j] = d[b] * np.float32((c & 15) | (((bits >> j) & 1) << 4)) + m[b]
+        out[32 * b + 16 + j] = d[b] * np.float32((c >> 4) | (((bits >> (j + 16)) & 1) << 4)) + m[b]
 
 
 KINDS = {name: i for i, name in enumerate(("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "mxfp4", "int", "int4", "int8",
-                                           "q4_k", "q5_k", "q6_k", "q5_0", "q5_1"))}  # int4, int8: pocketgpt's groups
-F32, F16, BF16, Q8_0, Q4_0, Q4_1, MXFP4, INT, INT4, INT8, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1 = KINDS.values()
+                                           "q4_k", "q5_k", "q6_k", "q5_1"))}  # int4, int8: pocketgpt's groups
+F32, F16, BF16, Q8_0, Q4_0, Q4_1, MXFP4, INT, INT4, INT8, Q4_K, Q5_K, Q6_K, Q5_1 = KINDS.values()
 
 
 @njit(**EXACT)
@@ -225,7 +218,5 @@ def decode(parts, r, out, kind):
         q5_k(parts, r, out)
     elif kind == Q6_K:
         q6_k(parts, r, out)
-    elif kind == Q5_0:
-        q5(parts, r, out, False)
-    else:
-        q5(parts, r, out, True)
+    else:  # Q5_1 (Q5_0 runs as Q8_0)
+        q5_1(parts, r, out)

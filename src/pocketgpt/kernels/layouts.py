@@ -1,7 +1,8 @@
 """A weight matrix as compiled kernels read it: its layout's arrays, row decoder and matrix-vector body (fused for
-the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float. The K-quants are
-read as the layouts of smaller blocks that compute the same weights (Q4_K as Q4_1, Q5_K as Q5_1, Q6_K as 8-bit
-groups of 16; pocketgpt.formats.kquants), their codes repacked once, the stored blocks kept for saving.
+the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float. The K-quants and
+Q5_0 are read as the layouts of other blocks that compute the same weights in the same float32 arithmetic (Q4_K as
+Q4_1, Q5_K as Q5_1, Q6_K as 8-bit groups of 16, Q5_0 as Q8_0; pocketgpt.formats.kquants and ggml.as_q8_0), their
+codes repacked once, the stored blocks kept for saving.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketgpt.formats import GGMLBlocks, GroupQuantized, HalfFloats, Packed, kquants
+from pocketgpt.formats.ggml import as_q8_0
 from pocketgpt.kernels import decoders, products
 
 
@@ -95,6 +97,9 @@ def _build(w) -> Layout:
             return Layout("q5_1", kquants.as_q5_1(w.codes, rows))
         if w.kind == "q6_k":
             return Layout("int8", (*kquants.as_int8_groups(w.codes, rows), np.array([8], np.int64)), 16)
+        if w.kind == "q5_0":
+            q8 = as_q8_0(w)
+            return Layout("q8_0", (q8.codes, q8.scale))
         return Layout(w.kind, tuple(a for a in (w.codes, w.scale, w.minimum, w.high) if a is not None))
     if isinstance(w, GroupQuantized):
         out, n = w.shape

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from pocketgpt.kernels import intdot
-from pocketgpt.kernels.decoders import F32, INT4, INT8, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, decode
+from pocketgpt.kernels.decoders import F32, INT4, INT8, Q4_0, Q4_1, Q5_1, Q8_0, decode
 from pocketgpt.kernels.intdot import (
     q4_0_dots1,
     q4_0_dots2,
@@ -220,20 +220,20 @@ def mv_q4_1(parts, x, y):
 
 @njit(**BODY)
 def _fifth_bits(dr, hr, x):
-    """16 sum_k d_(k/32) bit_k x_k: what the fifth bits of one row of Q5_0 or Q5_1 blocks add to its product (bit k
-    of a block's word h is that of its weight k; x in the row's own order)."""
+    """16 sum_k d_(k/32) bit_k x_k: what the fifth bits of one row of Q5_1 blocks add to its product (bit k of a
+    block's word h is that of its weight k; x in the row's own order). In 32 bits: a shift of 64-bit lanes by a
+    variable takes twice as long here."""
     acc = np.float32(0.0)
     for k in range(x.size):
-        acc += dr[k >> 5] * np.float32((np.int64(hr[k >> 5]) >> (k & 31)) & 1) * x[k]
+        acc += dr[k >> 5] * np.float32((np.uint32(hr[k >> 5]) >> np.uint32(k & 31)) & np.uint32(1)) * x[k]
     return SIXTEEN * acc
 
 
 @njit(**BODY)
-def mv_q5(parts, x, y, offset):
-    """parts (q, d, h) for Q5_0, w = d (u - 16), or with offset (q, d, m, h) for Q5_1, w = d u + m: u the nibble
-    of q (as Q4_0's) plus 16 times the weight's bit of h (R, n/32) uint32."""
-    q, d, h = parts[0], parts[1], parts[-1]
-    m = parts[2] if offset else d
+def mv_q5_1(parts, x, y):
+    """parts (q, d, m, h) for Q5_1, w = d u + m: u the nibble of q (as Q4_1's) plus 16 times the weight's bit of h
+    (R, n/32) uint32."""
+    q, d, m, h = parts[0], parts[1], parts[2], parts[3]
     xa, xc = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
     xs = np.empty(d.shape[1], np.float32)
     _block_halves(x, xa, xc, xs)
@@ -245,7 +245,7 @@ def mv_q5(parts, x, y, offset):
             acc += dr[k >> 4] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
         t = np.float32(0.0)
         for b in range(xs.size):
-            t += (mr[b] if offset else np.float32(-16.0) * dr[b]) * xs[b]
+            t += mr[b] * xs[b]
         y[r] = acc + t + _fifth_bits(dr, h[r], x)
 
 
@@ -270,13 +270,8 @@ def matvec_q4_1(parts, x, y):
 
 
 @njit(**PARALLEL)
-def matvec_q5_0(parts, x, y):
-    mv_q5(parts, x, y, False)
-
-
-@njit(**PARALLEL)
 def matvec_q5_1(parts, x, y):
-    mv_q5(parts, x, y, True)
+    mv_q5_1(parts, x, y)
 
 
 @njit(**EXACT_PARALLEL)
@@ -356,7 +351,7 @@ matvec_int8_16, matvec_int8_32, matvec_int8_64, matvec_int8_128 = (int8_matvec(g
 
 INT_FUSED = {Q8_0: int_matvec_q8_0, Q4_0: int_matvec_q4_0, Q4_1: int_matvec_q4_1}  # with int8_dots()
 FUSED = {(F32, 0): matvec_f32, (Q8_0, 0): matvec_q8_0, (Q4_0, 0): matvec_q4_0, (Q4_1, 0): matvec_q4_1,
-         (Q5_0, 0): matvec_q5_0, (Q5_1, 0): matvec_q5_1,
+         (Q5_1, 0): matvec_q5_1,
          (INT4, 32): matvec_int4_32, (INT4, 64): matvec_int4_64, (INT4, 128): matvec_int4_128,
          (INT8, 16): matvec_int8_16, (INT8, 32): matvec_int8_32, (INT8, 64): matvec_int8_64,
          (INT8, 128): matvec_int8_128}  # 8-bit groups of 16: Q6_K (pocketgpt.formats.kquants)
@@ -383,8 +378,6 @@ def fused_matvec(parts, x, y, kind, group, int8):
             int_matvec_q4_1(parts, x, y)
         else:
             matvec_q4_1(parts, x, y)
-    elif kind == Q5_0:
-        matvec_q5_0(parts, x, y)
     elif kind == Q5_1:
         matvec_q5_1(parts, x, y)
     elif kind == INT4:
@@ -462,12 +455,12 @@ def row_kernels(kind: int) -> tuple[Callable, Callable]:
 
 
 def to_split_order(kind: int, x: np.ndarray) -> np.ndarray:
-    """Tokens x (N, n) with each row's positions in the split order of `kind`: the 4- and 5-bit blocks (byte k of a
+    """Tokens x (N, n) with each row's positions in the split order of `kind`: Q4_0, Q4_1 and Q5_1 (byte k of a
     block of 32 holds weights j and j + 16 of the block) and int4 (byte k holds weights 2k and 2k + 1) permuted, the
     others as they are. A copy into a fresh array (NumPy copies a transposed view into a given array faster than it
     reshapes one)."""
     N, n = x.shape
-    if kind in (Q4_0, Q4_1, Q5_0, Q5_1):
+    if kind in (Q4_0, Q4_1, Q5_1):
         view, into = x.reshape(N, n // 32, 2, 16).transpose(0, 2, 1, 3), (N, 2, n // 32, 16)
     elif kind == INT4:
         view, into = x.reshape(N, n // 2, 2).transpose(0, 2, 1), (N, 2, n // 2)
@@ -519,7 +512,7 @@ def _rows_f32(parts, xs, y):
 
 def split_rows(kind: int, group: int = 0) -> Callable:
     """rows(parts, xs, y) for a hot layout other than the llama.cpp blocks that block_tokens reads in place (f32,
-    Q5_0, Q5_1, int4 and int8 groups of 32, 64 or 128): xs (B, n) the tokens in split order (to_split_order), y
+    Q5_1, int4 and int8 groups of 32, 64 or 128): xs (B, n) the tokens in split order (to_split_order), y
     (B, R); each row decoded once, in split order, into a buffer, then dotted with every token. Made per (kind,
     group): both are constants inside the parallel loop."""
     if kind in BLOCK_TOKENS:
@@ -543,9 +536,8 @@ def split_rows(kind: int, group: int = 0) -> Callable:
                         buf[k] = s[r, g] * (f - SIXTEEN * hi - z[r, g])
                         buf[h + k] = s[r, g] * (hi - z[r, g])
                     _dot_each(buf, xs, y, r)
-        elif kind == Q5_0 or kind == Q5_1:  # the nibbles as Q4_0's, plus 16 times each weight's bit of h
-            q, d, hb = parts[0], parts[1], parts[-1]
-            m = parts[2] if kind == Q5_1 else d
+        elif kind == Q5_1:  # the nibbles as Q4_1's, plus 16 times each weight's bit of h
+            q, d, m, hb = parts[0], parts[1], parts[2], parts[3]
             R, hn = q.shape
             for c in prange(min(R, 64)):
                 buf = np.empty(2 * hn, np.float32)
@@ -556,10 +548,7 @@ def split_rows(kind: int, group: int = 0) -> Callable:
                         bits, j = np.int64(hb[r, k >> 4]), k & 15
                         lo5 = f - SIXTEEN * hi + SIXTEEN * np.float32((bits >> j) & 1)
                         hi5 = hi + SIXTEEN * np.float32((bits >> (j + 16)) & 1)
-                        if kind == Q5_1:
-                            buf[k], buf[hn + k] = d[r, k >> 4] * lo5 + m[r, k >> 4], d[r, k >> 4] * hi5 + m[r, k >> 4]
-                        else:
-                            buf[k], buf[hn + k] = d[r, k >> 4] * (lo5 - SIXTEEN), d[r, k >> 4] * (hi5 - SIXTEEN)
+                        buf[k], buf[hn + k] = d[r, k >> 4] * lo5 + m[r, k >> 4], d[r, k >> 4] * hi5 + m[r, k >> 4]
                     _dot_each(buf, xs, y, r)
         else:  # INT8
             q, s, z = parts[0], parts[1], parts[2]
@@ -622,9 +611,8 @@ def split_tile(kind: int, group: int = 0) -> Callable:
                             hi = np.floor(f * SIXTEENTH)
                             out[i, k] = d[r, k >> 4] * (f - SIXTEEN * hi - np.float32(8.0))
                             out[i, h + k] = d[r, k >> 4] * (hi - np.float32(8.0))
-        elif kind == Q5_0 or kind == Q5_1:  # as Q4_0 and Q4_1, plus 16 times each weight's bit of hb
-            q, d, hb = parts[0], parts[1], parts[-1]
-            m = parts[2] if kind == Q5_1 else d
+        elif kind == Q5_1:  # as Q4_1, plus 16 times each weight's bit of hb
+            q, d, m, hb = parts[0], parts[1], parts[2], parts[3]
             h = q.shape[1]
             for c in prange(chunks):
                 for i in range(c * M // chunks, (c + 1) * M // chunks):
@@ -635,12 +623,8 @@ def split_tile(kind: int, group: int = 0) -> Callable:
                         bits, j = np.int64(hb[r, k >> 4]), k & 15
                         lo5 = f - SIXTEEN * hi + SIXTEEN * np.float32((bits >> j) & 1)
                         hi5 = hi + SIXTEEN * np.float32((bits >> (j + 16)) & 1)
-                        if kind == Q5_1:
-                            out[i, k] = d[r, k >> 4] * lo5 + m[r, k >> 4]
-                            out[i, h + k] = d[r, k >> 4] * hi5 + m[r, k >> 4]
-                        else:
-                            out[i, k] = d[r, k >> 4] * (lo5 - SIXTEEN)
-                            out[i, h + k] = d[r, k >> 4] * (hi5 - SIXTEEN)
+                        out[i, k] = d[r, k >> 4] * lo5 + m[r, k >> 4]
+                        out[i, h + k] = d[r, k >> 4] * hi5 + m[r, k >> 4]
         elif kind == INT4:  # w = s (u - z); byte k holds weights 2k and 2k + 1
             q, s, z = parts[0], parts[1], parts[2]
             h = q.shape[1]  # bytes of a row
