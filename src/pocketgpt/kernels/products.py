@@ -202,7 +202,19 @@ def mv_q4_0(parts, x, y):
 @njit(**BODY)
 def mv_q4_1(parts, x, y):
     """parts (q, d, m): q (R, n/2), d and m (R, n/32); w = d u + m."""
-    q, d, m = parts[0], parts[1], parts[2]
+    _offset_rows(parts[0], parts[1], parts[2], parts[1], x, y, False)
+
+
+@njit(**BODY)
+def mv_q5_1(parts, x, y):
+    """parts (q, d, m, h) for Q5_1, w = d u + m: u the nibble of q (as Q4_1's) plus 16 times the weight's bit of h
+    (R, n/32) uint32."""
+    _offset_rows(parts[0], parts[1], parts[2], parts[3], x, y, True)
+
+
+@njit(**BODY)
+def _offset_rows(q, d, m, h, x, y, fifth):
+    """y = W x for Q4_1 rows, or with fifth for Q5_1 rows (h their fifth bits; for Q4_1 any array, unread)."""
     xa, xc = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
     xs = np.empty(d.shape[1], np.float32)
     _block_halves(x, xa, xc, xs)
@@ -215,7 +227,7 @@ def mv_q4_1(parts, x, y):
         t = np.float32(0.0)
         for b in range(xs.size):
             t += mr[b] * xs[b]
-        y[r] = acc + t
+        y[r] = acc + t + (_fifth_bits(dr, h[r], x) if fifth else np.float32(0.0))
 
 
 @njit(**BODY)
@@ -227,26 +239,6 @@ def _fifth_bits(dr, hr, x):
     for k in range(x.size):
         acc += dr[k >> 5] * np.float32((np.uint32(hr[k >> 5]) >> np.uint32(k & 31)) & np.uint32(1)) * x[k]
     return SIXTEEN * acc
-
-
-@njit(**BODY)
-def mv_q5_1(parts, x, y):
-    """parts (q, d, m, h) for Q5_1, w = d u + m: u the nibble of q (as Q4_1's) plus 16 times the weight's bit of h
-    (R, n/32) uint32."""
-    q, d, m, h = parts[0], parts[1], parts[2], parts[3]
-    xa, xc = np.empty(q.shape[1], np.float32), np.empty(q.shape[1], np.float32)
-    xs = np.empty(d.shape[1], np.float32)
-    _block_halves(x, xa, xc, xs)
-    for r in prange(q.shape[0]):
-        qr, dr, mr = q[r], d[r], m[r]
-        acc = np.float32(0.0)
-        for k in range(xa.size):
-            f = np.float32(qr[k])
-            acc += dr[k >> 4] * (f * xa[k] + np.floor(f * SIXTEENTH) * xc[k])
-        t = np.float32(0.0)
-        for b in range(xs.size):
-            t += mr[b] * xs[b]
-        y[r] = acc + t + _fifth_bits(dr, h[r], x)
 
 
 @njit(**PARALLEL)
@@ -510,6 +502,17 @@ def _rows_f32(parts, xs, y):
             _dot_each(buf, xs, y, r)
 
 
+@njit(**BODY)
+def _five_bit_pair(byte, bits, j):
+    """The two 5-bit codes of byte j of a Q5_1 block (its low and high nibble, plus 16 times bits j and j + 16 of
+    the block's word), as float32."""
+    f = np.float32(byte)
+    hi = np.floor(f * SIXTEENTH)
+    word = np.int64(bits)
+    return (f - SIXTEEN * hi + SIXTEEN * np.float32((word >> j) & 1),
+            hi + SIXTEEN * np.float32((word >> (j + 16)) & 1))
+
+
 def split_rows(kind: int, group: int = 0) -> Callable:
     """rows(parts, xs, y) for a hot layout other than the llama.cpp blocks that block_tokens reads in place (f32,
     Q5_1, int4 and int8 groups of 32, 64 or 128): xs (B, n) the tokens in split order (to_split_order), y
@@ -543,11 +546,7 @@ def split_rows(kind: int, group: int = 0) -> Callable:
                 buf = np.empty(2 * hn, np.float32)
                 for r in range(c * R // min(R, 64), (c + 1) * R // min(R, 64)):
                     for k in range(hn):
-                        f = np.float32(q[r, k])
-                        hi = np.floor(f * SIXTEENTH)
-                        bits, j = np.int64(hb[r, k >> 4]), k & 15
-                        lo5 = f - SIXTEEN * hi + SIXTEEN * np.float32((bits >> j) & 1)
-                        hi5 = hi + SIXTEEN * np.float32((bits >> (j + 16)) & 1)
+                        lo5, hi5 = _five_bit_pair(q[r, k], hb[r, k >> 4], k & 15)
                         buf[k], buf[hn + k] = d[r, k >> 4] * lo5 + m[r, k >> 4], d[r, k >> 4] * hi5 + m[r, k >> 4]
                     _dot_each(buf, xs, y, r)
         else:  # INT8
@@ -618,11 +617,7 @@ def split_tile(kind: int, group: int = 0) -> Callable:
                 for i in range(c * M // chunks, (c + 1) * M // chunks):
                     r = r0 + i
                     for k in range(h):
-                        f = np.float32(q[r, k])
-                        hi = np.floor(f * SIXTEENTH)
-                        bits, j = np.int64(hb[r, k >> 4]), k & 15
-                        lo5 = f - SIXTEEN * hi + SIXTEEN * np.float32((bits >> j) & 1)
-                        hi5 = hi + SIXTEEN * np.float32((bits >> (j + 16)) & 1)
+                        lo5, hi5 = _five_bit_pair(q[r, k], hb[r, k >> 4], k & 15)
                         out[i, k] = d[r, k >> 4] * lo5 + m[r, k >> 4]
                         out[i, h + k] = d[r, k >> 4] * hi5 + m[r, k >> 4]
         elif kind == INT4:  # w = s (u - z); byte k holds weights 2k and 2k + 1
