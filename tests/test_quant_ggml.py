@@ -8,7 +8,7 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
-from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, DEQUANTIZE, QUANTIZE
+from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, DEQUANTIZE, QUANTIZE, GGMLBlocks
 
 TYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}
 ALL_TYPES = {**TYPES, "mxfp4": GGMLQuantizationType.MXFP4, "q4_k": GGMLQuantizationType.Q4_K,
@@ -84,6 +84,9 @@ def test_dequantization_is_bit_identical_to_gguf(name):
     theirs = dequantize(blocks, ALL_TYPES[name])
     assert ours.shape == theirs.shape == (rows, n) and ours.dtype == np.float32
     np.testing.assert_array_equal(ours, theirs)
+    held = GGMLBlocks.from_blocks(name, blocks, (rows, n))  # split, or (Q5_0) as its Q8_0 blocks, in memory
+    np.testing.assert_array_equal(held.blocks, blocks)  # and rebuilt byte for byte
+    np.testing.assert_array_equal(held.dequantize(), theirs)
 
 
 def test_rows_must_split_into_blocks():

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketgpt.formats import GGMLBlocks, GroupQuantized, HalfFloats, Packed, kquants
-from pocketgpt.formats.ggml import as_q8_0
 from pocketgpt.kernels import decoders, products
 
 
@@ -97,9 +96,8 @@ def _build(w) -> Layout:
             return Layout("q5_1", kquants.as_q5_1(w.codes, rows))
         if w.kind == "q6_k":
             return Layout("int8", (*kquants.as_int8_groups(w.codes, rows), np.array([8], np.int64)), 16)
-        if w.kind == "q5_0":
-            q8 = as_q8_0(w)
-            return Layout("q8_0", (q8.codes, q8.scale))
+        if w.kind == "q5_0":  # held as its Q8_0 blocks (pocketgpt.formats.ggml)
+            return Layout("q8_0", (w.codes, w.scale))
         return Layout(w.kind, tuple(a for a in (w.codes, w.scale, w.minimum, w.high) if a is not None))
     if isinstance(w, GroupQuantized):
         out, n = w.shape
