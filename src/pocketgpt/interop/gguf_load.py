@@ -4,8 +4,9 @@ Q5_1, Q4_K, Q5_K or Q6_K (a Q4_K_M file of SmolLM2 is mostly Q5_0); the tokenize
 and the chat template from the metadata.
 Matrices are kept packed as stored (GGMLBlocks, HalfFloats), which the kernels run directly, or with
 packed=False expanded to float32 (for fine-tuning or quantizing again). A matrix pocketgpt holds as one but the
-file as several (attn_q, attn_k and attn_v; ffn_gate and ffn_up) stays packed when its parts share a type, and
-is expanded to float32 when they do not (K-quant files mix Q4_K and Q6_K).
+file as several (attn_q, attn_k and attn_v; ffn_gate and ffn_up) stays packed when its parts share a type or mix
+Q4_0 or Q5_0 with Q8_0 (then held as Q8_0: the same weights), and is expanded to float32 otherwise (K-quant
+files can mix Q4_K and Q6_K).
 
 Names: token_embd -> wte, blk.N.attn_norm -> h.N.ln_1, attn_q + attn_k + attn_v -> h.N.attn.c_attn (rows in
 that order), attn_output -> h.N.attn.c_proj, ffn_norm -> h.N.ln_2, ffn_gate + ffn_up -> h.N.mlp.c_fc,

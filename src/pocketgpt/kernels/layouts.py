@@ -1,8 +1,8 @@
 """A weight matrix as compiled kernels read it: its layout's arrays, row decoder and matrix-vector body (fused for
-the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float. The K-quants and
-Q5_0 are read as the layouts of other blocks that compute the same weights in the same float32 arithmetic (Q4_K as
-Q4_1, Q5_K as Q5_1, Q6_K as 8-bit groups of 16, Q5_0 as Q8_0; pocketgpt.formats.kquants and ggml.as_q8_0), their
-codes repacked once, the stored blocks kept for saving.
+the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float. The K-quants are
+read as the layouts of other blocks that compute the same weights in the same float32 arithmetic (Q4_K as Q4_1,
+Q5_K as Q5_1, Q6_K as 8-bit groups of 16; pocketgpt.formats.kquants), their codes repacked once beside the stored
+blocks, which saving needs; Q5_0 is held as Q8_0 blocks already (pocketgpt.formats.ggml) and read as those.
 """
 
 from __future__ import annotations
