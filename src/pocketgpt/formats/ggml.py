@@ -129,7 +129,7 @@ class GGMLBlocks(Packed):
     the 4-bit kinds and Q5_1, byte j of a block holding the low four bits of weights j and j + 16), `scale` (out,
     in / 32) float32 (d; for MXFP4 2^(e - 127)), for Q4_1 and Q5_1 `minimum` (out, in / 32) float32, and for Q5_1
     `high` (out, in / 32) uint32, bit j the fifth bit of weight j. Q5_0 is held as the Q8_0 blocks of the same
-    weights (as_q8_0: codes u - 16, (out, in) int8), which the kernels read faster than a word of fifth bits.
+    weights (codes u - 16, (out, in) int8), which the kernels read faster than a word of fifth bits.
     float16 to float32 is exact both ways, so `blocks` rebuilds the stored bytes exactly. K-quant blocks are held
     as stored, in `codes`.
     """
@@ -162,7 +162,7 @@ class GGMLBlocks(Packed):
             if kind in ("q5_0", "q5_1") else None
         codes = np.ascontiguousarray(b[..., HEAD[kind]:].reshape(out, -1))
         if kind == "q5_0":
-            return cls(kind, _offset_codes(codes, high, 16), scale, None, tuple(shape))
+            return cls(kind, (kquants.unpack_codes(codes, high) - 16).astype(np.int8), scale, None, tuple(shape))
         return cls(kind, codes.view(np.int8) if kind == "q8_0" else codes, scale, minimum, tuple(shape), high)
 
     @property
@@ -178,7 +178,7 @@ class GGMLBlocks(Packed):
             head = [self.scale.astype(np.float16)[..., None].view(np.uint8)]
             if self.minimum is not None:
                 head.append(self.minimum.astype(np.float16)[..., None].view(np.uint8))
-        codes, high = (_nibbles_and_fifths(self.codes, 16) if self.kind == "q5_0"
+        codes, high = (kquants.pack_codes(self.codes.astype(np.int16) + 16, fifth=True) if self.kind == "q5_0"
                        else (self.codes.view(np.uint8), self.high))
         if high is not None:
             head.append(high.astype("<u4")[..., None].view(np.uint8))
@@ -226,27 +226,5 @@ def as_q8_0(w: GGMLBlocks) -> GGMLBlocks:
     arrays are shared, not copied."""
     if w.kind == "q8_0":
         return w
-    codes = w.codes if w.kind == "q5_0" else _offset_codes(w.codes, None, SYMMETRIC[w.kind])
+    codes = w.codes if w.kind == "q5_0" else (kquants.unpack_codes(w.codes) - SYMMETRIC[w.kind]).astype(np.int8)
     return GGMLBlocks("q8_0", codes, w.scale, None, w.shape)
-
-
-def _offset_codes(nibbles: np.ndarray, high: np.ndarray | None, offset: int) -> np.ndarray:
-    """Code bytes (R, n/2) of 4- or 5-bit blocks (byte j: weights j and j + 16; high: each block's fifth bits)
-    -> int8 codes u - offset (R, n), in the weights' order."""
-    out, half = nibbles.shape
-    u = np.empty((out, half // 16, 2, 16), np.int16)
-    blocks = nibbles.reshape(out, half // 16, 16)
-    u[:, :, 0], u[:, :, 1] = blocks & 15, blocks >> 4
-    u = u.reshape(out, -1)
-    if high is not None:
-        u += 16 * ((high[:, :, None] >> np.arange(QK, dtype=np.uint32)) & 1).reshape(out, -1).astype(np.int16)
-    return (u - offset).astype(np.int8)
-
-
-def _nibbles_and_fifths(codes: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """_offset_codes undone for 5-bit blocks: int8 codes (R, n) -> code bytes (R, n/2) and fifth bits (R, n/32)."""
-    out, n = codes.shape
-    u = (codes.astype(np.int16) + offset).astype(np.uint32).reshape(out, n // QK, 2, 16)
-    nibbles = ((u[:, :, 0] & 15) | ((u[:, :, 1] & 15) << 4)).astype(np.uint8).reshape(out, -1)
-    high = ((u.reshape(out, n // QK, QK) >> 4) << np.arange(QK, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
-    return nibbles, high

@@ -106,25 +106,44 @@ def _q4_k_fields(b: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.n
     return u.reshape(rows, -1), (d * sc).reshape(rows, -1), (-(dmin * m)).reshape(rows, -1)
 
 
-def _pack_low_nibbles(u: np.ndarray) -> np.ndarray:
-    """Codes (R, n) -> Q4_0/Q4_1 code bytes (R, n/2): byte j of a block of 32 holds weights j and j + 16."""
-    blocks = u.reshape(u.shape[0], -1, 2, 16) & 15
-    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).astype(np.uint8).reshape(u.shape[0], -1)
+def pack_codes(u: np.ndarray, fifth: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Codes (R, n) in the weights' order -> the code bytes of blocks of 32 (R, n/2), byte j holding the low four
+    bits of weights j and j + 16 (Q4_0, Q4_1, Q5_0, Q5_1), and with `fifth` each block's word of fifth bits
+    (R, n/32) uint32, bit j that of weight j (else None)."""
+    rows = u.shape[0]
+    blocks = np.asarray(u).astype(np.uint32).reshape(rows, -1, 2, 16)
+    nibbles = ((blocks[:, :, 0] & 15) | ((blocks[:, :, 1] & 15) << 4)).astype(np.uint8).reshape(rows, -1)
+    if not fifth:
+        return nibbles, None
+    bits = (blocks.reshape(rows, -1, 32) >> 4) & 1
+    return nibbles, (bits << np.arange(32, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+
+
+def unpack_codes(nibbles: np.ndarray, high: np.ndarray | None = None) -> np.ndarray:
+    """pack_codes undone: code bytes (R, n/2) and words of fifth bits (R, n/32) or None -> codes (R, n) int16."""
+    rows, half = nibbles.shape
+    u = np.empty((rows, half // 16, 2, 16), np.int16)
+    blocks = nibbles.reshape(rows, half // 16, 16)
+    u[:, :, 0], u[:, :, 1] = blocks & 15, blocks >> 4
+    u = u.reshape(rows, -1)
+    if high is not None:
+        u += 16 * ((high[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1).reshape(rows, -1).astype(np.int16)
+    return u
 
 
 def as_q4_1(blocks: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Q4_K rows (R, bytes) -> Q4_1 parts (codes, d, m)."""
     u, d, m = _q4_k_fields(np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q4_k"]), rows)
-    return _pack_low_nibbles(u), d, m
+    return pack_codes(u)[0], d, m
 
 
 def as_q5_1(blocks: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Q5_K rows (R, bytes) -> Q5_1 parts (codes, d, m, high): high bit i of a block's word is weight i's fifth."""
     b = np.asarray(blocks, np.uint8).reshape(-1, BLOCK_BYTES["q5_k"])
     u, d, m = _q4_k_fields(b, rows)
-    fifth = ((b[:, 16:48][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(rows, -1, 32)
-    high = (fifth.astype(np.uint32) << np.arange(32, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
-    return _pack_low_nibbles(u), d, m, high
+    fifth = ((b[:, 16:48][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(rows, -1)
+    nibbles, high = pack_codes(u + 16 * fifth, fifth=True)
+    return nibbles, d, m, high
 
 
 def as_int8_groups(blocks: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,11 +160,7 @@ def as_int8_groups(blocks: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarra
 
 def _five_bits(b: np.ndarray) -> np.ndarray:
     """(n, 20) bytes qh (4) | qs (16) of Q5_0 or Q5_1 blocks -> codes 0..31, (n, 32) float32."""
-    qh = b[:, 0:4].copy().view("<u4")  # (n, 1)
-    high = (qh >> np.arange(32, dtype=np.uint32)[None, :]) & 1  # (n, 32): the fifth bit of each weight
-    qs = b[:, 4:20]
-    low = np.concatenate([qs & 15, qs >> 4], axis=1)
-    return (low + 16 * high).astype(np.float32)
+    return unpack_codes(b[:, 4:20], b[:, 0:4].copy().view("<u4")).astype(np.float32)
 
 
 def dequantize_q5_0(blocks: np.ndarray, n: int) -> np.ndarray:
