@@ -233,8 +233,8 @@ def _offset_rows(q, d, m, h, x, y, fifth):
 @njit(**BODY)
 def _fifth_bits(dr, hr, x):
     """16 sum_k d_(k/32) bit_k x_k: what the fifth bits of one row of Q5_1 blocks add to its product (bit k of a
-    block's word h is that of its weight k; x in the row's own order). In 32 bits: a shift of 64-bit lanes by a
-    variable takes twice as long here."""
+    block's word h is that of its weight k; x in the row's own order). Shifted in 32-bit lanes, twice as many to a
+    vector as 64-bit ones."""
     acc = np.float32(0.0)
     for k in range(x.size):
         acc += dr[k >> 5] * np.float32((np.uint32(hr[k >> 5]) >> np.uint32(k & 31)) & np.uint32(1)) * x[k]
@@ -508,9 +508,9 @@ def _five_bit_pair(byte, bits, j):
     the block's word), as float32."""
     f = np.float32(byte)
     hi = np.floor(f * SIXTEENTH)
-    word = np.int64(bits)
-    return (f - SIXTEEN * hi + SIXTEEN * np.float32((word >> j) & 1),
-            hi + SIXTEEN * np.float32((word >> (j + 16)) & 1))
+    word, one = np.uint32(bits), np.uint32(1)  # in 32-bit lanes, as _fifth_bits
+    return (f - SIXTEEN * hi + SIXTEEN * np.float32((word >> np.uint32(j)) & one),
+            hi + SIXTEEN * np.float32((word >> np.uint32(j + 16)) & one))
 
 
 def split_rows(kind: int, group: int = 0) -> Callable:
