@@ -11,10 +11,9 @@
   `llama-bench -t 2 -p 512 -n 128` on the same file, alternately, twice; best of each;
 - the same model expanded to float32 (`load(path, packed=False)`), decoded the same way;
 - perplexity (llama.cpp's protocol, context 512, the first --chunks chunks of tinyshakespeare's validation text)
-  of the packed Q4_1 model and of the same weights in float32;
-- what rounding activations to 8 bits costs (pocketgpt.kernels.intdot): the same perplexity of the Q4_1 file scored
-  through cached passes of 32 tokens (the kernels decode steps and speculative verification run), in two fresh
-  processes, with integer dot products and with POCKETGPT_INT8_DOT=0;
+  of the same weights in float32 and of the packed Q4_1 model, in fresh processes: with integer dot products (the
+  activations rounded to 8 bits per block, pocketgpt.kernels.interleaved; the default with AVX2) and with
+  POCKETGPT_INT8_DOT=0 (the float kernels);
 - resident memory (VmHWM) of a fresh process that loads the Q4_1 file and decodes 128 tokens, beside the file's
   size and the KV cache's, and of one that only imports pocketgpt;
 - time to the first token of a fresh process (import, load, 512-token prefill, first decoded token) with an
@@ -33,21 +32,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import loadavg, report, smollm2_path  # noqa: E402
 from smollm2 import llama_speed, ours_speed  # noqa: E402
 
 from pocketgpt.config import PRESETS  # noqa: E402
-from pocketgpt.data import load_corpus  # noqa: E402
 from pocketgpt.formats.ggml import quantize_blocks  # noqa: E402
 from pocketgpt.formats.groups import quantize_groups  # noqa: E402
 from pocketgpt.interop import load  # noqa: E402
-from pocketgpt.kernels import intdot  # noqa: E402
+from pocketgpt.kernels import interleaved  # noqa: E402
 from pocketgpt.model import GPT, packed_copy  # noqa: E402
 from pocketgpt.quant.report import decode_ratio  # noqa: E402
-from pocketgpt.train import perplexity  # noqa: E402
 
 CHILD = """
 import sys, time
@@ -71,35 +66,24 @@ rss, hwm = (status.split(key)[1].split()[0] for key in ("VmRSS:", "VmHWM:"))
 print(t1 - t0, t2 - t0, rss, hwm, model.new_cache(1, size=640).nbytes)
 """
 
-STEPPED = """
+PERPLEXITY = """
 import sys
 import numpy as np
+from pocketgpt import kernels
 from pocketgpt.data import load_corpus
 from pocketgpt.interop import load
-from pocketgpt.kernels import products
-loaded = load(sys.argv[1])
-model, context, chunks, step = loaded.model(), 512, int(sys.argv[2]), 32
-ids = np.array(loaded.tokenizer.encode(load_corpus("shakespeare").val))[:chunks * context].reshape(chunks, context)
-total = scored = 0
-for window in ids:  # llama.cpp's protocol: the second half of each window scored
-    cache = model.new_cache(1, size=context)
-    for lo in range(0, context, step):
-        logits = model.forward_cached(window[None, lo:lo + step], cache)[0].astype(np.float64)
-        for i in range(logits.shape[0]):
-            pos = lo + i
-            if context // 2 <= pos < context - 1:
-                row = logits[i] - logits[i].max()
-                total += np.log(np.exp(row).sum()) - row[window[pos + 1]]
-                scored += 1
-print(products.int8_dots(), np.exp(total / scored))
+from pocketgpt.train import perplexity
+loaded = load(sys.argv[1], packed=sys.argv[2] == "packed")
+ids = np.array(loaded.tokenizer.encode(load_corpus("shakespeare").val))
+print(kernels.int8_dots(), perplexity(loaded.model(), ids, 512, chunks=int(sys.argv[3]))["perplexity"])
 """
 
 
-def stepped_perplexity(path: Path, chunks: int, int8_dot: bool) -> float:
-    """Perplexity of the file through cached passes of 32 tokens, in a fresh process with or without integer dots."""
+def perplexity_of(path: Path, packed: bool, chunks: int, int8_dot: bool) -> float:
+    """Perplexity of the file (packed, or expanded to float32) in a fresh process, with or without integer dots."""
     env = dict(os.environ, POCKETGPT_INT8_DOT="1" if int8_dot else "0")
-    out = subprocess.run([sys.executable, "-c", STEPPED, str(path), str(chunks)], capture_output=True, text=True,
-                         check=True, env=env).stdout.split()
+    out = subprocess.run([sys.executable, "-c", PERPLEXITY, str(path), "packed" if packed else "float", str(chunks)],
+                         capture_output=True, text=True, check=True, env=env).stdout.split()
     if out[0] != str(int8_dot):
         raise SystemExit(f"integer dot products {'not available' if int8_dot else 'not turned off'} here")
     return float(out[1])
@@ -177,23 +161,18 @@ def main() -> None:
              f"Q8_0 **{speeds['Q8_0'] / float_decode:.2f}x**, Q4_K_M **{speeds['Q4_K_M'] / float_decode:.2f}x** "
              f"(load average {loadavg()})."]
     print(rows[-1], flush=True)
-    tok = load(path).tokenizer
-    ids = np.array(tok.encode(load_corpus("shakespeare").val))
-    packed = load(path).model()
-    p_packed = perplexity(packed, ids, 512, chunks=args.chunks)["perplexity"]
-    p_float = perplexity(floats, ids, 512, chunks=args.chunks)["perplexity"]
-    rows.append(f"Perplexity (llama.cpp's protocol, context 512, first {args.chunks} validation chunks): packed Q4_1 "
-                f"{p_packed:.4f}, the same weights in float32 {p_float:.4f}: "
-                f"**{100 * (p_packed / p_float - 1):+.3f}%**.")
+    del floats
+    p_float = perplexity_of(path, False, args.chunks, False)
+    p_exact = perplexity_of(path, True, args.chunks, False)
+    line = (f"Perplexity (llama.cpp's protocol, context 512, first {args.chunks} validation chunks): the weights in "
+            f"float32 {p_float:.4f}; packed Q4_1 with float activations (POCKETGPT_INT8_DOT=0) {p_exact:.4f}, "
+            f"**{100 * (p_exact / p_float - 1):+.3f}%**")
+    if interleaved.HOST_AVX2:
+        p_int8 = perplexity_of(path, True, args.chunks, True)
+        line += (f"; packed Q4_1 with its activations rounded to 8 bits per block (integer dot products, the default "
+                 f"here) {p_int8:.4f}, **{100 * (p_int8 / p_float - 1):+.3f}%**")
+    rows.append(line + ".")
     print(rows[-1], flush=True)
-    if intdot.HOST_AVX2:
-        rounded, exact = (stepped_perplexity(path, args.chunks, on) for on in (True, False))
-        rows.append(f"Activations rounded to 8 bits per block (integer dot products, the default here): the same "
-                    f"perplexity through cached passes of 32 tokens, as decode steps take them, {rounded:.4f} against "
-                    f"{exact:.4f} with float activations (POCKETGPT_INT8_DOT=0): "
-                    f"**{100 * (rounded / exact - 1):+.3f}%**.")
-        print(rows[-1], flush=True)
-    del floats, packed
     base = int(child("import")[0]) / 1024
     _, _, rss, hwm, kv = child("run", str(path), "128")
     file_mb, kv_mb = path.stat().st_size / 2**20, int(kv) / 2**20

@@ -150,9 +150,9 @@ def float_activations():
 def int8_activations():
     """Integer dot products on during the test (skipped where the machine has no AVX2)."""
     from pocketgpt import kernels
-    from pocketgpt.kernels import intdot
+    from pocketgpt.kernels import interleaved
 
-    if not intdot.HOST_AVX2:
+    if not interleaved.HOST_AVX2:
         pytest.skip("the integer-dot kernels run on AVX2 only")
     before = kernels.int8_dots()
     kernels.set_int8_dots(True)

@@ -7,6 +7,7 @@ packed model that never reaches a reference.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -20,7 +21,7 @@ from pocketgpt.formats import GGMLBlocks, Packed
 from pocketgpt.formats.floats import quantize_floats
 from pocketgpt.formats.ggml import BLOCK_BYTES, BLOCK_WEIGHTS, quantize_blocks
 from pocketgpt.formats.groups import quantize_groups
-from pocketgpt.kernels import dispatch, intdot, ops, products, reference
+from pocketgpt.kernels import dispatch, interleaved, layouts, ops, products, reference
 from pocketgpt.model import GPT, packed_copy
 from pocketgpt.model.kvcache import KVCache, QuantizedKVCache
 
@@ -87,7 +88,8 @@ def test_products_from_packed_weights_equal_the_reference(name, tokens):
     rng = np.random.default_rng(tokens)
     x = rng.standard_normal((tokens, w.shape[1])).astype(np.float32)
     b = rng.standard_normal(w.shape[0]).astype(np.float32)
-    if kernels.rounds_activations(w, tokens):  # the kernels meet llama.cpp's blocks with int8 activations
+    rounded = kernels.rounds_activations(w)  # integer formats held interleaved meet int8 activations
+    if rounded:
         codes, scales = reference.int8_activations(x)
         x = (codes.reshape(tokens, -1, 32) * scales[..., None].astype(np.float64)).reshape(x.shape)
     expected = reference.linear(x.astype(np.float64), w, b)  # dequantized to float64 by the reference
@@ -102,7 +104,7 @@ def test_products_from_packed_weights_equal_the_reference(name, tokens):
         assert by_threads[n].shape == (tokens, w.shape[0]) and by_threads[n].dtype == np.float32
         err = np.abs(by_threads[n] - expected)
         assert np.all(err <= PRODUCT_RTOL * _product_bound(x, w) + 1e-6), (name, tokens, n, err.max())
-    if tokens <= kernels.ROWS_UP_TO:  # each output is one thread's sum, in the same order whatever the count
+    if rounded or tokens <= kernels.ROWS_UP_TO:  # each output one thread's sum, in one order whatever the count
         np.testing.assert_array_equal(by_threads[1], by_threads[2])
 
 
@@ -111,7 +113,7 @@ def test_activations_are_rounded_to_8_bits_as_the_reference_rounds_them():
     x = (rng.standard_normal((5, 256)) * rng.uniform(0.01, 100, (5, 1))).astype(np.float32)
     x[2, 32:64] = 0.0  # a block of zeros: scale 0, codes 0
     x[3, 5] = 1e4  # one outlier owns its block's scale
-    codes, scales, sums = products.quantized(x)
+    codes, scales, sums = interleaved.quantized(x)
     ref_codes, ref_scales = reference.int8_activations(x)
     np.testing.assert_array_equal(codes, ref_codes)
     np.testing.assert_array_equal(scales, ref_scales)
@@ -121,15 +123,25 @@ def test_activations_are_rounded_to_8_bits_as_the_reference_rounds_them():
     assert np.all(err <= scales[..., None] * 0.5 * (1 + 1e-6))  # at most half a step of each block
 
 
-@pytest.mark.skipif(not intdot.HOST_AVX2, reason="the integer-dot kernels run on AVX2 only")
-@pytest.mark.parametrize("kind", ["q4_0", "q4_1", "q8_0"])
-def test_integer_dot_products_do_not_depend_on_how_many_tokens_share_a_pass(kind, int8_activations):
-    """A speculative verification of k tokens must give each token the logits a decode step gives it."""
+INTERLEAVED = ["q4_0", "q4_1", "q8_0", "mxfp4", "q4_k", "q5_k", "q5_0", "q5_1", "int2-g32-asym", "int3-g64-sym",
+               "int4-g128-asym", "int8-g32-sym"]
+
+
+@pytest.mark.parametrize("kind", INTERLEAVED)
+def test_integer_formats_run_interleaved_with_integer_dot_products(kind, int8_activations):
     w = MATRICES[kind]
-    x = np.random.default_rng(4).standard_normal((7, N_IN)).astype(np.float32)
-    together = kernels.linear(x, w)  # passes of 4, 2 and 1 tokens
-    alone = np.stack([kernels.linear(x[t], w) for t in range(7)])  # the matvec kernel
-    np.testing.assert_array_equal(together, alone)
+    assert kernels.layout(w).interleaved and kernels.rounds_activations(w)
+
+
+@pytest.mark.parametrize("kind", INTERLEAVED)
+def test_integer_dot_products_do_not_depend_on_how_many_tokens_share_a_pass(kind, int8_activations):
+    """A speculative verification of k tokens must give each token the logits a decode step gives it: passes of 4, 2
+    and 1 tokens, and a prompt longer than one sweep of the groups, against the single-token kernel."""
+    w = MATRICES[kind]
+    x = np.random.default_rng(4).standard_normal((interleaved.SWEEP + 7, w.shape[1])).astype(np.float32)
+    alone = np.stack([kernels.linear(x[t], w) for t in range(len(x))])  # the matvec kernel
+    for tokens in (7, 3, len(x)):
+        np.testing.assert_array_equal(kernels.linear(x[:tokens], w), alone[:tokens])
 
 
 @pytest.mark.parametrize("kind", ["q4_0", "q4_1", "q8_0"])
@@ -138,7 +150,7 @@ def test_the_float_kernels_of_llama_cpp_blocks_equal_the_reference_without_integ
     the activations as they are: the matvec, the groups of four and two tokens, and the fused decode step's."""
     w = MATRICES[kind]
     for tokens in (1, 3, 7):
-        assert not kernels.rounds_activations(w, tokens)
+        assert not kernels.rounds_activations(w)
         x = np.random.default_rng(tokens).standard_normal((tokens, N_IN)).astype(np.float32)
         err = np.abs(kernels.linear(x, w) - reference.linear(x.astype(np.float64), w))
         assert np.all(err <= PRODUCT_RTOL * _product_bound(x, w) + 1e-6), (kind, tokens, err.max())
@@ -257,10 +269,10 @@ def test_the_fused_decode_step_equals_the_reference_block(family, fmt, int8, mon
               PRESETS["gpt2"].replace(n_layer=1, n_embd=64, n_head=2, block_size=16, vocab_size=32))
     rng = np.random.default_rng(len(family + fmt))
     w = _block_weights(config, fmt, rng)
-    if int8 and not intdot.HOST_AVX2:
+    if int8 and not interleaved.HOST_AVX2:
         pytest.skip("the integer-dot kernels run on AVX2 only")
-    monkeypatch.setattr(products, "_int8", int8)
-    if kernels.rounds_activations(w.c_attn, 1):
+    monkeypatch.setattr(layouts, "_int8", int8)
+    if kernels.rounds_activations(w.c_attn):
         rounding_reference(monkeypatch)
     pos, S, hs = 9, 16, config.head_size
     k, v = (rng.standard_normal((1, config.n_kv, S, hs)).astype(np.float32) for _ in range(2))
@@ -282,6 +294,44 @@ def test_the_fused_decode_step_equals_the_reference_block(family, fmt, int8, mon
     _close(got, expected, PRODUCT_RTOL, "fused step")
     _close(fused_kv.k, wide_kv.k, 1e-6, "the new key in the cache")
     _close(fused_kv.v, wide_kv.v, 1e-6, "the new value in the cache")
+
+
+@pytest.mark.parametrize("int8", [True, False])
+@pytest.mark.parametrize("fmt", ["q4_1", "f32"])
+def test_the_fused_step_of_a_few_tokens_gives_each_the_logits_of_its_own_decode_step(fmt, int8, monkeypatch):
+    """A speculative block of T tokens verified in one fused step: each token's output and its keys and values are
+    bit for bit those of T decode steps taken one after another, and the block equals the float64 reference block
+    (with the same rounded activations where the kernels round them)."""
+    if int8 and not interleaved.HOST_AVX2:
+        pytest.skip("the integer-dot kernels run on AVX2 only")
+    monkeypatch.setattr(layouts, "_int8", int8)
+    config = PRESETS["smollm2-135m"].replace(n_layer=1, n_embd=128, n_head=4, n_kv_head=2, ffn_size=96,
+                                             block_size=24, vocab_size=32)
+    rng = np.random.default_rng(7)
+    w = _block_weights(config, fmt, rng)
+    pos, T, hs = 6, 5, config.head_size
+    k, v = (rng.standard_normal((1, config.n_kv, config.block_size, hs)).astype(np.float32) for _ in range(2))
+    x = rng.standard_normal((1, T, config.n_embd)).astype(np.float32)
+    angles = (pos + np.arange(T))[:, None] * config.rope_theta ** (-np.arange(hs // 2) / (hs // 2))
+    rope = (np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32))
+    together = kernels.FloatKV(k.copy(), v.copy(), None, pos)
+    assert kernels.blocks._fusable(x, w, together)
+    got = kernels.block(x, w, rope, together)
+    apart = kernels.FloatKV(k.copy(), v.copy(), None, pos)
+    for t in range(T):
+        apart = kernels.FloatKV(apart.k, apart.v, None, pos + t)
+        one = kernels.block(x[:, t:t + 1], w, (rope[0][t:t + 1], rope[1][t:t + 1]), apart)
+        np.testing.assert_array_equal(got[:, t], one[:, 0])
+    np.testing.assert_array_equal(together.k, apart.k)
+    np.testing.assert_array_equal(together.v, apart.v)
+    if kernels.rounds_activations(w.c_attn):
+        rounding_reference(monkeypatch)
+    wide = kernels.BlockWeights(w.norm, w.eps, w.activation, w.n_head, w.n_kv, w.head_size,
+                                *(tuple(a.astype(np.float64) for a in ln) for ln in (w.ln_1, w.ln_2)),
+                                *(dense(m).astype(np.float64) for m in w.matrices), (None,) * 4)
+    wide_kv = kernels.FloatKV(k.astype(np.float64), v.astype(np.float64), None, pos)
+    expected = kernels.block(x.astype(np.float64), wide, tuple(a.astype(np.float64) for a in rope), wide_kv)
+    _close(got, expected, PRODUCT_RTOL, "fused step of a few tokens")
 
 
 @pytest.mark.parametrize("fmt", ["f32", "q4_0", "q4_1", "q8_0", "int4"])
@@ -336,6 +386,41 @@ def test_two_processes_saving_variants_of_one_kernel_at_once_keep_both(tmp_path,
     assert reader.load("variant a") == b"code of a" and reader.load("variant b") == b"code of b"
 
 
+CACHED_CALLER = """
+import numpy as np
+from numba import njit, prange
+
+@njit(cache=True, parallel=True)
+def total(a):
+    s = 0.0
+    for i in prange(a.size):
+        s += a[i]
+    return s
+
+@njit(cache=True)
+def caller(a):
+    return total(a) + 1.0
+"""
+
+
+def test_a_cached_kernel_calling_a_parallel_kernel_loaded_from_the_cache_runs_in_the_next_process(tmp_path):
+    """numba does not pass a cached parallel kernel's start-up on to a caller compiled later in the same process;
+    without the threading layer started at import (pocketgpt.kernels), a third process that loads that caller first
+    crashed. Three processes on one empty cache: the parallel kernel compiled; the caller compiled with the kernel
+    loaded from the cache; the caller loaded from the cache."""
+    import subprocess
+    import sys
+
+    (tmp_path / "cached_caller.py").write_text(CACHED_CALLER)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    for call in ("total", "caller", "caller"):
+        run = subprocess.run([sys.executable, "-c", "import pocketgpt.kernels, numpy, cached_caller; "
+                              f"print(cached_caller.{call}(numpy.ones(100)))"], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, (call, run.returncode, run.stderr[-2000:])
+        assert float(run.stdout) == (100.0 if call == "total" else 101.0)
+
+
 def test_every_compiled_kernel_states_its_fastmath_and_error_model():
     """numba compiles a kernel that leaves fastmath or error_model unset with its caller's, when a caller compiles it,
     and caches that variant under the key it would have had alone: a kernel that must stay exact (the integer dots,
@@ -346,7 +431,7 @@ def test_every_compiled_kernel_states_its_fastmath_and_error_model():
     from pocketgpt.kernels import decoders, dispatch, step, training
 
     found = 0
-    for module in (decoders, dispatch, intdot, ops, products, step, training):
+    for module in (decoders, dispatch, interleaved, ops, products, step, training):
         for name, obj in vars(module).items():
             if isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == module.__name__:
                 found += 1

@@ -155,7 +155,7 @@ def test_a_gguf_in_the_5_bit_blocks_of_k_quant_files_runs_packed(tmp_path):
     np.testing.assert_array_equal(up.dequantize()[96:], expected)
     idx = np.array([[1, 5, 7, 2, 30]])
     on = kernels.int8_dots()
-    kernels.set_int8_dots(False)  # Q8_0 rows would round a few tokens' activations to 8 bits (kernels.intdot)
+    kernels.set_int8_dots(False)  # Q8_0 rows would round the activations to 8 bits (kernels.interleaved)
     try:
         np.testing.assert_allclose(packed.forward(idx)[0], floats.forward(idx)[0], rtol=0, atol=1e-5)
     finally:

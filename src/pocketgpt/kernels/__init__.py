@@ -2,12 +2,13 @@
 implementation runs it: a compiled kernel (numba; pocketgpt.kernels.products and .ops) or its NumPy reference
 (pocketgpt.kernels.reference). Model and generation code call these functions and never choose.
 
-What decides: float32 activations run compiled kernels (float64 runs the reference); a product of one token
-runs the weight layout's fused kernel, of up to ROWS_UP_TO tokens the row-decoding kernel, of more (a prompt)
-decodes tiles of rows that BLAS multiplies; llama.cpp's blocks meet up to ROWS_UP_TO tokens with integer dot
-products of activations rounded to 8 bits where the machine has AVX2 (int8_dots, set_int8_dots: intdot);
-attention of up to ATTENTION_UP_TO new tokens per sequence runs compiled, a longer prompt PROMPT_BLOCK queries at
-a time through BLAS and the compiled masked softmax, the causal triangle beyond each block never computed.
+What decides: float32 activations run compiled kernels (float64 runs the reference); an integer format held
+interleaved (where the machine has AVX2: int8_dots, set_int8_dots; pocketgpt.kernels.interleaved) meets any number
+of tokens with integer dot products of activations rounded to 8 bits; otherwise a product of one token runs the
+weight layout's fused kernel, of up to ROWS_UP_TO tokens the row-decoding kernel, of more (a prompt) decodes tiles
+of rows that BLAS multiplies; attention of up to ATTENTION_UP_TO new tokens per sequence runs compiled, a longer
+prompt PROMPT_BLOCK queries at a time through BLAS and the compiled masked softmax, the causal triangle beyond each
+block never computed.
 Compiled kernels are cached on disk (numba's NUMBA_CACHE_DIR, else ~/.cache/pocketgpt/numba/<a digest of this
 package's sources>, so that a changed kernel is compiled afresh), and only a machine's first run compiles them.
 Legend: N tokens, n input width, R output rows, C channels, B batch, T new tokens, nh heads, hs head size.
@@ -65,7 +66,18 @@ def _lock_cache_saves() -> None:
     index_file.save = locked_save
 
 
+def _start_threads() -> None:
+    """Start numba's threading layer now, before any cached kernel loads. A kernel loaded from numba's disk cache
+    re-runs the start-up its parallel loops need (the threading layer, whose symbols their code calls), but numba does
+    not pass that on to a kernel compiled afterwards in the same process that calls it: such a caller (a fused decode
+    step calling the parallel products) is cached without it, and a later process that loads that caller before any
+    parallel kernel crashed calling an unresolved symbol. With the layer started at import, every cached kernel
+    finds its symbols."""
+    numba.get_num_threads()
+
+
 _lock_cache_saves()
+_start_threads()
 if not numba.config.CACHE_DIR:  # read when each cached kernel is defined, below
     numba.config.CACHE_DIR = str(Path.home() / ".cache" / "pocketgpt" / "numba" / _sources_digest())
 
@@ -76,6 +88,7 @@ from pocketgpt.kernels.dispatch import (  # noqa: E402
     adamw,
     attention,
     attention_q4,
+    blas_multiplies,
     cross_entropy_backward,
     embedding,
     gelu,
@@ -96,11 +109,10 @@ from pocketgpt.kernels.dispatch import (  # noqa: E402
     swiglu,
     swiglu_train_backward,
 )
-from pocketgpt.kernels.layouts import layout  # noqa: E402
-from pocketgpt.kernels.products import int8_dots, set_int8_dots  # noqa: E402
+from pocketgpt.kernels.layouts import int8_dots, layout, set_int8_dots  # noqa: E402
 
 __all__ = ["ATTENTION_UP_TO", "BlockWeights", "FloatKV", "ROWS_UP_TO", "adamw", "attention", "attention_q4",
-           "blas_threads_for", "block", "cross_entropy_backward", "embedding", "gelu", "gelu_train",
+           "blas_multiplies", "blas_threads_for", "block", "cross_entropy_backward", "embedding", "gelu", "gelu_train",
            "gelu_train_backward", "int8_dots", "layernorm", "layernorm_train", "layernorm_train_backward", "layout",
            "linear", "logsumexp", "machine_threads", "masked_softmax", "rmsnorm", "rmsnorm_train",
            "rmsnorm_train_backward", "rope", "rounds_activations", "set_int8_dots", "set_threads",

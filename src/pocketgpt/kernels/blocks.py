@@ -1,5 +1,5 @@
-"""The inference block: one transformer block over new tokens, composed of the kernels' operations, or for one
-token of one sequence over a float cache, the fused step (pocketgpt.step).
+"""The inference block: one transformer block over new tokens, composed of the kernels' operations, or for up to
+STEP_UP_TO tokens of one sequence over a float cache, the fused step (pocketgpt.kernels.step).
 
 Both families run it: norm (RMSNorm or LayerNorm), fused QKV projection, rotary embedding (or none: learned
 positions are added before the first block), grouped-query attention, output projection and residual, norm,
@@ -22,6 +22,8 @@ from pocketgpt.kernels.step import step_kernel
 
 F32 = np.dtype(np.float32)
 NONE = np.zeros(0, np.float32)  # the fused step's "no bias"
+STEP_UP_TO = dispatch.ATTENTION_UP_TO  # new tokens of one sequence the fused step takes (a decode step, a
+# speculative block); a longer prompt is composed, its attention computed in blocks by BLAS
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class FloatKV:
 
 
 def _fusable(x: np.ndarray, w: BlockWeights, kv) -> bool:
-    if x.shape[0] != 1 or x.shape[1] != 1 or x.dtype != F32 or not isinstance(kv, FloatKV) or kv.k.dtype != F32:
+    if x.shape[0] != 1 or x.shape[1] > STEP_UP_TO or x.dtype != F32 or not isinstance(kv, FloatKV) or \
+            kv.k.dtype != F32:
         return False
     return all((isinstance(m, Packed) and not m.act_bits or isinstance(m, np.ndarray) and m.dtype == F32)
                and layout(m).fused for m in w.matrices)
@@ -75,7 +78,8 @@ def block(x: np.ndarray, w: BlockWeights, rope: tuple[np.ndarray, np.ndarray] | 
     stores k, v (B, T, nkv, hs) where it keeps them and returns the attention of q (B, Tq, nh, hs).
     """
     if _fusable(x, w, kv):
-        return _step(x, w, rope, kv)
+        out = _step(x, w, rope, kv)
+        return out if n_out is None else out[:, x.shape[1] - n_out:]
     B, T, _ = x.shape
     nh, nkv, hs = w.n_head, w.n_kv, w.head_size
     qkv = dispatch.linear(_norm(x, w.ln_1, w), w.c_attn, w.biases[0])  # (B, T, (nh + 2 nkv) hs)
@@ -120,11 +124,15 @@ def _attend(q, k, v, kv: FloatKV):
 
 def _step(x, w: BlockWeights, rope, kv: FloatKV) -> np.ndarray:
     lays = [layout(m) for m in w.matrices]
-    step = step_kernel(tuple((*lay.key, lay.int8) for lay in lays), w.norm, w.activation, rope is not None)
+    step = step_kernel(tuple(lay.key for lay in lays), w.norm, w.activation, rope is not None)
     row = 0 if kv.rows is None else int(np.asarray(kv.rows).reshape(-1)[0])
     pos = int(np.asarray(kv.first).reshape(-1)[0])
-    cos, sin = (rope[0].reshape(-1), rope[1].reshape(-1)) if rope is not None else (NONE, NONE)
-    out = x.reshape(-1).copy()
+    T = x.shape[1]
+    if rope is not None:
+        cos, sin = (np.ascontiguousarray(a.reshape(T, -1)) for a in rope)  # (T, hs/2) of this sequence's tokens
+    else:
+        cos = sin = NONE.reshape(1, 0).repeat(T, axis=0)
+    out = np.ascontiguousarray(x.reshape(T, -1), dtype=F32).copy()
     biases = tuple(NONE if b is None else b for b in w.biases)
     step(out, *(lay.parts for lay in lays), biases, w.ln_1, w.ln_2, w.eps, cos, sin, kv.k[row], kv.v[row], pos,
          w.n_head)

@@ -9,15 +9,17 @@ Layouts: f32 (W), f16 and bf16 (the raw 16 bits), q8_0 (int8 codes, block scales
 each block of 32: weight j low, j + 16 high; scales, Q4_1's minimums), mxfp4 (as q4_0 with FP4 values and
 power-of-two scales), int (pocketgpt's little-endian bit stream of 2, 3, 4 or 8-bit codes, per-group scales and
 zero points), q4_k, q5_k and q6_k (the GGUF super-blocks as stored; see pocketgpt.formats.kquants), q5_1 (as
-q4_1, with each block's fifth bits in one uint32).
+q4_1, with each block's fifth bits in one uint32), interleaved (rows sixteen to a group, pocketgpt.kernels.interleaved).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from pocketgpt.formats.mxfp4 import FP4_VALUES
+from pocketgpt.kernels.interleaved import LANES, MINIMUM, MXFP4_TABLE, ZERO
 
 EXACT = {"cache": True, "inline": "always", "error_model": "numpy"}  # no fastmath: same rounding as NumPy
 HALF_SCALE = np.float32(2.0**112)  # f16 bits << 13, read as float32, times 2^112 = the f16 value (and subnormals)
@@ -185,9 +187,52 @@ def q5_1(parts, r, out):
         out[32 * b + 16 + j] = d[b] * np.float32((c >> 4) | (((bits >> (j + 16)) & 1) << 4)) + m[b]
 
 
+def widened(v):
+    """A scale as float32: float16 bits (uint16) widened exactly, float32 as it is."""
+
+
+@overload(widened)
+def _widened(v):
+    if v == types.uint16:
+        return lambda v: half(np.int32(v))
+    return lambda v: np.float32(v)
+
+
+@njit(**EXACT)
+def interleaved(parts, r, out):
+    """parts (codes, scale, offset, spec) of pocketgpt.kernels.interleaved: d u + m, d (u - z) or d (u - o), as the
+    stored format's own dequantize() computes it (MXFP4: (2 v) times d / 2, which is v d exactly)."""
+    q, d, m, code = parts[0], parts[1], parts[2], parts[3][0]
+    bits, top, table, offset = code & 15, (code >> 4) & 1, (code >> 5) & 1, (code >> 8) + ZERO
+    last = 64 * ((8 if bits == 8 else 4 if bits == 4 else 2) + top - 1)  # the quad of top bits
+    g, lane = r // LANES, r % LANES
+    for k in range(q.shape[1]):
+        dk = widened(d[g, k, lane])
+        for v in range(8):
+            for c in range(4):
+                at = 4 * lane + c
+                if bits == 8:
+                    u = np.int32(q[g, k, 64 * v + at])
+                elif bits == 4:
+                    u = (np.int32(q[g, k, 64 * (v % 4) + at]) >> (4 * (v // 4))) & 15
+                else:
+                    u = (np.int32(q[g, k, 64 * (v % 2) + at]) >> (2 * (v // 2))) & 3
+                if top:
+                    u |= ((np.int32(q[g, k, last + at]) >> v) & 1) << bits
+                if table:
+                    u = np.int32(MXFP4_TABLE[u])
+                j = 32 * k + 4 * v + c
+                if offset == MINIMUM:
+                    out[j] = dk * np.float32(u) + widened(m[g, k, lane])
+                elif offset == ZERO:
+                    out[j] = dk * (np.float32(u) - np.float32(m[g, k, lane]))
+                else:
+                    out[j] = dk * (np.float32(u) - np.float32(offset))
+
+
 KINDS = {name: i for i, name in enumerate(("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "mxfp4", "int", "int4", "int8",
-                                           "q4_k", "q5_k", "q6_k", "q5_1"))}  # int4, int8: pocketgpt's groups
-F32, F16, BF16, Q8_0, Q4_0, Q4_1, MXFP4, INT, INT4, INT8, Q4_K, Q5_K, Q6_K, Q5_1 = KINDS.values()
+                                           "q4_k", "q5_k", "q6_k", "q5_1", "interleaved"))}  # int4, int8: groups
+F32, F16, BF16, Q8_0, Q4_0, Q4_1, MXFP4, INT, INT4, INT8, Q4_K, Q5_K, Q6_K, Q5_1, INTERLEAVED = KINDS.values()
 
 
 @njit(**EXACT)
@@ -218,5 +263,7 @@ def decode(parts, r, out, kind):
         q5_k(parts, r, out)
     elif kind == Q6_K:
         q6_k(parts, r, out)
-    else:  # Q5_1 (Q5_0 runs as Q8_0)
+    elif kind == Q5_1:
         q5_1(parts, r, out)
+    else:
+        interleaved(parts, r, out)

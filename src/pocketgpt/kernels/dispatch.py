@@ -62,9 +62,11 @@ def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -
         else:  # BLAS
             y = x2 @ w.T
     else:
-        lay = w.__dict__.get("_layout") or layout(w)
+        lay = layout(w)
         y = np.empty((N, R), F32)
-        if N == 1:
+        if lay.interleaved:  # any number of tokens, rounded to 8 bits
+            lay.product(lay.parts, x2, y)
+        elif N == 1:
             lay.matvec(lay.parts, x2[0], y[0])
         elif N <= ROWS_UP_TO:
             _few(lay, x2, y)
@@ -75,11 +77,16 @@ def linear(x: np.ndarray, w: np.ndarray | Packed, b: np.ndarray | None = None) -
     return y.reshape(*x.shape[:-1], R)
 
 
-def rounds_activations(w: np.ndarray | Packed, tokens: int) -> bool:
-    """Whether linear() of `tokens` tokens with W rounds them to 8 bits per block of 32 first (llama.cpp's blocks,
-    on a machine whose integer dot products pay: pocketgpt.kernels.intdot); prompts (more than ROWS_UP_TO tokens)
-    are multiplied in float."""
-    return isinstance(w, Packed) and not w.act_bits and tokens <= ROWS_UP_TO and layout(w).int8
+def rounds_activations(w: np.ndarray | Packed) -> bool:
+    """Whether linear() with W rounds its tokens to 8 bits per block of 32 first: an integer format held interleaved
+    for integer dot products (pocketgpt.kernels.interleaved), whatever the number of tokens."""
+    return isinstance(w, Packed) and not w.act_bits and layout(w).interleaved
+
+
+def blas_multiplies(w: np.ndarray | Packed) -> bool:
+    """Whether a prompt's product with W runs on BLAS (float matrices, and packed ones decoded in tiles), rather
+    than on the compiled interleaved kernels."""
+    return isinstance(w, np.ndarray) or w.act_bits > 0 or not layout(w).interleaved
 
 
 def _few(lay: Layout, x2: np.ndarray, y: np.ndarray) -> None:

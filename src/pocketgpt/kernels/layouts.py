@@ -1,8 +1,14 @@
 """A weight matrix as compiled kernels read it: its layout's arrays, row decoder and matrix-vector body (fused for
-the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float. The K-quants are
-read as the layouts of other blocks that compute the same weights in the same float32 arithmetic (Q4_K as Q4_1,
-Q5_K as Q5_1, Q6_K as 8-bit groups of 16; pocketgpt.formats.kquants), their codes repacked once beside the stored
-blocks, which saving needs; Q5_0 is held as Q8_0 blocks already (pocketgpt.formats.ggml) and read as those.
+the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float.
+
+With integer dot products on (int8_dots: the default on a machine with AVX2), every integer format whose rows cut
+into blocks of 32 is repacked into rows interleaved sixteen to a group (pocketgpt.kernels.interleaved), which all
+products read whatever the number of tokens: llama.cpp's Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, the K-quants Q4_K and
+Q5_K (as the Q4_1 and Q5_1 blocks that compute their weights in the same float32 arithmetic:
+pocketgpt.formats.kquants), MXFP4, and pocketgpt's 2-, 3-, 4- and 8-bit groups. Otherwise, and for the formats
+that do not fit (float weights, Q6_K, groups of 16), the float kernels read the stored parts: the K-quants as
+the same other blocks (Q6_K as 8-bit groups of 16), their codes repacked once beside the stored blocks, which
+saving needs; Q5_0 is held as Q8_0 blocks already (pocketgpt.formats.ggml) and read as those.
 """
 
 from __future__ import annotations
@@ -13,14 +19,33 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketgpt.formats import GGMLBlocks, GroupQuantized, HalfFloats, Packed, kquants
-from pocketgpt.kernels import decoders, products
+from pocketgpt.formats.groups import unpack_bits
+from pocketgpt.kernels import decoders, interleaved, products
+from pocketgpt.kernels.interleaved import ZERO, pack, pack_nibbles, spec
+
+_int8 = interleaved.ENABLED  # whether integer formats run interleaved, with activations rounded to 8 bits
+
+
+def int8_dots() -> bool:
+    """Whether products with integer formats round the activations to 8 bits per block of 32 and take integer dot
+    products (pocketgpt.kernels.interleaved): by default where the machine has AVX2, unless POCKETGPT_INT8_DOT=0."""
+    return _int8
+
+
+def set_int8_dots(on: bool) -> None:
+    """Turn integer dot products on or off from the next product on (off: the float kernels, which take activations
+    as they are, as the reference computes them)."""
+    global _int8
+    if on and not interleaved.HOST_AVX2:
+        raise ValueError("integer dot products need AVX2, which this machine lacks")
+    _int8 = bool(on)
 
 
 @dataclass(frozen=True)
 class Layout:
     name: str  # a key of decoders.KINDS
     parts: tuple  # the arrays every kernel of this layout takes, in the decoder's order
-    group: int = 0  # weights per group (pocketgpt's int4 and int8 layouts; 0 for the others)
+    group: int = 0  # weights per group (pocketgpt's int4 and int8 layouts), the spec of an interleaved one, else 0
 
     @property
     def kind(self) -> int:
@@ -32,21 +57,26 @@ class Layout:
 
     @property
     def fused(self) -> bool:
-        """Whether a fused matvec kernel reads this layout (products.FUSED), rather than its row decoder."""
-        return self.key in products.FUSED
+        """Whether a fused matvec kernel reads this layout (products.FUSED or the interleaved one), rather than its
+        row decoder."""
+        return self.key in products.FUSED or self.interleaved
 
     @property
-    def int8(self) -> bool:
-        """Whether products of a few tokens with this matrix round them to 8 bits (products.int8_dots)."""
-        return products.int8_dots() and self.kind in products.BLOCK_TOKENS
+    def interleaved(self) -> bool:
+        """Whether the rows are interleaved for integer dot products: every product rounds its tokens to 8 bits."""
+        return self.kind == decoders.INTERLEAVED
+
+    @property
+    def product(self) -> Callable:
+        """product(parts, x, y) of an interleaved layout: y (B, R) = x (B, n) W^T for any number of tokens, rounded
+        to 8 bits first (compiled once per spec)."""
+        return _compiled(("interleaved", self.group), lambda: interleaved.linear_for(self.group))
 
     @property
     def matvec(self) -> Callable:
-        """matvec(parts, x, y): the fused kernel (integer dots where int8), or one through the row decoder (compiled
-        once per kind)."""
-        if self.int8:
-            return products.INT_FUSED[self.kind]
-        if self.fused:
+        """matvec(parts, x, y) of a layout with float kernels: the fused kernel, or one through the row decoder
+        (compiled once per kind)."""
+        if self.key in products.FUSED:
             return products.FUSED[self.key]
         return _compiled(("matvec", self.kind), lambda: products.decoded_matvec(self.kind))
 
@@ -83,6 +113,45 @@ def _compiled(key, make: Callable):
     return _KERNELS[key]
 
 
+def _interleaved(w) -> Layout | None:
+    """The interleaved layout of an integer matrix whose rows cut into blocks of 32, or None."""
+    if isinstance(w, GGMLBlocks):
+        kind, rows = w.kind, w.shape[0]
+        if kind == "q4_0":
+            parts = pack_nibbles(w.codes, w.scale, spec(4, offset=8))
+        elif kind == "q4_1":
+            parts = pack_nibbles(w.codes, w.scale, spec(4), w.minimum)
+        elif kind == "q8_0":
+            parts = pack((w.codes.astype(np.int16) + 128).astype(np.uint8), w.scale, spec(8, offset=128))
+        elif kind == "q5_0":  # held as Q8_0 codes u - 16
+            parts = pack((w.codes + 16).astype(np.uint8), w.scale, spec(4, top=True, offset=16))
+        elif kind == "q5_1":
+            parts = pack(kquants.unpack_codes(w.codes, w.high).astype(np.uint8), w.scale, spec(4, top=True), w.minimum)
+        elif kind == "q4_k":
+            nibbles, d, m = kquants.as_q4_1(w.codes, rows)
+            parts = pack_nibbles(nibbles, d, spec(4), m)
+        elif kind == "q5_k":
+            nibbles, d, m, high = kquants.as_q5_1(w.codes, rows)
+            parts = pack(kquants.unpack_codes(nibbles, high).astype(np.uint8), d, spec(4, top=True), m)
+        elif kind == "mxfp4":  # codes index 2 v + 12 for FP4 value v, so the scale is halved
+            parts = pack_nibbles(w.codes, w.scale * np.float32(0.5), spec(4, table=True, offset=12))
+        else:
+            return None
+        return Layout("interleaved", parts, int(parts[3][0]))
+    if isinstance(w, GroupQuantized) and not w.act_bits and w.group_size % 32 == 0:
+        out, n = w.shape
+        u = unpack_bits(w.packed, w.bits, n)
+        per = w.group_size // 32  # blocks of 32 per group
+        d = np.repeat(w.scales.astype(np.float32), per, axis=1)
+        bits, top = (2, True) if w.bits == 3 else (w.bits, False)
+        if w.zeros is None:
+            parts = pack(u, d, spec(bits, top, offset=2 ** (w.bits - 1)))
+        else:
+            parts = pack(u, d, spec(bits, top, offset=ZERO), np.repeat(w.zeros, per, axis=1))
+        return Layout("interleaved", parts, int(parts[3][0]))
+    return None
+
+
 def _build(w) -> Layout:
     if isinstance(w, np.ndarray):
         return Layout("f32", (w,))
@@ -112,9 +181,15 @@ def _build(w) -> Layout:
 
 def layout(w: np.ndarray | Packed) -> Layout:
     """The layout of a float32 (R, n) array (built on each call: it is the array itself) or of a packed matrix
-    (built on first use and kept on the matrix)."""
+    (built on first use and kept on the matrix): interleaved where int8_dots() is on and the format fits."""
     if isinstance(w, np.ndarray):
         return _build(w)
+    if _int8:
+        found = w.__dict__.get("_interleaved", False)
+        if found is False:
+            found = w.__dict__["_interleaved"] = _interleaved(w)
+        if found is not None:
+            return found
     found = w.__dict__.get("_layout")
     if found is None:
         found = w.__dict__["_layout"] = _build(w)

@@ -200,11 +200,14 @@ def attend_head(qv, K, V, n, o):
 
 
 @njit(**PARALLEL)
-def attend_heads(q, k, v, n, out):
-    """Every query head q (nh, hs) of one token over positions 0 .. n - 1 of k, v (nkv, S, hs) -> out (nh, hs)."""
-    g = q.shape[0] // k.shape[0]
-    for h in prange(q.shape[0]):
-        attend_head(q[h], k[h // g], v[h // g], n, out[h])
+def attend_tokens(q, k, v, first, out):
+    """Every query head q (T, nh, hs) of T consecutive tokens of one sequence, token t over positions
+    0 .. first + t of k, v (nkv, S, hs) -> out (T, nh, hs)."""
+    T, nh = q.shape[0], q.shape[1]
+    g = nh // k.shape[0]
+    for job in prange(T * nh):
+        t, h = job // nh, job % nh
+        attend_head(q[t, h], k[h // g], v[h // g], first + t + 1, out[t, h])
 
 
 @njit(**PARALLEL)

@@ -7,6 +7,8 @@ Three shapes of work, each parallel over the rows of W:
 - rows (a few tokens, x (B, n)): each row is decoded once into a buffer the size of one row, then dotted with
   every token (a speculative block, a batch of slots);
 - tiles (a prompt): rows decoded in tiles that stay in cache (gather) and multiplied by BLAS.
+These are the float kernels: activations as they are. Integer formats with integer dot products on run interleaved
+instead (pocketgpt.kernels.interleaved), for any number of tokens; fused_matvec calls that kernel too.
 The fused matvec kernels (FUSED, by layout kind and group) are module functions, so that a compiled decode step
 (pocketgpt.kernels.step) can call them; the kernels made per layout by a factory (decoded_matvec, row_kernels)
 close over integers only, never over other compiled functions: numba's disk cache keys a closure by its
@@ -25,43 +27,13 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit, prange
 
-from pocketgpt.kernels import intdot
-from pocketgpt.kernels.decoders import F32, INT4, INT8, Q4_0, Q4_1, Q5_1, Q8_0, decode
-from pocketgpt.kernels.intdot import (
-    q4_0_dots1,
-    q4_0_dots2,
-    q4_0_dots4,
-    q4_1_dots1,
-    q4_1_dots2,
-    q4_1_dots4,
-    q8_0_dots1,
-    q8_0_dots2,
-    q8_0_dots4,
-)
+from pocketgpt.kernels import interleaved
+from pocketgpt.kernels.decoders import F32, INT4, INT8, INTERLEAVED, Q4_0, Q4_1, Q5_1, Q8_0, decode
 
 FAST = {"cache": True, "fastmath": True, "error_model": "numpy"}
 BODY = {"cache": True, "fastmath": True, "inline": "always", "error_model": "numpy"}
 PARALLEL = {"cache": True, "fastmath": True, "parallel": True, "error_model": "numpy"}
-# No fastmath, which would reorder the integer dots' float sums, and said so: numba gives a kernel that does not set
-# fastmath (or error_model) its caller's, when the caller compiles it, and caches that variant under the same key.
-EXACT_PARALLEL = {"cache": True, "parallel": True, "fastmath": False, "error_model": "numpy"}
 SIXTEENTH, SIXTEEN = np.float32(0.0625), np.float32(16.0)
-_int8 = intdot.ENABLED  # whether llama.cpp's blocks meet activations rounded to 8 bits (set_int8_dots)
-
-
-def int8_dots() -> bool:
-    """Whether products of up to a few tokens with llama.cpp's blocks round the activations to 8 bits and run integer
-    dot products (pocketgpt.kernels.intdot): by default where the machine has AVX2, unless POCKETGPT_INT8_DOT=0."""
-    return _int8
-
-
-def set_int8_dots(on: bool) -> None:
-    """Turn integer dot products on or off from the next product on (off: the float kernels, activations as they
-    are, as the reference computes them)."""
-    global _int8
-    if on and not intdot.HOST_AVX2:
-        raise ValueError("integer dot products need AVX2, which this machine lacks")
-    _int8 = bool(on)
 
 
 @njit(**FAST)
@@ -87,73 +59,6 @@ def _group_sums(x, xs):
         for j in range(group):
             t += x[g * group + j]
         xs[g] = t
-
-
-@njit(**FAST)
-def quantized(xs):
-    """Tokens xs (B, n) as pocketgpt.kernels.intdot rounds them: int8 codes (B, n), block scales and sums (B, n/32)."""
-    B, n = xs.shape
-    xq = np.empty((B, n), np.int8)
-    xd, sums = np.empty((B, n // 32), np.float32), np.empty((B, n // 32), np.float32)
-    intdot.round_activations(xs, xq, xd, sums)
-    return xq, xd, sums
-
-
-# y[t .. t + T - 1] (T = 4, 2 or 1) of llama.cpp's blocks from tokens rounded to 8 bits (quantized); each row's product
-# is one intrinsic call (pocketgpt.kernels.intdot), whose result does not depend on T. The kernels around them are
-# compiled without fastmath: numba puts its flags on every float operation of a kernel, the intrinsic's too, and
-# LLVM would then reorder those sums differently in each kernel.
-
-
-@njit(**BODY)
-def _int_q4_0(parts, xq, xd, xs, y, t, T):
-    q, d = parts[0], parts[1]
-    for r in prange(q.shape[0]):
-        if T == 4:
-            y[t, r], y[t + 1, r], y[t + 2, r], y[t + 3, r] = q4_0_dots4(q, d, d, xq, xd, xs, r, t)
-        elif T == 2:
-            y[t, r], y[t + 1, r] = q4_0_dots2(q, d, d, xq, xd, xs, r, t)
-        else:
-            y[t, r] = q4_0_dots1(q, d, d, xq, xd, xs, r, t)[0]
-
-
-@njit(**BODY)
-def _int_q4_1(parts, xq, xd, xs, y, t, T):
-    q, d, m = parts[0], parts[1], parts[2]
-    for r in prange(q.shape[0]):
-        if T == 4:
-            y[t, r], y[t + 1, r], y[t + 2, r], y[t + 3, r] = q4_1_dots4(q, d, m, xq, xd, xs, r, t)
-        elif T == 2:
-            y[t, r], y[t + 1, r] = q4_1_dots2(q, d, m, xq, xd, xs, r, t)
-        else:
-            y[t, r] = q4_1_dots1(q, d, m, xq, xd, xs, r, t)[0]
-
-
-@njit(**BODY)
-def _int_q8_0(parts, xq, xd, xs, y, t, T):
-    q, d = parts[0], parts[1]
-    for r in prange(q.shape[0]):
-        if T == 4:
-            y[t, r], y[t + 1, r], y[t + 2, r], y[t + 3, r] = q8_0_dots4(q, d, d, xq, xd, xd, r, t)
-        elif T == 2:
-            y[t, r], y[t + 1, r] = q8_0_dots2(q, d, d, xq, xd, xd, r, t)
-        else:
-            y[t, r] = q8_0_dots1(q, d, d, xq, xd, xd, r, t)[0]
-
-
-@njit(**EXACT_PARALLEL)
-def int_q4_0(parts, xq, xd, xs, y, t, T):
-    _int_q4_0(parts, xq, xd, xs, y, t, T)
-
-
-@njit(**EXACT_PARALLEL)
-def int_q4_1(parts, xq, xd, xs, y, t, T):
-    _int_q4_1(parts, xq, xd, xs, y, t, T)
-
-
-@njit(**EXACT_PARALLEL)
-def int_q8_0(parts, xq, xd, xs, y, t, T):
-    _int_q8_0(parts, xq, xd, xs, y, t, T)
 
 
 @njit(**BODY)
@@ -266,25 +171,6 @@ def matvec_q5_1(parts, x, y):
     mv_q5_1(parts, x, y)
 
 
-@njit(**EXACT_PARALLEL)
-def int_matvec_q8_0(parts, x, y):
-    """matvec_q8_0 with x rounded to 8 bits per block (pocketgpt.kernels.intdot); so the next two."""
-    xq, xd, xs = quantized(x.reshape(1, x.size))
-    _int_q8_0(parts, xq, xd, xs, y.reshape(1, y.size), 0, 1)
-
-
-@njit(**EXACT_PARALLEL)
-def int_matvec_q4_0(parts, x, y):
-    xq, xd, xs = quantized(x.reshape(1, x.size))
-    _int_q4_0(parts, xq, xd, xs, y.reshape(1, y.size), 0, 1)
-
-
-@njit(**EXACT_PARALLEL)
-def int_matvec_q4_1(parts, x, y):
-    xq, xd, xs = quantized(x.reshape(1, x.size))
-    _int_q4_1(parts, xq, xd, xs, y.reshape(1, y.size), 0, 1)
-
-
 @njit(**BODY)
 def _zero_term(sr, zr, xs):
     """sum_g s_g z_g xs_g: what the zero points of one row's groups take from its product (xs: group sums of x)."""
@@ -341,7 +227,6 @@ def int8_matvec(group: int) -> Callable:
 matvec_int4_32, matvec_int4_64, matvec_int4_128 = (int4_matvec(g) for g in (32, 64, 128))
 matvec_int8_16, matvec_int8_32, matvec_int8_64, matvec_int8_128 = (int8_matvec(g) for g in (16, 32, 64, 128))
 
-INT_FUSED = {Q8_0: int_matvec_q8_0, Q4_0: int_matvec_q4_0, Q4_1: int_matvec_q4_1}  # with int8_dots()
 FUSED = {(F32, 0): matvec_f32, (Q8_0, 0): matvec_q8_0, (Q4_0, 0): matvec_q4_0, (Q4_1, 0): matvec_q4_1,
          (Q5_1, 0): matvec_q5_1,
          (INT4, 32): matvec_int4_32, (INT4, 64): matvec_int4_64, (INT4, 128): matvec_int4_128,
@@ -350,26 +235,19 @@ FUSED = {(F32, 0): matvec_f32, (Q8_0, 0): matvec_q8_0, (Q4_0, 0): matvec_q4_0, (
 
 
 @njit(cache=True, inline="always")
-def fused_matvec(parts, x, y, kind, group, int8):
-    """The FUSED kernel of (kind, group), or with int8 its INT_FUSED one; all three must be compile-time constants of
-    the caller."""
-    if kind == F32:
+def fused_matvec(parts, x, y, kind, group):
+    """The FUSED kernel of (kind, group), or the interleaved one (group: its spec); both must be compile-time
+    constants of the caller."""
+    if kind == INTERLEAVED:
+        interleaved.matvec(parts, x, y, group)
+    elif kind == F32:
         matvec_f32(parts, x, y)
     elif kind == Q8_0:
-        if int8:
-            int_matvec_q8_0(parts, x, y)
-        else:
-            matvec_q8_0(parts, x, y)
+        matvec_q8_0(parts, x, y)
     elif kind == Q4_0:
-        if int8:
-            int_matvec_q4_0(parts, x, y)
-        else:
-            matvec_q4_0(parts, x, y)
+        matvec_q4_0(parts, x, y)
     elif kind == Q4_1:
-        if int8:
-            int_matvec_q4_1(parts, x, y)
-        else:
-            matvec_q4_1(parts, x, y)
+        matvec_q4_1(parts, x, y)
     elif kind == Q5_1:
         matvec_q5_1(parts, x, y)
     elif kind == INT4:
@@ -387,6 +265,26 @@ def fused_matvec(parts, x, y, kind, group, int8):
         matvec_int8_64(parts, x, y)
     else:
         matvec_int8_128(parts, x, y)
+
+
+@njit(cache=True, inline="always")
+def fused_product(parts, x, y, kind, group):
+    """y (T, R) = x (T, n) W^T through the kernels of fused_matvec: the interleaved layout's product of all T tokens
+    at once, the others' matvec token by token. Either way a token's result is what its matvec alone gives."""
+    if kind == INTERLEAVED:
+        interleaved.linear(parts, x, y, group)
+    else:
+        for t in range(x.shape[0]):
+            fused_matvec(parts, x[t], y[t], kind, group)
+
+
+@njit(cache=True, inline="always")
+def rows_of(parts, kind):
+    """The rows of a matrix from its layout's parts (kind a compile-time constant of the caller): an interleaved
+    layout records them in its spec array, the others hold them as the first part's rows."""
+    if kind == INTERLEAVED:
+        return parts[3][1]
+    return parts[0].shape[0]
 
 
 def decoded_matvec(kind: int):
@@ -742,17 +640,8 @@ def q8_two(parts, xs, y, t):
 
 def block_tokens(kind: int, parts: tuple, xs: np.ndarray, y: np.ndarray) -> None:
     """y = xs W^T for a few tokens xs (B, n) of a Q4_0, Q4_1 or Q8_0 matrix: groups of four tokens, then two, then
-    the single-token matvec (FUSED) for the last one; with int8_dots(), the tokens rounded to 8 bits once and their
-    integer dot products taken in groups of four, two and one."""
+    the single-token matvec (FUSED) for the last one."""
     B = xs.shape[0]
-    if _int8:
-        kernel = {Q4_0: int_q4_0, Q4_1: int_q4_1, Q8_0: int_q8_0}[kind]
-        codes = quantized(xs)
-        t = 0
-        for T in (4,) * (B // 4) + (2,) * (B % 4 // 2) + (1,) * (B % 2):
-            kernel(parts, *codes, y, t, T)
-            t += T
-        return
     four, two, one = ((q8_four, q8_two, matvec_q8_0) if kind == Q8_0
                       else (q4_four, q4_two, matvec_q4_0 if kind == Q4_0 else matvec_q4_1))
     args = (xs,) if kind == Q8_0 else _halves_of(xs)

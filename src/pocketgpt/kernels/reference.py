@@ -27,7 +27,7 @@ def linear(x, w, b=None):
 
 
 def int8_activations(x):
-    """x (..., n) float32 as the integer-dot kernels round it (pocketgpt.kernels.intdot): per block of 32, codes
+    """x (..., n) float32 as the integer-dot kernels round it (pocketgpt.kernels.interleaved): per block of 32, codes
     round(x / s) (int8) with s = max |x| / 127 (float32) -> (codes (..., n), scales (..., n / 32))."""
     blocks = x.reshape(*x.shape[:-1], -1, 32)
     scale = np.abs(blocks).max(axis=-1) * np.float32(1.0 / 127.0)

@@ -27,8 +27,10 @@ def single_threaded_blas() -> AbstractContextManager:
     return _BLAS.limit(limits=1, user_api="blas")
 
 
-def blas_threads_for(rows: int, small: int = 64) -> AbstractContextManager:
-    """One BLAS thread for a forward pass of at most `small` tokens (a decode step, a short prefill): waking
-    BLAS's other threads for a product that small costs more than they save, and they spin afterwards on the
-    cores the compiled kernels between the BLAS calls need. Past that, BLAS's own threads pay."""
-    return single_threaded_blas() if rows <= small else nullcontext()
+def blas_threads_for(rows: int, blas_products: bool = True, small: int = 64) -> AbstractContextManager:
+    """One BLAS thread for a forward pass of at most `small` tokens (a decode step, a short prefill), or for one
+    whose matrix products BLAS does not run (blas_products False: only a long prompt's attention is left to it):
+    waking BLAS's other threads then costs more than they save, and they spin afterwards on the cores the compiled
+    kernels need (a 512-token prefill of SmolLM2's packed weights ran at a third of its speed). Otherwise, past
+    `small` tokens, BLAS's own threads pay."""
+    return single_threaded_blas() if rows <= small or not blas_products else nullcontext()

@@ -521,7 +521,8 @@ class GPT:
         if c.embed_norm:
             x = self._norm(x, "ln_e")
         rope = (self.rope_cos[positions], self.rope_sin[positions]) if c.positions == "rope" else None
-        with kernels.blas_threads_for(idx.size):
+        blas = any(kernels.blas_multiplies(m) for m in self.block_weights(0).matrices)
+        with kernels.blas_threads_for(idx.size, blas):
             for i in range(c.n_layer):
                 x = kernels.block(x, self.block_weights(i), rope, attention(i), outputs if i == c.n_layer - 1 else None)
         if c.final_norm:

@@ -20,5 +20,7 @@ class FakeQuantGPT(GPT):
         self._blocks = None  # the fake-quantized weights follow the float ones as they train
 
     def stored(self, name: str) -> np.ndarray | Packed:
+        """The float weight, or for a block linear dequant(quant(W)) as a float matrix: the forward multiplies it as
+        it is (activations unrounded), as the straight-through backward assumes."""
         w = self.params.get(name)
-        return self.pack(w) if name in self.fake else w
+        return self.pack(w).dequantize(w.dtype) if name in self.fake else w

@@ -1,0 +1,415 @@
+"""Integer dot products over weight rows interleaved sixteen to a group: how every integer weight format (llama.cpp's
+blocks, the K-quants, MXFP4, pocketgpt's 2-, 3-, 4- and 8-bit groups) multiplies tokens on a machine with AVX2,
+whatever the number of tokens, the way llama.cpp's repacked kernels do. Not here: float weights, Q6_K and groups that
+do not cut rows into blocks of 32 (they keep the float kernels of pocketgpt.kernels.products).
+
+Each token's activations are rounded to int8 in blocks of 32 with one float scale per block (`round_activations`,
+as llama.cpp rounds them). A group's 16 rows then meet one token's block as 16 exact integer sums computed together:
+one 512-bit `vpdpbusd` multiplies four codes of each of the 16 rows by the same four activation codes and adds them
+into the row's own 32-bit lane, so a block takes eight instructions for 16 rows and no lane ever needs summing
+across. Only then is each row's sum scaled, in float, by its block scale times the token's.
+
+The layout (`pack`), for a matrix of R rows and n = 32 b columns, u the unsigned code of a weight:
+  codes  (G, b, 64 Q) uint8, G = ceil(R / 16) groups (the last padded with zero rows); group g's block k is Q
+         "quads" of 64 bytes, and bytes 4 i .. 4 i + 3 of a quad belong to row 16 g + i (lane i). For codes of
+         8 bits Q = 8: byte c of quad v holds code 4 v + c of the row's block;
+         4 bits, Q = 4: byte c of quad j holds code 4 j + c in its low nibble, 16 + 4 j + c in its high one (the
+                 nibbles of llama.cpp's Q4_0, Q4_1, Q5_0 and Q5_1 bytes j and j + 16 as they are stored);
+         2 bits, Q = 2: bits 2 p, 2 p + 1 of byte c of quad j hold code 8 p + 4 j + c;
+         a top bit (3- and 5-bit codes: 2 or 4 bits above, plus one), Q + 1: bit v of byte c of the last quad is
+         the top bit of code 4 v + c.
+         Unpacked, each layout gives the same eight vectors: vector v holds codes 4 v .. 4 v + 3 of every lane's
+         row, met by the token's activation codes 4 v .. 4 v + 3 broadcast to all lanes.
+  scale  (G, b, 16) the block scales d of the 16 rows: float16 bits (uint16) where every scale is a float16
+         (llama.cpp's blocks, pocketgpt's groups), float32 otherwise (the K-quants' products of two scales).
+  offset one of: MINIMUM, (G, b, 16) like scale, w = d u + m (Q4_1, Q5_1, Q4_K, Q5_K); ZERO, (G, b, 16) uint8
+         zero points, w = d (u - z) (pocketgpt's asymmetric groups); or a constant o, w = d (u - o) (Q4_0 8,
+         Q5_0 16, Q8_0 128 with its int8 codes stored as q + 128, symmetric groups 2^(bits - 1), MXFP4 12).
+  MXFP4's nibbles index a table (`vpshufb`) of 2 v + 12 for its FP4 values v, with d half its power of two.
+`spec(bits, top, table, offset)` names a layout in one integer; the kernels are compiled per spec.
+
+Token t's product with row r is y = sum_k (d_rk xd_tk) P_rtk + sum_k o_rk xs_tk, P the block's exact integer sum,
+xd the token's block scale and xs its block scale times the sum of its codes; o_rk is m, -d z or -d o. Each of the
+two sums runs over the blocks in order in its own float32 lane, and y is their sum: a token's result does not depend
+on how many tokens share the pass, so a speculative verification gives each token its decode step's logits bit for
+bit. The kernels are compiled without fastmath (numba would put its flags on the intrinsic's arithmetic too).
+Legend: B tokens, n input width, R rows, b blocks of 32 (n / 32), G groups of 16 rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from llvmlite import binding, ir
+from numba import literally, njit, prange, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+
+_FEATURES = set(binding.get_host_cpu_features().flatten().split(","))
+HOST_AVX2 = "+avx2" in _FEATURES
+HOST_VNNI = {"+avx512f", "+avx512bw", "+avx512vnni"} <= _FEATURES  # vpdpbusd on 512 bits
+ENABLED = HOST_AVX2 and os.environ.get("POCKETGPT_INT8_DOT", "1") != "0"
+
+LANES = 16  # rows of a group: one 512-bit vector of 32-bit lanes
+MINIMUM, ZERO = -1, -2  # offset kinds besides a constant o >= 0
+TILE = 4  # tokens a tile of the product meets per pass over a group's blocks (then 2, then 1)
+SWEEP = 256  # tokens whose activations a pass over the groups reads (they stay in a core's L2 cache)
+EXACT = {"cache": True, "fastmath": False, "error_model": "numpy"}
+_INV127 = np.float32(1.0 / 127.0)
+MXFP4_TABLE = np.array([12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0], np.uint8)  # 2 v + 12
+
+
+def spec(bits: int, top: bool = False, table: bool = False, offset: int = MINIMUM) -> int:
+    """A layout in one integer: code bits below the top bit (2, 4 or 8), whether a top bit follows, whether codes
+    index MXFP4's table, and the offset (MINIMUM, ZERO, or the constant o)."""
+    if bits not in (2, 4, 8) or (top and bits == 8) or (table and (bits != 4 or top)) or offset < ZERO:
+        raise ValueError(f"no interleaved layout of {bits} bits (top bit {top}, table {table}, offset {offset})")
+    return bits | top << 4 | table << 5 | (offset - ZERO) << 8
+
+
+def fields(code: int) -> tuple[int, bool, bool, int]:
+    """spec() undone: (bits, top, table, offset)."""
+    return code & 15, bool(code >> 4 & 1), bool(code >> 5 & 1), (code >> 8) + ZERO
+
+
+def quads(code: int) -> int:
+    bits, top = fields(code)[:2]
+    return {8: 8, 4: 4, 2: 2}[bits] + top
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+@njit(**EXACT)
+def round_activations(x, xq, scale, sums):
+    """Tokens x (B, n) -> xq (B, n) int8 codes, scale (B, b) and sums (B, b): each block's scale times the sum of its
+    codes. The rounding is NumPy's (pocketgpt.kernels.reference.int8_activations gives the same codes bit for bit):
+    scale = max |x| / 127, codes = round(x / scale)."""
+    B, n = x.shape
+    for t in range(B):
+        for blk in range(n // 32):
+            amax = np.float32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(x[t, 32 * blk + j]))
+            d = amax * _INV127
+            inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+            total = 0
+            for j in range(32):
+                c = np.int32(np.rint(x[t, 32 * blk + j] * inv))
+                xq[t, 32 * blk + j] = c
+                total += c
+            scale[t, blk] = d
+            sums[t, blk] = d * np.float32(total)
+
+
+@njit(**EXACT)
+def quantized(x):
+    """Tokens x (B, n) float32 -> (xq, xd, xs) as round_activations fills them."""
+    B, n = x.shape
+    xq = np.empty((B, n), np.int8)
+    xd, xs = np.empty((B, n // 32), np.float32), np.empty((B, n // 32), np.float32)
+    round_activations(x, xq, xd, xs)
+    return xq, xd, xs
+
+
+# ----------------------------------------------------------------------------- the layout
+
+
+def _groups(a: np.ndarray) -> np.ndarray:
+    """(R, ...) -> (G * 16, ...), zero rows appended."""
+    pad = -a.shape[0] % LANES
+    return a if pad == 0 else np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+
+
+def _scales(s: np.ndarray) -> np.ndarray:
+    """Per-block values (R, b) -> (G, b, 16): float16 bits where every value is a float16, else float32."""
+    s = np.asarray(s, np.float32)
+    half = s.astype(np.float16)
+    held = half.view(np.uint16) if np.array_equal(half.astype(np.float32), s) else s
+    g = _groups(held)
+    return np.ascontiguousarray(g.reshape(-1, LANES, g.shape[1]).transpose(0, 2, 1))
+
+
+def _quads(planes: np.ndarray) -> np.ndarray:
+    """Bytes (G * 16, b, Q, 4) of each row -> codes (G, b, 64 Q): quad j of a block holds the 16 rows' bytes j."""
+    Gl, b, Q, _ = planes.shape
+    return np.ascontiguousarray(planes.reshape(-1, LANES, b, Q, 4).transpose(0, 2, 3, 1, 4)).reshape(-1, b, 64 * Q)
+
+
+def pack(u: np.ndarray, d: np.ndarray, code: int, m: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Codes u (R, n) uint8 in the weights' order, block scales d (R, b) and, by the offset of `code`, minima m
+    (MINIMUM) or zero points m (ZERO) (R, b) -> the layout's arrays (codes, scale, offset, spec): offset an
+    unread (1, 1, 1) array where it is a constant; spec (code, R)."""
+    bits, top, table, offset = fields(code)
+    R, n = u.shape
+    b = n // 32
+    blocks = _groups(np.asarray(u, np.uint8)).reshape(-1, b, 32)  # (G 16, b, 32)
+    if bits == 8:
+        planes = blocks.reshape(-1, b, 8, 4)
+    elif bits == 4:
+        low = blocks & 15
+        planes = (low[..., :16] | low[..., 16:] << 4).reshape(-1, b, 4, 4)
+    else:  # 2: code 8 p + 4 j + c at bits 2 p of byte c of quad j
+        low = (blocks & 3).reshape(-1, b, 4, 2, 4)  # (.., p, j, c)
+        planes = (low << (2 * np.arange(4, dtype=np.uint8))[:, None, None]).sum(axis=2, dtype=np.uint8)
+    if top:  # bit v of byte c: the top bit of code 4 v + c
+        high = ((blocks >> bits) & 1).reshape(-1, b, 8, 4)
+        word = (high << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=2, dtype=np.uint8)[:, :, None]
+        planes = np.concatenate([planes, word], axis=2)
+    held = _quads(planes)
+    if offset == MINIMUM:
+        extra = _scales(m)
+    elif offset == ZERO:
+        z = _groups(np.asarray(m, np.uint8))
+        extra = np.ascontiguousarray(z.reshape(-1, LANES, b).transpose(0, 2, 1))
+    else:
+        extra = np.zeros((1, 1, 1), np.float32)
+    return held, _scales(d), extra, np.array([code, R], np.int64)
+
+
+def pack_nibbles(nibbles: np.ndarray, d: np.ndarray, code: int, m: np.ndarray | None = None) -> tuple:
+    """pack() of 4-bit codes held as llama.cpp stores them (R, n / 2), byte j of a block holding codes j and j + 16:
+    its quads are those bytes as they are."""
+    R = nibbles.shape[0]
+    b = nibbles.shape[1] // 16
+    held = _quads(_groups(np.asarray(nibbles, np.uint8)).reshape(-1, b, 4, 4))
+    extra = _scales(m) if fields(code)[3] == MINIMUM else np.zeros((1, 1, 1), np.float32)
+    return held, _scales(d), extra, np.array([code, R], np.int64)
+
+
+# ----------------------------------------------------------------------------- the tile of tokens (LLVM IR)
+
+_I8, _I16, _I32, _F32, _F16 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType(), ir.HalfType()
+_BYTES, _INTS, _FLOATS = ir.VectorType(_I8, 4 * LANES), ir.VectorType(_I32, LANES), ir.VectorType(_F32, LANES)
+_HALF_BYTES, _WORDS, _HALF_INTS = ir.VectorType(_I8, 2 * LANES), ir.VectorType(_I16, LANES), ir.VectorType(_I32, 8)
+
+
+def _splat(value, vector_type):
+    return ir.Constant(vector_type, [value] * vector_type.count)
+
+
+def _broadcast(builder, value, vector_type):
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
+    lanes = ir.VectorType(_I32, vector_type.count)
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), _splat(0, lanes))
+
+
+def _load(builder, base, offset, element, vector=None, align=1):
+    """The element (or vector of elements) at element offset `offset` of a data pointer."""
+    p = builder.gep(builder.bitcast(base, element.as_pointer()), [offset])
+    return builder.load(builder.bitcast(p, vector.as_pointer()) if vector else p, align=align)
+
+
+class _Emitter:
+    """The host's instructions for the products of unsigned codes with int8 activation codes, four to a lane."""
+
+    def __init__(self, builder, wide_codes: bool):
+        self.b, self.wide = builder, wide_codes  # wide: codes may pass 127 (vpmaddubsw would saturate)
+        module = builder.module
+        fn = cgutils.get_or_insert_function
+        if HOST_VNNI:
+            self.vnni = fn(module, ir.FunctionType(_INTS, [_INTS] * 3), "llvm.x86.avx512.vpdpbusd.512")
+            self.shuffle = fn(module, ir.FunctionType(_BYTES, [_BYTES] * 2), "llvm.x86.avx512.pshuf.b.512")
+        else:
+            self.maddubs = fn(module, ir.FunctionType(_WORDS, [_HALF_BYTES] * 2), "llvm.x86.avx2.pmadd.ub.sw")
+            self.maddwd = fn(module, ir.FunctionType(_HALF_INTS, [_WORDS] * 2), "llvm.x86.avx2.pmadd.wd")
+            self.shuffle = fn(module, ir.FunctionType(_HALF_BYTES, [_HALF_BYTES] * 2), "llvm.x86.avx2.pshuf.b")
+
+    def _halves(self, v):
+        b = self.b
+        v = b.bitcast(v, _BYTES)
+        return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 2 * LANES), list(range(h, h + 2 * LANES))))
+                for h in (0, 2 * LANES)]
+
+    def _join(self, lo, hi, count):
+        return self.b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 2 * count), list(range(2 * count))))
+
+    def dot(self, acc, codes, x):
+        """acc (16 x i32) + per lane the four products of unsigned codes (64 x i8) by signed x (64 x i8)."""
+        b = self.b
+        if HOST_VNNI:
+            return b.call(self.vnni, [acc, b.bitcast(codes, _INTS), b.bitcast(x, _INTS)])
+        sums = []
+        for c, a in zip(self._halves(codes), self._halves(x)):
+            if self.wide:  # 16 hi + lo, each product then within vpmaddubsw's 16-bit range
+                hi, lo = b.lshr(c, _splat(4, _HALF_BYTES)), b.and_(c, _splat(15, _HALF_BYTES))
+                pairs = [b.call(self.maddubs, [hi, a]), b.call(self.maddubs, [lo, a])]
+                sums.append(b.add(b.call(self.maddwd, [pairs[0], _splat(16, _WORDS)]),
+                                  b.call(self.maddwd, [pairs[1], _splat(1, _WORDS)])))
+            else:
+                sums.append(b.call(self.maddwd, [b.call(self.maddubs, [c, a]), _splat(1, _WORDS)]))
+        return b.add(acc, self._join(sums[0], sums[1], 8))
+
+    def lookup(self, table, codes):
+        """Bytes codes (0..15) replaced by table[code] (16 entries)."""
+        b = self.b
+        if HOST_VNNI:
+            return b.call(self.shuffle, [ir.Constant(_BYTES, [int(v) for v in table] * 4), codes])
+        row = ir.Constant(_HALF_BYTES, [int(v) for v in table] * 2)
+        lo, hi = (b.call(self.shuffle, [row, h]) for h in self._halves(codes))
+        return self._join(lo, hi, 2 * LANES)
+
+
+def _floats(builder, v, dtype):
+    """A loaded vector of 16 scales as float32: float16 bits widened exactly, or float32 as they are."""
+    return builder.fpext(builder.bitcast(v, ir.VectorType(_F16, LANES)), _FLOATS) if dtype == types.uint16 else v
+
+
+def _tile(T: int, code: int):
+    """codegen of y[t .. t + T - 1, 16 g .. 16 g + 15] for layout `code` (see the module docstring)."""
+    bits, top, table, offset = fields(code)
+    Q = quads(code)
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(ty)(context, builder, v) for ty, v in zip(signature.args[:7], args[:7])]
+        q, d, m, xq, xd, xs, y = arrays
+        d_type, m_type = signature.args[1].dtype, signature.args[2].dtype
+        g, t = args[7], args[8]
+        i64 = g.type
+        C = lambda v: ir.Constant(i64, v)  # noqa: E731
+        blocks = cgutils.unpack_tuple(builder, q.shape, 3)[1]
+        n = cgutils.unpack_tuple(builder, xq.shape, 2)[1]
+        R = cgutils.unpack_tuple(builder, y.shape, 2)[1]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_FLOATS, [_FLOATS] * 3),
+                                             "llvm.fma.v16f32")
+        emit = _Emitter(builder, wide_codes=bits == 8)
+        zeros = _splat(0.0, _FLOATS)
+        acc = [cgutils.alloca_once_value(builder, zeros) for _ in range(T)]
+        off = [cgutils.alloca_once_value(builder, zeros) for _ in range(T)]
+        with cgutils.for_range(builder, blocks) as loop:
+            k = loop.index
+            at = builder.add(builder.mul(g, blocks), k)  # (g, k): the block's place in codes and scales
+            raw = [_load(builder, q.data, builder.add(builder.mul(at, C(64 * Q)), C(64 * j)), _I8, _BYTES)
+                   for j in range(Q)]
+            dv = _floats(builder, _load(builder, d.data, builder.mul(at, C(LANES)),
+                                        _I16 if d_type == types.uint16 else _F32,
+                                        ir.VectorType(_I16 if d_type == types.uint16 else _F32, LANES), 2), d_type)
+            if offset == MINIMUM:
+                ov = _floats(builder, _load(builder, m.data, builder.mul(at, C(LANES)),
+                                            _I16 if m_type == types.uint16 else _F32,
+                                            ir.VectorType(_I16 if m_type == types.uint16 else _F32, LANES), 2), m_type)
+            elif offset == ZERO:  # -d z
+                z = _load(builder, m.data, builder.mul(at, C(LANES)), _I8, ir.VectorType(_I8, LANES))
+                ov = builder.fneg(builder.fmul(dv, builder.uitofp(z, _FLOATS)))
+            else:
+                ov = builder.fmul(dv, _splat(-float(offset), _FLOATS))
+            vectors = _unpack(builder, emit, raw, bits, top, table)
+            for i in range(T):
+                tok = builder.add(t, C(i))
+                first = builder.add(builder.mul(tok, n), builder.mul(k, C(32)))
+                chains = [_splat(0, _INTS), _splat(0, _INTS)]
+                for v in range(8):  # the token's codes 4 v .. 4 v + 3 as one i32, in every lane
+                    x4 = _broadcast(builder, _load(builder, xq.data, builder.add(first, C(4 * v)), _I8, _I32), _INTS)
+                    chains[v % 2] = emit.dot(chains[v % 2], vectors[v], builder.bitcast(x4, _BYTES))
+                total = builder.sitofp(builder.add(chains[0], chains[1]), _FLOATS)
+                block = builder.add(builder.mul(tok, blocks), k)
+                scale = builder.fmul(dv, _broadcast(builder, _load(builder, xd.data, block, _F32), _FLOATS))
+                builder.store(builder.call(fma, [total, scale, builder.load(acc[i])]), acc[i])
+                sums = _broadcast(builder, _load(builder, xs.data, block, _F32), _FLOATS)
+                builder.store(builder.call(fma, [ov, sums, builder.load(off[i])]), off[i])
+        left = builder.sub(R, builder.mul(g, C(LANES)))  # rows of this group that exist
+        for i in range(T):
+            out = builder.fadd(builder.load(acc[i]), builder.load(off[i]))
+            start = builder.add(builder.mul(builder.add(t, C(i)), R), builder.mul(g, C(LANES)))
+            base = builder.gep(builder.bitcast(y.data, _F32.as_pointer()), [start])
+            with builder.if_else(builder.icmp_signed(">=", left, C(LANES))) as (whole, part):
+                with whole:
+                    builder.store(out, builder.bitcast(base, _FLOATS.as_pointer()), align=4)
+                with part:
+                    with cgutils.for_range(builder, left) as lane:
+                        value = builder.extract_element(out, builder.trunc(lane.index, _I32))
+                        builder.store(value, builder.gep(base, [lane.index]))
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _unpack(builder, emit: _Emitter, raw: list, bits: int, top: bool, table: bool) -> list:
+    """The quads of a block -> the eight vectors of unsigned codes: vector v holds codes 4 v .. 4 v + 3 of each lane."""
+    b = builder
+    if bits == 8:
+        vectors = list(raw)
+    elif bits == 4:
+        low = [b.and_(r, _splat(15, _BYTES)) for r in raw[:4]]
+        vectors = low + [b.lshr(r, _splat(4, _BYTES)) for r in raw[:4]]
+    else:
+        vectors = [b.and_(b.lshr(raw[v % 2], _splat(2 * (v // 2), _BYTES)), _splat(3, _BYTES)) for v in range(8)]
+    if top:
+        word = raw[-1]
+        vectors = [b.or_(vec, b.shl(b.and_(b.lshr(word, _splat(v, _BYTES)), _splat(1, _BYTES)), _splat(bits, _BYTES)))
+                   for v, vec in enumerate(vectors)]
+    if table:
+        vectors = [emit.lookup(MXFP4_TABLE, vec) for vec in vectors]
+    return vectors
+
+
+@intrinsic
+def tile(typingctx, q, d, m, xq, xd, xs, y, g, t, tokens, code):
+    """y[t .. t + tokens - 1, 16 g .. 16 g + 15] (rows past R left alone) of a layout `code` matrix (q, d, m) with
+    tokens xq, xd, xs (round_activations); tokens and code must be compile-time constants."""
+    if not isinstance(tokens, types.IntegerLiteral) or not isinstance(code, types.IntegerLiteral):
+        return None
+    wanted = (("q", q, (types.uint8,), 3), ("d", d, (types.uint16, types.float32), 3),
+              ("xq", xq, (types.int8,), 2), ("xd", xd, (types.float32,), 2), ("xs", xs, (types.float32,), 2),
+              ("y", y, (types.float32,), 2))
+    for name, a, dtypes, ndim in wanted:
+        if not isinstance(a, types.Array) or a.ndim != ndim or a.dtype not in dtypes or a.layout != "C":
+            raise TypingError(f"interleaved.tile: {name} must be a C-contiguous {ndim}D array of {dtypes}")
+    if not isinstance(m, types.Array) or m.layout != "C":
+        raise TypingError("interleaved.tile: m must be a C-contiguous array")
+    return types.void(q, d, m, xq, xd, xs, y, g, t, tokens, code), _tile(tokens.literal_value, code.literal_value)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
+def product(parts, xq, xd, xs, y, code):
+    """y (B, R) = the tokens (xq, xd, xs) times the layout's matrix parts (codes, scale, offset, ...): in sweeps of
+    SWEEP tokens, each group of 16 rows (in parallel) meets them TILE at a time, then two, then one."""
+    literally(code)
+    q, d, m = parts[0], parts[1], parts[2]
+    B = xq.shape[0]
+    for t0 in range(0, B, SWEEP):
+        t1 = min(B, t0 + SWEEP)
+        for g in prange(q.shape[0]):
+            t = t0
+            while t + TILE <= t1:
+                tile(q, d, m, xq, xd, xs, y, g, t, TILE, code)
+                t += TILE
+            if t + 2 <= t1:
+                tile(q, d, m, xq, xd, xs, y, g, t, 2, code)
+                t += 2
+            if t < t1:
+                tile(q, d, m, xq, xd, xs, y, g, t, 1, code)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def linear(parts, x, y, code):
+    """y (B, R) = x (B, n) W^T, the tokens rounded to 8 bits first (round_activations); for compiled callers, whose
+    `code` is a compile-time constant (from Python, linear_for)."""
+    literally(code)
+    xq, xd, xs = quantized(x)
+    product(parts, xq, xd, xs, y, code)
+
+
+def linear_for(code: int):
+    """linear(parts, x, y) of layout `code`, compiled for it: a Python caller reaches the kernel without numba's
+    literal dispatch, which would type the call afresh every time (milliseconds). A closure over an integer, which
+    numba's disk cache recognises in the next process."""
+
+    @njit(cache=True, fastmath=False, error_model="numpy")
+    def linear_code(parts, x, y):
+        xq, xd, xs = quantized(x)
+        product(parts, xq, xd, xs, y, code)
+
+    return linear_code
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def matvec(parts, x, y, code):
+    """y (R,) = W x (n,): linear() of one token."""
+    literally(code)
+    linear(parts, x.reshape(1, x.size), y.reshape(1, y.size), code)
