@@ -386,6 +386,41 @@ def test_two_processes_saving_variants_of_one_kernel_at_once_keep_both(tmp_path,
     assert reader.load("variant a") == b"code of a" and reader.load("variant b") == b"code of b"
 
 
+AVX2_PRODUCTS = """
+import numpy as np
+from pocketgpt.kernels import interleaved
+interleaved.HOST_VNNI = False  # before any kernel compiles (the test gives this process its own cache)
+from pocketgpt import kernels
+from pocketgpt.formats.ggml import quantize_blocks
+from pocketgpt.formats.groups import quantize_groups
+from pocketgpt.kernels import reference
+rng = np.random.default_rng(5)
+w = rng.standard_normal((37, 256)).astype(np.float32)
+for m in (quantize_blocks(w, "q8_0"), quantize_blocks(w, "q4_1"), quantize_blocks(w, "mxfp4"),
+          quantize_groups(w, 8, 64, False), quantize_groups(w, 3, 32, True)):
+    assert kernels.layout(m).interleaved
+    x = rng.standard_normal((6, 256)).astype(np.float32)
+    codes, scales = reference.int8_activations(x)
+    xr = (codes.reshape(6, -1, 32) * scales[..., None].astype(np.float64)).reshape(6, 256)
+    err = np.abs(kernels.linear(x, m) - xr @ m.dequantize(np.float64).T)
+    assert np.all(err <= 1e-5 * (np.abs(xr) @ np.abs(m.dequantize(np.float64)).T) + 1e-6), err.max()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not interleaved.HOST_AVX2, reason="the integer-dot kernels run on AVX2 only")
+def test_the_interleaved_products_without_vnni_equal_the_reference(tmp_path):
+    """Where the machine has AVX2 but not AVX-512 VNNI, each block's integer sums are vpmaddubsw pairs (8-bit codes
+    split in two nibbles, whose products would overflow its 16-bit sums): the same products, checked here on any
+    machine in a process made to take that path."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", AVX2_PRODUCTS], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
 CACHED_CALLER = """
 import numpy as np
 from numba import njit, prange
