@@ -84,9 +84,32 @@ def test_dequantization_is_bit_identical_to_gguf(name):
     theirs = dequantize(blocks, ALL_TYPES[name])
     assert ours.shape == theirs.shape == (rows, n) and ours.dtype == np.float32
     np.testing.assert_array_equal(ours, theirs)
-    held = GGMLBlocks.from_blocks(name, blocks, (rows, n))  # split, or (Q5_0) as its Q8_0 blocks, in memory
+    held = GGMLBlocks.from_blocks(name, blocks, (rows, n))  # interleaved (or as stored) in memory
     np.testing.assert_array_equal(held.blocks, blocks)  # and rebuilt byte for byte
     np.testing.assert_array_equal(held.dequantize(), theirs)
+
+
+@pytest.mark.parametrize("name", list(ALL_TYPES))
+def test_rows_taken_and_stacked_keep_the_stored_blocks(name):
+    """take() and stack_rows() of matrices held in memory (interleaved sixteen rows to a group: whole groups are
+    stacked as held, ragged ones through the split form) give the blocks that the stored bytes' rows give."""
+    from pocketgpt.formats import stack_rows
+
+    rng = np.random.default_rng(4)
+    per_row = 2
+    n = per_row * BLOCK_WEIGHTS[name]
+    stored = []
+    for rows in (32, 16, 5):
+        blocks = rng.integers(0, 256, (rows, per_row, BLOCK_BYTES[name]), dtype=np.uint8)
+        for offset in HALVES[name]:
+            blocks[..., offset:offset + 2] = rng.normal(0, 0.05, (rows, per_row)).astype(np.float16) \
+                .view(np.uint8).reshape(rows, per_row, 2)
+        stored.append(blocks.reshape(rows, -1))
+    held = [GGMLBlocks.from_blocks(name, b, (len(b), n)) for b in stored]
+    for parts in (held[:2], held, held[::-1]):  # whole groups; a ragged last part; a ragged first part
+        np.testing.assert_array_equal(stack_rows(parts).blocks, np.concatenate([p.blocks for p in parts]))
+    order = rng.permutation(32)[:20]
+    np.testing.assert_array_equal(held[0].take(order).blocks, stored[0][order])
 
 
 def test_rows_must_split_into_blocks():

@@ -4,7 +4,7 @@ Q5_0 and Q5_1 (pocketgpt.formats.kquants, dequantized only).
 
 Each cuts every row into blocks (32 weights; 256 for the K-quants) with their own scales; a checkpoint stores a
 matrix as its rows of blocks, (out, in / block * block bytes) uint8, exactly as a GGUF file holds it (in memory
-the blocks are held split for the kernels: `GGMLBlocks`).
+the common blocks are held interleaved for the kernels: `GGMLBlocks`).
 
 Q8_0, 34 bytes per block:
   bytes 0-1   d = max|w| / 127, float16 little-endian
@@ -26,6 +26,7 @@ import numpy as np
 
 from pocketgpt.errors import InputError
 from pocketgpt.formats import kquants, mxfp4
+from pocketgpt.formats.interleaved import LANES, pack, pack_nibbles, spec, unpack, unpack_nibbles
 from pocketgpt.formats.packed import Packed
 
 QK = 32  # weights per block
@@ -116,41 +117,68 @@ DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0, "q4_1": dequanti
               "mxfp4": mxfp4.dequantize_mxfp4, **kquants.DEQUANTIZE}
 
 
-SPLIT = ("q8_0", "q4_0", "q4_1", "mxfp4", "q5_0", "q5_1")  # kinds held split into codes and float32 scales (below)
+HELD = ("q8_0", "q4_0", "q4_1", "mxfp4", "q5_0", "q5_1")  # kinds held interleaved in memory (below)
 HEAD = {"q8_0": 2, "q4_0": 2, "q4_1": 4, "mxfp4": 1, "q5_0": 6, "q5_1": 8}  # bytes of a block before its codes
+SPECS = {"q4_0": spec(4, offset=8), "q4_1": spec(4), "q8_0": spec(8, offset=128), "q5_0": spec(4, top=True, offset=16),
+         "q5_1": spec(4, top=True), "mxfp4": spec(4, table=True, offset=12)}  # their interleaved layouts
 
 
 @dataclass
 class GGMLBlocks(Packed):
     """An (out, in) matrix of ggml blocks of one kind.
 
-    In memory the blocks of Q8_0, Q4_0, Q4_1, MXFP4, Q5_0 and Q5_1 are held split, in the form compiled kernels read
-    in one flat loop: `codes`, every block's code bytes in order ((out, in) int8 for Q8_0; (out, in / 2) uint8 for
-    the 4-bit kinds and Q5_1, byte j of a block holding the low four bits of weights j and j + 16), `scale` (out,
-    in / 32) float32 (d; for MXFP4 2^(e - 127)), for Q4_1 and Q5_1 `minimum` (out, in / 32) float32, and for Q5_1
-    `high` (out, in / 32) uint32, bit j the fifth bit of weight j. Q5_0 is held as the Q8_0 blocks of the same
-    weights (codes u - 16, (out, in) int8), which the kernels read faster than a word of fifth bits.
-    float16 to float32 is exact both ways, so `blocks` rebuilds the stored bytes exactly. K-quant blocks are held
-    as stored, in `codes`.
+    In memory, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and MXFP4 are held as `tiles`, rows interleaved sixteen to a group
+    (pocketgpt.formats.interleaved, SPECS), the one form the integer dot-product kernels read: no other copy of the
+    matrix is kept. Q8_0's int8 codes are held as q + 128, MXFP4's scale halved (its codes index 2 v + 12). The
+    K-quants are held as stored, in `tiles` (a one-element tuple). `split()` gives the per-row form the float kernels
+    read and `blocks` the stored bytes, both rebuilt exactly (the scales are float16 values either way).
     """
 
     kind: str
-    codes: np.ndarray
-    scale: np.ndarray | None
-    minimum: np.ndarray | None
+    tiles: tuple
     shape: tuple[int, int]
-    high: np.ndarray | None = None
 
     @property
     def format(self) -> str:
         return self.kind
 
     @classmethod
+    def from_split(cls, kind: str, codes: np.ndarray, scale: np.ndarray, minimum: np.ndarray | None,
+                   shape: tuple[int, int], high: np.ndarray | None = None) -> GGMLBlocks:
+        """The matrix from the split form (see split())."""
+        code = SPECS[kind]
+        if kind in ("q4_0", "q4_1"):
+            tiles = pack_nibbles(codes, scale, code, minimum)
+        elif kind == "mxfp4":
+            tiles = pack_nibbles(codes, scale * np.float32(0.5), code)
+        elif kind in ("q8_0", "q5_0"):
+            tiles = pack((codes.astype(np.int16) + SYMMETRIC.get(kind, 128)).astype(np.uint8), scale, code)
+        else:  # q5_1
+            tiles = pack(kquants.unpack_codes(codes, high).astype(np.uint8), scale, code, minimum)
+        return cls(kind, tiles, tuple(shape))
+
+    def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The per-row form the float kernels read, (codes, scale, minimum, high): `codes` every block's code bytes
+        in order ((out, in) int8 for Q8_0, and for Q5_0 the int8 codes u - 16 of the Q8_0 blocks of the same
+        weights; (out, in / 2) uint8 for the 4-bit kinds and Q5_1, byte j of a block holding the low four bits of
+        weights j and j + 16), `scale` (out, in / 32) float32 (d; for MXFP4 2^(e - 127)), for Q4_1 and Q5_1
+        `minimum` (out, in / 32) float32, and for Q5_1 `high` (out, in / 32) uint32, bit j the fifth bit of
+        weight j (else None)."""
+        if self.kind in ("q4_0", "q4_1", "mxfp4"):
+            _, d, m = unpack(self.tiles)
+            return unpack_nibbles(self.tiles), d * np.float32(2.0) if self.kind == "mxfp4" else d, m, None
+        u, d, m = unpack(self.tiles)
+        if self.kind in ("q8_0", "q5_0"):
+            return (u.astype(np.int16) - SYMMETRIC.get(self.kind, 128)).astype(np.int8), d, None, None
+        nibbles, high = kquants.pack_codes(u, fifth=True)  # q5_1
+        return nibbles, d, m, high
+
+    @classmethod
     def from_blocks(cls, kind: str, blocks: np.ndarray, shape: tuple[int, int]) -> GGMLBlocks:
         """The matrix from its stored blocks (out, in / BLOCK_WEIGHTS * BLOCK_BYTES) uint8."""
         out, n = shape
-        if kind not in SPLIT:
-            return cls(kind, np.ascontiguousarray(blocks), None, None, tuple(shape))
+        if kind not in HELD:
+            return cls(kind, (np.ascontiguousarray(blocks),), tuple(shape))
         b = np.asarray(blocks, np.uint8).reshape(out, n // QK, BLOCK_BYTES[kind])
         if kind == "mxfp4":
             scale = np.ldexp(np.float32(1), b[..., 0].astype(np.int32) - 127)
@@ -162,27 +190,28 @@ class GGMLBlocks(Packed):
             if kind in ("q5_0", "q5_1") else None
         codes = np.ascontiguousarray(b[..., HEAD[kind]:].reshape(out, -1))
         if kind == "q5_0":
-            return cls(kind, (kquants.unpack_codes(codes, high) - 16).astype(np.int8), scale, None, tuple(shape))
-        return cls(kind, codes.view(np.int8) if kind == "q8_0" else codes, scale, minimum, tuple(shape), high)
+            codes = (kquants.unpack_codes(codes, high) - 16).astype(np.int8)
+        return cls.from_split(kind, codes.view(np.int8) if kind == "q8_0" else codes, scale, minimum, shape, high)
 
     @property
     def blocks(self) -> np.ndarray:
         """The blocks as a GGUF file stores them, (out, in / BLOCK_WEIGHTS * BLOCK_BYTES) uint8."""
-        if self.kind not in SPLIT:
-            return self.codes
+        if self.kind not in HELD:
+            return self.tiles[0]
         out, n = self.shape
+        codes, scale, minimum, high = self.split()
         if self.kind == "mxfp4":
-            _, e = np.frexp(self.scale)  # 2^(e - 127) = 0.5 * 2^(e - 126)
-            head = [np.where(np.isinf(self.scale), 255, e + 126).astype(np.uint8)[..., None]]
+            _, e = np.frexp(scale)  # 2^(e - 127) = 0.5 * 2^(e - 126)
+            head = [np.where(np.isinf(scale), 255, e + 126).astype(np.uint8)[..., None]]
         else:
-            head = [self.scale.astype(np.float16)[..., None].view(np.uint8)]
-            if self.minimum is not None:
-                head.append(self.minimum.astype(np.float16)[..., None].view(np.uint8))
-        codes, high = (kquants.pack_codes(self.codes.astype(np.int16) + 16, fifth=True) if self.kind == "q5_0"
-                       else (self.codes.view(np.uint8), self.high))
+            head = [scale.astype(np.float16)[..., None].view(np.uint8)]
+            if minimum is not None:
+                head.append(minimum.astype(np.float16)[..., None].view(np.uint8))
+        if self.kind == "q5_0":
+            codes, high = kquants.pack_codes(codes.astype(np.int16) + 16, fifth=True)
         if high is not None:
             head.append(high.astype("<u4")[..., None].view(np.uint8))
-        codes = codes.reshape(out, n // QK, -1)
+        codes = codes.view(np.uint8).reshape(out, n // QK, -1)
         return np.concatenate([*head, codes], axis=2).reshape(out, -1)
 
     def parts(self) -> dict[str, np.ndarray]:
@@ -190,6 +219,32 @@ class GGMLBlocks(Packed):
 
     def _rebuild_meta(self) -> dict:
         return {"kind": self.kind}
+
+    def take(self, rows) -> GGMLBlocks:
+        if self.kind not in HELD:
+            return super().take(rows)
+        codes, scale, minimum, high = (None if a is None else a[rows] for a in self.split())
+        return GGMLBlocks.from_split(self.kind, codes, scale, minimum, (codes.shape[0], self.shape[1]), high)
+
+    @classmethod
+    def stack(cls, matrices: list[GGMLBlocks]) -> GGMLBlocks:
+        """Whole groups of 16 rows held alike are stacked as they are held; otherwise through the split form."""
+        first = matrices[0]
+        shape = (sum(m.shape[0] for m in matrices), first.shape[1])
+        if first.kind not in HELD:
+            return super().stack(matrices)
+        held = [m.tiles for m in matrices]
+        if all(m.shape[0] % LANES == 0 for m in matrices[:-1]) and \
+                all(t[i].dtype == held[0][i].dtype for t in held for i in range(3)):
+            constant = held[0][2].shape == (1, 1, 1)  # a constant offset's unread array
+            tiles = (np.concatenate([t[0] for t in held]), np.concatenate([t[1] for t in held]),
+                     held[0][2] if constant else np.concatenate([t[2] for t in held]),
+                     np.array([SPECS[first.kind], shape[0]], np.int64))
+            return cls(first.kind, tiles, shape)
+        splits = [m.split() for m in matrices]
+        codes, scale, minimum, high = (None if parts[0] is None else np.concatenate(parts)
+                                       for parts in zip(*splits))
+        return cls.from_split(first.kind, codes, scale, minimum, shape, high)
 
     @property
     def nbytes(self) -> int:
@@ -222,9 +277,10 @@ SYMMETRIC = {"q4_0": 8, "q5_0": 16}  # the blocks whose weights are d (u - offse
 def as_q8_0(w: GGMLBlocks) -> GGMLBlocks:
     """Q4_0 or Q5_0 blocks as Q8_0 blocks of the same weights, exactly: the same d, and u - offset as the int8
     code (d q is then the very product those formats compute). So a matrix whose parts mix these with Q8_0 (a
-    Q4_K_M file's attn_v beside its attn_q and attn_k) stays packed in one format. Q5_0 is held so already: its
-    arrays are shared, not copied."""
+    Q4_K_M file's attn_v beside its attn_q and attn_k) stays packed in one format."""
     if w.kind == "q8_0":
         return w
-    codes = w.codes if w.kind == "q5_0" else (kquants.unpack_codes(w.codes) - SYMMETRIC[w.kind]).astype(np.int8)
-    return GGMLBlocks("q8_0", codes, w.scale, None, w.shape)
+    codes, scale, _, _ = w.split()
+    if w.kind == "q4_0":
+        codes = (kquants.unpack_codes(codes) - SYMMETRIC["q4_0"]).astype(np.int8)
+    return GGMLBlocks.from_split("q8_0", codes, scale, None, w.shape)

@@ -57,6 +57,14 @@ class Packed(ABC):
         """What from_parts needs beyond meta() (e.g. the kind of a GGML block)."""
         return {}
 
+    @classmethod
+    def stack(cls, matrices: list[Packed]) -> Packed:
+        """stack_rows() of matrices of this class (a format may do it without going through its stored parts)."""
+        first = matrices[0]
+        parts = {name: np.concatenate([m.parts()[name] for m in matrices]) for name in first.parts()}
+        return cls.from_parts(parts, (sum(m.shape[0] for m in matrices), first.shape[1]),
+                              first.meta() | first._rebuild_meta())
+
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts().values())
@@ -80,7 +88,4 @@ def check_parts(cls: type[Packed], name: str, parts: dict[str, np.ndarray], shap
 
 def stack_rows(matrices: list[Packed]) -> Packed:
     """The rows of several matrices of one format and layout (same class and meta), one after another."""
-    first = matrices[0]
-    parts = {name: np.concatenate([m.parts()[name] for m in matrices]) for name in first.parts()}
-    return type(first).from_parts(parts, (sum(m.shape[0] for m in matrices), first.shape[1]),
-                                  first.meta() | first._rebuild_meta())
+    return type(matrices[0]).stack(matrices)

@@ -28,9 +28,11 @@ import numba  # noqa: E402 (after the thread count it reads)
 
 
 def _sources_digest() -> str:
-    """numba keys a cached kernel by its own file only, not by the kernels it inlines from other files."""
+    """numba keys a cached kernel by its own file only, not by the kernels it inlines from other files nor by the
+    constants it reads from the formats (tables, layout sizes)."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    package = Path(__file__).parent.parent
+    for path in sorted([*package.joinpath("kernels").glob("*.py"), *package.joinpath("formats").glob("*.py")]):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -9,7 +9,7 @@ Layouts: f32 (W), f16 and bf16 (the raw 16 bits), q8_0 (int8 codes, block scales
 each block of 32: weight j low, j + 16 high; scales, Q4_1's minimums), mxfp4 (as q4_0 with FP4 values and
 power-of-two scales), int (pocketgpt's little-endian bit stream of 2, 3, 4 or 8-bit codes, per-group scales and
 zero points), q4_k, q5_k and q6_k (the GGUF super-blocks as stored; see pocketgpt.formats.kquants), q5_1 (as
-q4_1, with each block's fifth bits in one uint32), interleaved (rows sixteen to a group, pocketgpt.kernels.interleaved).
+q4_1, with each block's fifth bits in one uint32), interleaved (rows sixteen to a group, pocketgpt.formats.interleaved).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from pocketgpt.formats.interleaved import LANES, MINIMUM, MXFP4_TABLE, ZERO
 from pocketgpt.formats.mxfp4 import FP4_VALUES
-from pocketgpt.kernels.interleaved import LANES, MINIMUM, MXFP4_TABLE, ZERO
 
 EXACT = {"cache": True, "inline": "always", "error_model": "numpy"}  # no fastmath: same rounding as NumPy
 HALF_SCALE = np.float32(2.0**112)  # f16 bits << 13, read as float32, times 2^112 = the f16 value (and subnormals)
@@ -200,7 +200,7 @@ def _widened(v):
 
 @njit(**EXACT)
 def interleaved(parts, r, out):
-    """parts (codes, scale, offset, spec) of pocketgpt.kernels.interleaved: d u + m, d (u - z) or d (u - o), as the
+    """parts (codes, scale, offset, spec) of pocketgpt.formats.interleaved: d u + m, d (u - z) or d (u - o), as the
     stored format's own dequantize() computes it (MXFP4: (2 v) times d / 2, which is v d exactly)."""
     q, d, m, code = parts[0], parts[1], parts[2], parts[3][0]
     bits, top, table, offset = code & 15, (code >> 4) & 1, (code >> 5) & 1, (code >> 8) + ZERO

@@ -1,38 +1,23 @@
-"""Integer dot products over weight rows interleaved sixteen to a group: how every integer weight format (llama.cpp's
-blocks, the K-quants, MXFP4, pocketgpt's 2-, 3-, 4- and 8-bit groups) multiplies tokens on a machine with AVX2,
-whatever the number of tokens, the way llama.cpp's repacked kernels do. Not here: float weights, Q6_K and groups that
-do not cut rows into blocks of 32 (they keep the float kernels of pocketgpt.kernels.products).
+"""Integer dot products over weight rows interleaved sixteen to a group (pocketgpt.formats.interleaved): how every
+integer weight format (llama.cpp's blocks, the K-quants, MXFP4, pocketgpt's 2-, 3-, 4- and 8-bit groups) multiplies
+tokens on a machine with AVX2, whatever the number of tokens, the way llama.cpp's repacked kernels do. Not here:
+float weights, Q6_K and groups that do not cut rows into blocks of 32 (they keep the float kernels of
+pocketgpt.kernels.products).
 
 Each token's activations are rounded to int8 in blocks of 32 with one float scale per block (`round_activations`,
 as llama.cpp rounds them). A group's 16 rows then meet one token's block as 16 exact integer sums computed together:
 one 512-bit `vpdpbusd` multiplies four codes of each of the 16 rows by the same four activation codes and adds them
 into the row's own 32-bit lane, so a block takes eight instructions for 16 rows and no lane ever needs summing
-across. Only then is each row's sum scaled, in float, by its block scale times the token's.
-
-The layout (`pack`), for a matrix of R rows and n = 32 b columns, u the unsigned code of a weight:
-  codes  (G, b, 64 Q) uint8, G = ceil(R / 16) groups (the last padded with zero rows); group g's block k is Q
-         "quads" of 64 bytes, and bytes 4 i .. 4 i + 3 of a quad belong to row 16 g + i (lane i). For codes of
-         8 bits Q = 8: byte c of quad v holds code 4 v + c of the row's block;
-         4 bits, Q = 4: byte c of quad j holds code 4 j + c in its low nibble, 16 + 4 j + c in its high one (the
-                 nibbles of llama.cpp's Q4_0, Q4_1, Q5_0 and Q5_1 bytes j and j + 16 as they are stored);
-         2 bits, Q = 2: bits 2 p, 2 p + 1 of byte c of quad j hold code 8 p + 4 j + c;
-         a top bit (3- and 5-bit codes: 2 or 4 bits above, plus one), Q + 1: bit v of byte c of the last quad is
-         the top bit of code 4 v + c.
-         Unpacked, each layout gives the same eight vectors: vector v holds codes 4 v .. 4 v + 3 of every lane's
-         row, met by the token's activation codes 4 v .. 4 v + 3 broadcast to all lanes.
-  scale  (G, b, 16) the block scales d of the 16 rows: float16 bits (uint16) where every scale is a float16
-         (llama.cpp's blocks, pocketgpt's groups), float32 otherwise (the K-quants' products of two scales).
-  offset one of: MINIMUM, (G, b, 16) like scale, w = d u + m (Q4_1, Q5_1, Q4_K, Q5_K); ZERO, (G, b, 16) uint8
-         zero points, w = d (u - z) (pocketgpt's asymmetric groups); or a constant o, w = d (u - o) (Q4_0 8,
-         Q5_0 16, Q8_0 128 with its int8 codes stored as q + 128, symmetric groups 2^(bits - 1), MXFP4 12).
-  MXFP4's nibbles index a table (`vpshufb`) of 2 v + 12 for its FP4 values v, with d half its power of two.
-`spec(bits, top, table, offset)` names a layout in one integer; the kernels are compiled per spec.
+across. Only then is each row's sum scaled, in float, by its block scale times the token's. Without AVX-512 VNNI
+the same sums are vpmaddubsw pairs (8-bit codes split in two nibbles, whose products would overflow its 16-bit
+sums).
 
 Token t's product with row r is y = sum_k (d_rk xd_tk) P_rtk + sum_k o_rk xs_tk, P the block's exact integer sum,
-xd the token's block scale and xs its block scale times the sum of its codes; o_rk is m, -d z or -d o. Each of the
-two sums runs over the blocks in order in its own float32 lane, and y is their sum: a token's result does not depend
-on how many tokens share the pass, so a speculative verification gives each token its decode step's logits bit for
-bit. The kernels are compiled without fastmath (numba would put its flags on the intrinsic's arithmetic too).
+xd the token's block scale and xs its block scale times the sum of its codes; o_rk is m, -d z or -d o (the layout's
+offset). Each of the two sums runs over the blocks in order in its own float32 lane, and y is their sum: a token's
+result does not depend on how many tokens share the pass, so a speculative verification gives each token its
+decode step's logits bit for bit. The kernels are compiled without fastmath (numba would put its flags on the
+intrinsic's arithmetic too).
 Legend: B tokens, n input width, R rows, b blocks of 32 (n / 32), G groups of 16 rows.
 """
 
@@ -47,36 +32,17 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from pocketgpt.formats.interleaved import LANES, MINIMUM, MXFP4_TABLE, ZERO, fields, quads
+
 _FEATURES = set(binding.get_host_cpu_features().flatten().split(","))
 HOST_AVX2 = "+avx2" in _FEATURES
 HOST_VNNI = {"+avx512f", "+avx512bw", "+avx512vnni"} <= _FEATURES  # vpdpbusd on 512 bits
 ENABLED = HOST_AVX2 and os.environ.get("POCKETGPT_INT8_DOT", "1") != "0"
 
-LANES = 16  # rows of a group: one 512-bit vector of 32-bit lanes
-MINIMUM, ZERO = -1, -2  # offset kinds besides a constant o >= 0
 TILE = 4  # tokens a tile of the product meets per pass over a group's blocks (then 2, then 1)
 SWEEP = 256  # tokens whose activations a pass over the groups reads (they stay in a core's L2 cache)
 EXACT = {"cache": True, "fastmath": False, "error_model": "numpy"}
 _INV127 = np.float32(1.0 / 127.0)
-MXFP4_TABLE = np.array([12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0], np.uint8)  # 2 v + 12
-
-
-def spec(bits: int, top: bool = False, table: bool = False, offset: int = MINIMUM) -> int:
-    """A layout in one integer: code bits below the top bit (2, 4 or 8), whether a top bit follows, whether codes
-    index MXFP4's table, and the offset (MINIMUM, ZERO, or the constant o)."""
-    if bits not in (2, 4, 8) or (top and bits == 8) or (table and (bits != 4 or top)) or offset < ZERO:
-        raise ValueError(f"no interleaved layout of {bits} bits (top bit {top}, table {table}, offset {offset})")
-    return bits | top << 4 | table << 5 | (offset - ZERO) << 8
-
-
-def fields(code: int) -> tuple[int, bool, bool, int]:
-    """spec() undone: (bits, top, table, offset)."""
-    return code & 15, bool(code >> 4 & 1), bool(code >> 5 & 1), (code >> 8) + ZERO
-
-
-def quads(code: int) -> int:
-    bits, top = fields(code)[:2]
-    return {8: 8, 4: 4, 2: 2}[bits] + top
 
 
 # ----------------------------------------------------------------------------- activations
@@ -112,71 +78,6 @@ def quantized(x):
     xd, xs = np.empty((B, n // 32), np.float32), np.empty((B, n // 32), np.float32)
     round_activations(x, xq, xd, xs)
     return xq, xd, xs
-
-
-# ----------------------------------------------------------------------------- the layout
-
-
-def _groups(a: np.ndarray) -> np.ndarray:
-    """(R, ...) -> (G * 16, ...), zero rows appended."""
-    pad = -a.shape[0] % LANES
-    return a if pad == 0 else np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
-
-
-def _scales(s: np.ndarray) -> np.ndarray:
-    """Per-block values (R, b) -> (G, b, 16): float16 bits where every value is a float16, else float32."""
-    s = np.asarray(s, np.float32)
-    half = s.astype(np.float16)
-    held = half.view(np.uint16) if np.array_equal(half.astype(np.float32), s) else s
-    g = _groups(held)
-    return np.ascontiguousarray(g.reshape(-1, LANES, g.shape[1]).transpose(0, 2, 1))
-
-
-def _quads(planes: np.ndarray) -> np.ndarray:
-    """Bytes (G * 16, b, Q, 4) of each row -> codes (G, b, 64 Q): quad j of a block holds the 16 rows' bytes j."""
-    Gl, b, Q, _ = planes.shape
-    return np.ascontiguousarray(planes.reshape(-1, LANES, b, Q, 4).transpose(0, 2, 3, 1, 4)).reshape(-1, b, 64 * Q)
-
-
-def pack(u: np.ndarray, d: np.ndarray, code: int, m: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """Codes u (R, n) uint8 in the weights' order, block scales d (R, b) and, by the offset of `code`, minima m
-    (MINIMUM) or zero points m (ZERO) (R, b) -> the layout's arrays (codes, scale, offset, spec): offset an
-    unread (1, 1, 1) array where it is a constant; spec (code, R)."""
-    bits, top, table, offset = fields(code)
-    R, n = u.shape
-    b = n // 32
-    blocks = _groups(np.asarray(u, np.uint8)).reshape(-1, b, 32)  # (G 16, b, 32)
-    if bits == 8:
-        planes = blocks.reshape(-1, b, 8, 4)
-    elif bits == 4:
-        low = blocks & 15
-        planes = (low[..., :16] | low[..., 16:] << 4).reshape(-1, b, 4, 4)
-    else:  # 2: code 8 p + 4 j + c at bits 2 p of byte c of quad j
-        low = (blocks & 3).reshape(-1, b, 4, 2, 4)  # (.., p, j, c)
-        planes = (low << (2 * np.arange(4, dtype=np.uint8))[:, None, None]).sum(axis=2, dtype=np.uint8)
-    if top:  # bit v of byte c: the top bit of code 4 v + c
-        high = ((blocks >> bits) & 1).reshape(-1, b, 8, 4)
-        word = (high << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=2, dtype=np.uint8)[:, :, None]
-        planes = np.concatenate([planes, word], axis=2)
-    held = _quads(planes)
-    if offset == MINIMUM:
-        extra = _scales(m)
-    elif offset == ZERO:
-        z = _groups(np.asarray(m, np.uint8))
-        extra = np.ascontiguousarray(z.reshape(-1, LANES, b).transpose(0, 2, 1))
-    else:
-        extra = np.zeros((1, 1, 1), np.float32)
-    return held, _scales(d), extra, np.array([code, R], np.int64)
-
-
-def pack_nibbles(nibbles: np.ndarray, d: np.ndarray, code: int, m: np.ndarray | None = None) -> tuple:
-    """pack() of 4-bit codes held as llama.cpp stores them (R, n / 2), byte j of a block holding codes j and j + 16:
-    its quads are those bytes as they are."""
-    R = nibbles.shape[0]
-    b = nibbles.shape[1] // 16
-    held = _quads(_groups(np.asarray(nibbles, np.uint8)).reshape(-1, b, 4, 4))
-    extra = _scales(m) if fields(code)[3] == MINIMUM else np.zeros((1, 1, 1), np.float32)
-    return held, _scales(d), extra, np.array([code, R], np.int64)
 
 
 # ----------------------------------------------------------------------------- the tile of tokens (LLVM IR)

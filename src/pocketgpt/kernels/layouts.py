@@ -2,13 +2,14 @@
 the hot layouts). Built once per matrix and kept on it; nothing here copies a matrix to float.
 
 With integer dot products on (int8_dots: the default on a machine with AVX2), every integer format whose rows cut
-into blocks of 32 is repacked into rows interleaved sixteen to a group (pocketgpt.kernels.interleaved), which all
-products read whatever the number of tokens: llama.cpp's Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, the K-quants Q4_K and
-Q5_K (as the Q4_1 and Q5_1 blocks that compute their weights in the same float32 arithmetic:
-pocketgpt.formats.kquants), MXFP4, and pocketgpt's 2-, 3-, 4- and 8-bit groups. Otherwise, and for the formats
-that do not fit (float weights, Q6_K, groups of 16), the float kernels read the stored parts: the K-quants as
-the same other blocks (Q6_K as 8-bit groups of 16), their codes repacked once beside the stored blocks, which
-saving needs; Q5_0 is held as Q8_0 blocks already (pocketgpt.formats.ggml) and read as those.
+into blocks of 32 runs interleaved sixteen rows to a group (pocketgpt.formats.interleaved), which all products
+read whatever the number of tokens: llama.cpp's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and MXFP4 as they are held
+(pocketgpt.formats.ggml, no copy), and repacked once: the K-quants Q4_K and Q5_K (as the Q4_1 and Q5_1 blocks that
+compute their weights in the same float32 arithmetic: pocketgpt.formats.kquants) and pocketgpt's 2-, 3-, 4- and
+8-bit groups. Otherwise, and for the formats that do not fit (float weights, Q6_K, groups of 16), the float
+kernels read each row's parts: llama.cpp's blocks split (GGMLBlocks.split(), a copy; Q5_0 as the Q8_0 blocks of the
+same weights), the K-quants as those other blocks (Q6_K as 8-bit groups of 16), their codes repacked once beside
+the stored blocks, which saving needs.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketgpt.formats import GGMLBlocks, GroupQuantized, HalfFloats, Packed, kquants
+from pocketgpt.formats.ggml import HELD, SPECS
 from pocketgpt.formats.groups import unpack_bits
+from pocketgpt.formats.interleaved import ZERO, pack, pack_nibbles, spec
 from pocketgpt.kernels import decoders, interleaved, products
-from pocketgpt.kernels.interleaved import ZERO, pack, pack_nibbles, spec
 
 _int8 = interleaved.ENABLED  # whether integer formats run interleaved, with activations rounded to 8 bits
 
@@ -114,27 +116,17 @@ def _compiled(key, make: Callable):
 
 
 def _interleaved(w) -> Layout | None:
-    """The interleaved layout of an integer matrix whose rows cut into blocks of 32, or None."""
+    """The interleaved layout of an integer matrix whose rows cut into blocks of 32, or None: llama.cpp's common
+    blocks as they are held (pocketgpt.formats.ggml), the others repacked."""
     if isinstance(w, GGMLBlocks):
-        kind, rows = w.kind, w.shape[0]
-        if kind == "q4_0":
-            parts = pack_nibbles(w.codes, w.scale, spec(4, offset=8))
-        elif kind == "q4_1":
-            parts = pack_nibbles(w.codes, w.scale, spec(4), w.minimum)
-        elif kind == "q8_0":
-            parts = pack((w.codes.astype(np.int16) + 128).astype(np.uint8), w.scale, spec(8, offset=128))
-        elif kind == "q5_0":  # held as Q8_0 codes u - 16
-            parts = pack((w.codes + 16).astype(np.uint8), w.scale, spec(4, top=True, offset=16))
-        elif kind == "q5_1":
-            parts = pack(kquants.unpack_codes(w.codes, w.high).astype(np.uint8), w.scale, spec(4, top=True), w.minimum)
-        elif kind == "q4_k":
-            nibbles, d, m = kquants.as_q4_1(w.codes, rows)
+        if w.kind in HELD:
+            return Layout("interleaved", w.tiles, SPECS[w.kind])
+        if w.kind == "q4_k":
+            nibbles, d, m = kquants.as_q4_1(w.tiles[0], w.shape[0])
             parts = pack_nibbles(nibbles, d, spec(4), m)
-        elif kind == "q5_k":
-            nibbles, d, m, high = kquants.as_q5_1(w.codes, rows)
+        elif w.kind == "q5_k":
+            nibbles, d, m, high = kquants.as_q5_1(w.tiles[0], w.shape[0])
             parts = pack(kquants.unpack_codes(nibbles, high).astype(np.uint8), d, spec(4, top=True), m)
-        elif kind == "mxfp4":  # codes index 2 v + 12 for FP4 value v, so the scale is halved
-            parts = pack_nibbles(w.codes, w.scale * np.float32(0.5), spec(4, table=True, offset=12))
         else:
             return None
         return Layout("interleaved", parts, int(parts[3][0]))
@@ -160,14 +152,14 @@ def _build(w) -> Layout:
     if isinstance(w, GGMLBlocks):
         rows = w.shape[0]
         if w.kind == "q4_k":  # as the fused layouts whose arithmetic is theirs (pocketgpt.formats.kquants)
-            return Layout("q4_1", kquants.as_q4_1(w.codes, rows))
+            return Layout("q4_1", kquants.as_q4_1(w.tiles[0], rows))
         if w.kind == "q5_k":
-            return Layout("q5_1", kquants.as_q5_1(w.codes, rows))
+            return Layout("q5_1", kquants.as_q5_1(w.tiles[0], rows))
         if w.kind == "q6_k":
-            return Layout("int8", (*kquants.as_int8_groups(w.codes, rows), np.array([8], np.int64)), 16)
-        if w.kind == "q5_0":  # held as its Q8_0 blocks (pocketgpt.formats.ggml)
-            return Layout("q8_0", (w.codes, w.scale))
-        return Layout(w.kind, tuple(a for a in (w.codes, w.scale, w.minimum, w.high) if a is not None))
+            return Layout("int8", (*kquants.as_int8_groups(w.tiles[0], rows), np.array([8], np.int64)), 16)
+        if w.kind in HELD:  # their split form (Q5_0: the Q8_0 blocks of the same weights)
+            return Layout("q8_0" if w.kind == "q5_0" else w.kind, tuple(a for a in w.split() if a is not None))
+        return Layout(w.kind, w.tiles)
     if isinstance(w, GroupQuantized):
         out, n = w.shape
         groups = n // w.group_size
