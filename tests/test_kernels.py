@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,18 +114,20 @@ def test_activations_are_rounded_to_8_bits_as_the_reference_rounds_them():
     x = (rng.standard_normal((5, 256)) * rng.uniform(0.01, 100, (5, 1))).astype(np.float32)
     x[2, 32:64] = 0.0  # a block of zeros: scale 0, codes 0
     x[3, 5] = 1e4  # one outlier owns its block's scale
-    codes, scales, sums = interleaved.quantized(x)
+    codes, scales, sums, halves = interleaved.quantized(x)
     ref_codes, ref_scales = reference.int8_activations(x)
     np.testing.assert_array_equal(codes, ref_codes)
     np.testing.assert_array_equal(scales, ref_scales)
     np.testing.assert_array_equal(sums, ref_scales * codes.reshape(5, -1, 32).sum(-1).astype(np.float32))
+    np.testing.assert_array_equal(halves, ref_scales.repeat(2, axis=1) * codes.reshape(5, -1, 16).sum(-1)
+                                  .astype(np.float32))
     assert np.abs(codes).max() == 127 and not codes[2, 32:64].any()
     err = np.abs(codes.reshape(5, -1, 32) * scales[..., None] - x.reshape(5, -1, 32))
     assert np.all(err <= scales[..., None] * 0.5 * (1 + 1e-6))  # at most half a step of each block
 
 
-INTERLEAVED = ["q4_0", "q4_1", "q8_0", "mxfp4", "q4_k", "q5_k", "q5_0", "q5_1", "int2-g32-asym", "int3-g64-sym",
-               "int4-g128-asym", "int8-g32-sym"]
+INTERLEAVED = ["q4_0", "q4_1", "q8_0", "mxfp4", "q4_k", "q5_k", "q6_k", "q5_0", "q5_1", "int2-g32-asym",
+               "int3-g64-sym", "int4-g128-asym", "int8-g32-sym"]
 
 
 @pytest.mark.parametrize("kind", INTERLEAVED)
@@ -394,14 +397,15 @@ from pocketgpt import kernels
 from pocketgpt.formats.ggml import quantize_blocks
 from pocketgpt.formats.groups import quantize_groups
 from pocketgpt.kernels import reference
+from test_kernels import MATRICES
 rng = np.random.default_rng(5)
 w = rng.standard_normal((37, 256)).astype(np.float32)
 for m in (quantize_blocks(w, "q8_0"), quantize_blocks(w, "q4_1"), quantize_blocks(w, "mxfp4"),
-          quantize_groups(w, 8, 64, False), quantize_groups(w, 3, 32, True)):
+          quantize_groups(w, 8, 64, False), quantize_groups(w, 3, 32, True), MATRICES["q6_k"]):
     assert kernels.layout(m).interleaved
-    x = rng.standard_normal((6, 256)).astype(np.float32)
+    x = rng.standard_normal((6, m.shape[1])).astype(np.float32)
     codes, scales = reference.int8_activations(x)
-    xr = (codes.reshape(6, -1, 32) * scales[..., None].astype(np.float64)).reshape(6, 256)
+    xr = (codes.reshape(6, -1, 32) * scales[..., None].astype(np.float64)).reshape(x.shape)
     err = np.abs(kernels.linear(x, m) - xr @ m.dequantize(np.float64).T)
     assert np.all(err <= 1e-5 * (np.abs(xr) @ np.abs(m.dequantize(np.float64)).T) + 1e-6), err.max()
 print("ok")
@@ -416,7 +420,7 @@ def test_the_interleaved_products_without_vnni_equal_the_reference(tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).parent)}
     run = subprocess.run([sys.executable, "-c", AVX2_PRODUCTS], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 

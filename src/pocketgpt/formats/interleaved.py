@@ -15,11 +15,12 @@ For a matrix of R rows and n = 32 b columns, u the unsigned code of a weight:
          Unpacked, each layout gives the same eight vectors: vector v holds codes 4 v .. 4 v + 3 of every lane's
          row, which the kernels meet with a token's activation codes 4 v .. 4 v + 3.
   scale  (G, b, 16) the block scales d of the 16 rows: float16 bits (uint16) where every scale is a float16
-         (llama.cpp's blocks, pocketgpt's groups), float32 otherwise (the K-quants' products of two scales).
+         (llama.cpp's blocks, pocketgpt's groups), float32 otherwise (the K-quants' products of two scales). With
+         halves (Q6_K), a scale for each half block of 16 codes: (G, 2 b, 16), entry 2 k + h for half h of block k.
   offset one of: MINIMUM, (G, b, 16) like scale, w = d u + m (Q4_1, Q5_1, Q4_K, Q5_K); ZERO, (G, b, 16) uint8
          zero points, w = d (u - z) (pocketgpt's asymmetric groups); or a constant o, w = d (u - o) (Q4_0 8, Q5_0
-         16, Q8_0 128 with its int8 codes held as q + 128, symmetric groups 2^(bits - 1), MXFP4 12), the array
-         then an unread (1, 1, 1) float32.
+         16, Q8_0 128 with its int8 codes held as q + 128, symmetric groups 2^(bits - 1), MXFP4 12, Q6_K 32), the
+         array then an unread (1, 1, 1) float32.
   spec   int64 (2,): the layout's code (spec()) and R.
 MXFP4's nibbles index MXFP4_TABLE, 2 v + 12 for its FP4 values v, with d half its power of two.
 """
@@ -33,17 +34,20 @@ MINIMUM, ZERO = -1, -2  # offset kinds besides a constant o >= 0
 MXFP4_TABLE = np.array([12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0], np.uint8)  # 2 v + 12
 
 
-def spec(bits: int, top: bool = False, table: bool = False, offset: int = MINIMUM) -> int:
+def spec(bits: int, top: bool = False, table: bool = False, offset: int = MINIMUM, halves: bool = False) -> int:
     """A layout in one integer: code bits below the top bit (2, 4 or 8), whether a top bit follows, whether codes
-    index MXFP4's table, and the offset (MINIMUM, ZERO, or the constant o)."""
-    if bits not in (2, 4, 8) or (top and bits == 8) or (table and (bits != 4 or top)) or offset < ZERO:
-        raise ValueError(f"no interleaved layout of {bits} bits (top bit {top}, table {table}, offset {offset})")
-    return bits | top << 4 | table << 5 | (offset - ZERO) << 8
+    index MXFP4's table, the offset (MINIMUM, ZERO, or the constant o), and whether each half block has its own
+    scale."""
+    if bits not in (2, 4, 8) or (top and bits == 8) or (table and (bits != 4 or top)) or offset < ZERO or \
+            (halves and offset != max(offset, 0)):
+        raise ValueError(f"no interleaved layout of {bits} bits (top bit {top}, table {table}, offset {offset}, "
+                         f"halves {halves})")
+    return bits | top << 4 | table << 5 | halves << 6 | (offset - ZERO) << 8
 
 
-def fields(code: int) -> tuple[int, bool, bool, int]:
-    """spec() undone: (bits, top, table, offset)."""
-    return code & 15, bool(code >> 4 & 1), bool(code >> 5 & 1), (code >> 8) + ZERO
+def fields(code: int) -> tuple[int, bool, bool, int, bool]:
+    """spec() undone: (bits, top, table, offset, halves)."""
+    return code & 15, bool(code >> 4 & 1), bool(code >> 5 & 1), (code >> 8) + ZERO, bool(code >> 6 & 1)
 
 
 def quads(code: int) -> int:
@@ -97,9 +101,10 @@ def _planes(codes: np.ndarray, R: int) -> np.ndarray:
 
 
 def pack(u: np.ndarray, d: np.ndarray, code: int, m: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """Codes u (R, n) uint8 in the weights' order, block scales d (R, b) and, by the offset of `code`, minima m
-    (MINIMUM) or zero points m (ZERO) (R, b) -> the layout's arrays (codes, scale, offset, spec)."""
-    bits, top, _, offset = fields(code)
+    """Codes u (R, n) uint8 in the weights' order, block scales d (R, b) (with halves (R, 2 b)) and, by the offset
+    of `code`, minima m (MINIMUM) or zero points m (ZERO) (R, b) -> the layout's arrays (codes, scale, offset,
+    spec)."""
+    bits, top, _, offset, _ = fields(code)
     R, n = u.shape
     b = n // 32
     blocks = _groups(np.asarray(u, np.uint8)).reshape(-1, b, 32)  # (G 16, b, 32)
@@ -135,10 +140,10 @@ def _offsets(m: np.ndarray | None, offset: int) -> np.ndarray:
 
 
 def unpack(parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """pack() undone: (codes u (R, n) uint8, scales d (R, b) float32, minima (R, b) float32 or zero points (R, b)
-    uint8 or None)."""
+    """pack() undone: (codes u (R, n) uint8, scales d (R, b) (halves: (R, 2 b)) float32, minima (R, b) float32 or
+    zero points (R, b) uint8 or None)."""
     codes, scale, extra, (code, R) = parts
-    bits, top, _, offset = fields(int(code))
+    bits, top, _, offset, _ = fields(int(code))
     planes = _planes(codes, int(R))  # (R, b, Q, 4)
     b = planes.shape[1]
     if bits == 8:

@@ -204,11 +204,12 @@ def interleaved(parts, r, out):
     stored format's own dequantize() computes it (MXFP4: (2 v) times d / 2, which is v d exactly)."""
     q, d, m, code = parts[0], parts[1], parts[2], parts[3][0]
     bits, top, table, offset = code & 15, (code >> 4) & 1, (code >> 5) & 1, (code >> 8) + ZERO
+    sides = 2 if (code >> 6) & 1 else 1  # scales per block: of each half (Q6_K) or of the whole
     last = 64 * ((8 if bits == 8 else 4 if bits == 4 else 2) + top - 1)  # the quad of top bits
     g, lane = r // LANES, r % LANES
     for k in range(q.shape[1]):
-        dk = widened(d[g, k, lane])
         for v in range(8):
+            dk = widened(d[g, sides * k + (v // 4 if sides == 2 else 0), lane])
             for c in range(4):
                 at = 4 * lane + c
                 if bits == 8:

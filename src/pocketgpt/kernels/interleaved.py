@@ -14,9 +14,10 @@ sums).
 
 Token t's product with row r is y = sum_k (d_rk xd_tk) P_rtk + sum_k o_rk xs_tk, P the block's exact integer sum,
 xd the token's block scale and xs its block scale times the sum of its codes; o_rk is m, -d z or -d o (the layout's
-offset). Each of the two sums runs over the blocks in order in its own float32 lane, and y is their sum: a token's
-result does not depend on how many tokens share the pass, so a speculative verification gives each token its
-decode step's logits bit for bit. The kernels are compiled without fastmath (numba would put its flags on the
+offset). With a scale per half block (Q6_K) each half's sum and offset take their own d and the half's code sum.
+Each of the two sums runs over the blocks in order in its own float32 lane, and y is their sum: a token's result
+does not depend on how many tokens share the pass, so a speculative verification gives each token its decode step's
+logits bit for bit. The kernels are compiled without fastmath (numba would put its flags on the
 intrinsic's arithmetic too).
 Legend: B tokens, n input width, R rows, b blocks of 32 (n / 32), G groups of 16 rows.
 """
@@ -49,10 +50,11 @@ _INV127 = np.float32(1.0 / 127.0)
 
 
 @njit(**EXACT)
-def round_activations(x, xq, scale, sums):
-    """Tokens x (B, n) -> xq (B, n) int8 codes, scale (B, b) and sums (B, b): each block's scale times the sum of its
-    codes. The rounding is NumPy's (pocketgpt.kernels.reference.int8_activations gives the same codes bit for bit):
-    scale = max |x| / 127, codes = round(x / scale)."""
+def round_activations(x, xq, scale, sums, halves):
+    """Tokens x (B, n) -> xq (B, n) int8 codes, scale (B, b), sums (B, b): each block's scale times the sum of its
+    codes, and halves (B, 2 b): the same of each half block of 16 (for scales per 16 weights). The rounding is
+    NumPy's (pocketgpt.kernels.reference.int8_activations gives the same codes bit for bit): scale = max |x| / 127,
+    codes = round(x / scale)."""
     B, n = x.shape
     for t in range(B):
         for blk in range(n // 32):
@@ -61,23 +63,28 @@ def round_activations(x, xq, scale, sums):
                 amax = max(amax, abs(x[t, 32 * blk + j]))
             d = amax * _INV127
             inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-            total = 0
+            low = high = 0
             for j in range(32):
                 c = np.int32(np.rint(x[t, 32 * blk + j] * inv))
                 xq[t, 32 * blk + j] = c
-                total += c
+                if j < 16:
+                    low += c
+                else:
+                    high += c
             scale[t, blk] = d
-            sums[t, blk] = d * np.float32(total)
+            sums[t, blk] = d * np.float32(low + high)
+            halves[t, 2 * blk], halves[t, 2 * blk + 1] = d * np.float32(low), d * np.float32(high)
 
 
 @njit(**EXACT)
 def quantized(x):
-    """Tokens x (B, n) float32 -> (xq, xd, xs) as round_activations fills them."""
+    """Tokens x (B, n) float32 -> (xq, xd, xs, xh) as round_activations fills them."""
     B, n = x.shape
     xq = np.empty((B, n), np.int8)
     xd, xs = np.empty((B, n // 32), np.float32), np.empty((B, n // 32), np.float32)
-    round_activations(x, xq, xd, xs)
-    return xq, xd, xs
+    xh = np.empty((B, n // 16), np.float32)
+    round_activations(x, xq, xd, xs, xh)
+    return xq, xd, xs, xh
 
 
 # ----------------------------------------------------------------------------- the tile of tokens (LLVM IR)
@@ -160,14 +167,14 @@ def _floats(builder, v, dtype):
 
 def _tile(T: int, code: int):
     """codegen of y[t .. t + T - 1, 16 g .. 16 g + 15] for layout `code` (see the module docstring)."""
-    bits, top, table, offset = fields(code)
+    bits, top, table, offset, halves = fields(code)
     Q = quads(code)
 
     def codegen(context, builder, signature, args):
-        arrays = [context.make_array(ty)(context, builder, v) for ty, v in zip(signature.args[:7], args[:7])]
-        q, d, m, xq, xd, xs, y = arrays
+        arrays = [context.make_array(ty)(context, builder, v) for ty, v in zip(signature.args[:8], args[:8])]
+        q, d, m, xq, xd, xs, xh, y = arrays
         d_type, m_type = signature.args[1].dtype, signature.args[2].dtype
-        g, t = args[7], args[8]
+        g, t = args[8], args[9]
         i64 = g.type
         C = lambda v: ir.Constant(i64, v)  # noqa: E731
         blocks = cgutils.unpack_tuple(builder, q.shape, 3)[1]
@@ -179,37 +186,50 @@ def _tile(T: int, code: int):
         zeros = _splat(0.0, _FLOATS)
         acc = [cgutils.alloca_once_value(builder, zeros) for _ in range(T)]
         off = [cgutils.alloca_once_value(builder, zeros) for _ in range(T)]
+        scale_type = _I16 if d_type == types.uint16 else _F32
         with cgutils.for_range(builder, blocks) as loop:
             k = loop.index
             at = builder.add(builder.mul(g, blocks), k)  # (g, k): the block's place in codes and scales
             raw = [_load(builder, q.data, builder.add(builder.mul(at, C(64 * Q)), C(64 * j)), _I8, _BYTES)
                    for j in range(Q)]
-            dv = _floats(builder, _load(builder, d.data, builder.mul(at, C(LANES)),
-                                        _I16 if d_type == types.uint16 else _F32,
-                                        ir.VectorType(_I16 if d_type == types.uint16 else _F32, LANES), 2), d_type)
+            sides = 2 if halves else 1  # scales per block: of each half (Q6_K) or of the whole
+            dv = [_floats(builder, _load(builder, d.data, builder.mul(builder.add(builder.mul(at, C(sides)), C(h)),
+                                                                        C(LANES)),
+                                         scale_type, ir.VectorType(scale_type, LANES), 2), d_type)
+                  for h in range(sides)]
             if offset == MINIMUM:
-                ov = _floats(builder, _load(builder, m.data, builder.mul(at, C(LANES)),
-                                            _I16 if m_type == types.uint16 else _F32,
-                                            ir.VectorType(_I16 if m_type == types.uint16 else _F32, LANES), 2), m_type)
+                m_elem = _I16 if m_type == types.uint16 else _F32
+                ov = [_floats(builder, _load(builder, m.data, builder.mul(at, C(LANES)), m_elem,
+                                             ir.VectorType(m_elem, LANES), 2), m_type)]
             elif offset == ZERO:  # -d z
                 z = _load(builder, m.data, builder.mul(at, C(LANES)), _I8, ir.VectorType(_I8, LANES))
-                ov = builder.fneg(builder.fmul(dv, builder.uitofp(z, _FLOATS)))
+                ov = [builder.fneg(builder.fmul(dv[0], builder.uitofp(z, _FLOATS)))]
             else:
-                ov = builder.fmul(dv, _splat(-float(offset), _FLOATS))
+                ov = [builder.fmul(dh, _splat(-float(offset), _FLOATS)) for dh in dv]
             vectors = _unpack(builder, emit, raw, bits, top, table)
             for i in range(T):
                 tok = builder.add(t, C(i))
                 first = builder.add(builder.mul(tok, n), builder.mul(k, C(32)))
-                chains = [_splat(0, _INTS), _splat(0, _INTS)]
+                chains = [_splat(0, _INTS), _splat(0, _INTS)]  # codes 0..15 and 16..31 of the block
                 for v in range(8):  # the token's codes 4 v .. 4 v + 3 as one i32, in every lane
                     x4 = _broadcast(builder, _load(builder, xq.data, builder.add(first, C(4 * v)), _I8, _I32), _INTS)
-                    chains[v % 2] = emit.dot(chains[v % 2], vectors[v], builder.bitcast(x4, _BYTES))
-                total = builder.sitofp(builder.add(chains[0], chains[1]), _FLOATS)
+                    chains[v // 4] = emit.dot(chains[v // 4], vectors[v], builder.bitcast(x4, _BYTES))
                 block = builder.add(builder.mul(tok, blocks), k)
-                scale = builder.fmul(dv, _broadcast(builder, _load(builder, xd.data, block, _F32), _FLOATS))
-                builder.store(builder.call(fma, [total, scale, builder.load(acc[i])]), acc[i])
-                sums = _broadcast(builder, _load(builder, xs.data, block, _F32), _FLOATS)
-                builder.store(builder.call(fma, [ov, sums, builder.load(off[i])]), off[i])
+                token_scale = _broadcast(builder, _load(builder, xd.data, block, _F32), _FLOATS)
+                if halves:  # each half's sum by its own scale, its offset by the half's code sum
+                    for h in range(2):
+                        total = builder.sitofp(chains[h], _FLOATS)
+                        scale = builder.fmul(dv[h], token_scale)
+                        builder.store(builder.call(fma, [total, scale, builder.load(acc[i])]), acc[i])
+                        half = builder.add(builder.mul(block, C(2)), C(h))
+                        sums = _broadcast(builder, _load(builder, xh.data, half, _F32), _FLOATS)
+                        builder.store(builder.call(fma, [ov[h], sums, builder.load(off[i])]), off[i])
+                else:
+                    total = builder.sitofp(builder.add(chains[0], chains[1]), _FLOATS)
+                    scale = builder.fmul(dv[0], token_scale)
+                    builder.store(builder.call(fma, [total, scale, builder.load(acc[i])]), acc[i])
+                    sums = _broadcast(builder, _load(builder, xs.data, block, _F32), _FLOATS)
+                    builder.store(builder.call(fma, [ov[0], sums, builder.load(off[i])]), off[i])
         left = builder.sub(R, builder.mul(g, C(LANES)))  # rows of this group that exist
         for i in range(T):
             out = builder.fadd(builder.load(acc[i]), builder.load(off[i]))
@@ -247,28 +267,29 @@ def _unpack(builder, emit: _Emitter, raw: list, bits: int, top: bool, table: boo
 
 
 @intrinsic
-def tile(typingctx, q, d, m, xq, xd, xs, y, g, t, tokens, code):
+def tile(typingctx, q, d, m, xq, xd, xs, xh, y, g, t, tokens, code):
     """y[t .. t + tokens - 1, 16 g .. 16 g + 15] (rows past R left alone) of a layout `code` matrix (q, d, m) with
-    tokens xq, xd, xs (round_activations); tokens and code must be compile-time constants."""
+    tokens xq, xd, xs, xh (round_activations); tokens and code must be compile-time constants."""
     if not isinstance(tokens, types.IntegerLiteral) or not isinstance(code, types.IntegerLiteral):
         return None
     wanted = (("q", q, (types.uint8,), 3), ("d", d, (types.uint16, types.float32), 3),
               ("xq", xq, (types.int8,), 2), ("xd", xd, (types.float32,), 2), ("xs", xs, (types.float32,), 2),
-              ("y", y, (types.float32,), 2))
+              ("xh", xh, (types.float32,), 2), ("y", y, (types.float32,), 2))
     for name, a, dtypes, ndim in wanted:
         if not isinstance(a, types.Array) or a.ndim != ndim or a.dtype not in dtypes or a.layout != "C":
             raise TypingError(f"interleaved.tile: {name} must be a C-contiguous {ndim}D array of {dtypes}")
     if not isinstance(m, types.Array) or m.layout != "C":
         raise TypingError("interleaved.tile: m must be a C-contiguous array")
-    return types.void(q, d, m, xq, xd, xs, y, g, t, tokens, code), _tile(tokens.literal_value, code.literal_value)
+    return (types.void(q, d, m, xq, xd, xs, xh, y, g, t, tokens, code),
+            _tile(tokens.literal_value, code.literal_value))
 
 
 # ----------------------------------------------------------------------------- kernels
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
-def product(parts, xq, xd, xs, y, code):
-    """y (B, R) = the tokens (xq, xd, xs) times the layout's matrix parts (codes, scale, offset, ...): in sweeps of
+def product(parts, xq, xd, xs, xh, y, code):
+    """y (B, R) = the tokens (xq, xd, xs, xh) times the layout's matrix parts (codes, scale, offset, ...): in sweeps of
     SWEEP tokens, each group of 16 rows (in parallel) meets them TILE at a time, then two, then one."""
     literally(code)
     q, d, m = parts[0], parts[1], parts[2]
@@ -278,13 +299,13 @@ def product(parts, xq, xd, xs, y, code):
         for g in prange(q.shape[0]):
             t = t0
             while t + TILE <= t1:
-                tile(q, d, m, xq, xd, xs, y, g, t, TILE, code)
+                tile(q, d, m, xq, xd, xs, xh, y, g, t, TILE, code)
                 t += TILE
             if t + 2 <= t1:
-                tile(q, d, m, xq, xd, xs, y, g, t, 2, code)
+                tile(q, d, m, xq, xd, xs, xh, y, g, t, 2, code)
                 t += 2
             if t < t1:
-                tile(q, d, m, xq, xd, xs, y, g, t, 1, code)
+                tile(q, d, m, xq, xd, xs, xh, y, g, t, 1, code)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -292,8 +313,8 @@ def linear(parts, x, y, code):
     """y (B, R) = x (B, n) W^T, the tokens rounded to 8 bits first (round_activations); for compiled callers, whose
     `code` is a compile-time constant (from Python, linear_for)."""
     literally(code)
-    xq, xd, xs = quantized(x)
-    product(parts, xq, xd, xs, y, code)
+    xq, xd, xs, xh = quantized(x)
+    product(parts, xq, xd, xs, xh, y, code)
 
 
 def linear_for(code: int):
@@ -303,8 +324,8 @@ def linear_for(code: int):
 
     @njit(cache=True, fastmath=False, error_model="numpy")
     def linear_code(parts, x, y):
-        xq, xd, xs = quantized(x)
-        product(parts, xq, xd, xs, y, code)
+        xq, xd, xs, xh = quantized(x)
+        product(parts, xq, xd, xs, xh, y, code)
 
     return linear_code
 

@@ -4,9 +4,10 @@ the hot layouts). Built once per matrix and kept on it; nothing here copies a ma
 With integer dot products on (int8_dots: the default on a machine with AVX2), every integer format whose rows cut
 into blocks of 32 runs interleaved sixteen rows to a group (pocketgpt.formats.interleaved), which all products
 read whatever the number of tokens: llama.cpp's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and MXFP4 as they are held
-(pocketgpt.formats.ggml, no copy), and repacked once: the K-quants Q4_K and Q5_K (as the Q4_1 and Q5_1 blocks that
-compute their weights in the same float32 arithmetic: pocketgpt.formats.kquants) and pocketgpt's 2-, 3-, 4- and
-8-bit groups. Otherwise, and for the formats that do not fit (float weights, Q6_K, groups of 16), the float
+(pocketgpt.formats.ggml, no copy), and repacked once: the K-quants (Q4_K and Q5_K as the Q4_1 and Q5_1 blocks that
+compute their weights in the same float32 arithmetic, Q6_K as 8-bit codes with a scale per 16:
+pocketgpt.formats.kquants) and pocketgpt's 2-, 3-, 4- and 8-bit groups. Otherwise, and for the formats that do not
+fit (float weights, groups of 16), the float
 kernels read each row's parts: llama.cpp's blocks split (GGMLBlocks.split(), a copy; Q5_0 as the Q8_0 blocks of the
 same weights), the K-quants as those other blocks (Q6_K as 8-bit groups of 16), their codes repacked once beside
 the stored blocks, which saving needs.
@@ -127,6 +128,9 @@ def _interleaved(w) -> Layout | None:
         elif w.kind == "q5_k":
             nibbles, d, m, high = kquants.as_q5_1(w.tiles[0], w.shape[0])
             parts = pack(kquants.unpack_codes(nibbles, high).astype(np.uint8), d, spec(4, top=True), m)
+        elif w.kind == "q6_k":  # 8-bit codes u - 32 with a scale per 16 (pocketgpt.formats.kquants.as_int8_groups)
+            u, s, _ = kquants.as_int8_groups(w.tiles[0], w.shape[0])
+            parts = pack(u, s, spec(8, offset=32, halves=True))
         else:
             return None
         return Layout("interleaved", parts, int(parts[3][0]))

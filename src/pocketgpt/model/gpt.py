@@ -27,10 +27,11 @@ from pocketgpt.formats import Packed
 from pocketgpt.formats.groups import quantize_per_token
 from pocketgpt.model import layers
 from pocketgpt.model.kvcache import KVCache, QuantizedKVCache, SlotCache
-from pocketgpt.model.runtime import check_memory
+from pocketgpt.model.runtime import check_memory, release_freed_memory
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # in the order a block uses them
 CACHE_KINDS = ("float", "q4")
+LONG_PASS = 64  # tokens past which a forward pass gives its freed temporaries back to the OS
 
 
 def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
@@ -521,13 +522,16 @@ class GPT:
         if c.embed_norm:
             x = self._norm(x, "ln_e")
         rope = (self.rope_cos[positions], self.rope_sin[positions]) if c.positions == "rope" else None
-        blas = any(kernels.blas_multiplies(m) for m in self.block_weights(0).matrices)
+        blas = any(kernels.blas_multiplies(m) for i in range(c.n_layer) for m in self.block_weights(i).matrices)
         with kernels.blas_threads_for(idx.size, blas):
             for i in range(c.n_layer):
                 x = kernels.block(x, self.block_weights(i), rope, attention(i), outputs if i == c.n_layer - 1 else None)
         if c.final_norm:
             x = self._norm(x, "ln_f")
-        return kernels.linear(x, self.stored(self.lm_head_name))
+        logits = kernels.linear(x, self.stored(self.lm_head_name))
+        if idx.size > LONG_PASS:
+            release_freed_memory()
+        return logits
 
 
 def packed_copy(model: GPT, pack: Callable[[np.ndarray], Packed], names: list[str] | None = None) -> GPT:

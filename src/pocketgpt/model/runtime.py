@@ -11,6 +11,18 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _retained = False
+_libc = None
+
+
+def _glibc():
+    """The C library where it is glibc (Linux), else None."""
+    global _libc
+    if _libc is None and sys.platform.startswith("linux"):
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            _libc = False
+    return _libc or None
 
 
 def retain_freed_memory(limit: int = 1 << 30) -> bool:
@@ -24,15 +36,21 @@ def retain_freed_memory(limit: int = 1 << 30) -> bool:
     global _retained
     if _retained:
         return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_glibc(), "mallopt", None)
+    if mallopt is None:
         return False
     _retained = bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, limit))
     return _retained
+
+
+def release_freed_memory() -> None:
+    """Give memory that freed temporaries leave in glibc's heaps back to the OS (malloc_trim), unless
+    retain_freed_memory() asked to keep it. After a long prompt's forward pass, whose temporaries of a few megabytes
+    glibc would otherwise keep (it raises its threshold for mapping large blocks after the first is freed), this
+    lowers a decoding process's resident memory by tens of megabytes for under a millisecond."""
+    trim = getattr(_glibc(), "malloc_trim", None)
+    if trim is not None and not _retained:
+        trim(0)
 
 
 def available_memory() -> int | None:
