@@ -68,3 +68,35 @@ def test_mxfp4_matches_ml_dtypes_scales_and_elements():
     np.testing.assert_array_equal(blocks[:, 0], scale.astype(ml_dtypes.float8_e8m0fnu).view(np.uint8))
     expected = (b / scale[:, None]).astype(ml_dtypes.float4_e2m1fn).astype(np.float32) * scale[:, None]
     np.testing.assert_array_equal(dequantize_mxfp4(quantize_mxfp4(w), 128).reshape(-1, 32), expected)
+
+
+@pytest.mark.parametrize("bits,top,table,offset,halves", [
+    (8, False, False, 128, False), (8, False, False, -1, False), (8, False, False, 32, True),
+    (4, False, False, 8, False), (4, False, False, -1, False), (4, False, False, -2, False),
+    (4, True, False, 16, False), (4, True, False, -1, False), (4, False, True, 12, False),
+    (2, False, False, -2, False), (2, True, False, 4, False), (2, True, False, -2, False)])
+def test_rows_interleaved_for_the_integer_kernels_unpack_to_what_was_packed(bits, top, table, offset, halves):
+    """pack() then unpack() gives back the codes, scales (float16 or float32) and minima or zero points exactly, for
+    every kind of interleaved layout, on a ragged number of rows (the last group padded)."""
+    from pocketgpt.formats.interleaved import MINIMUM, ZERO, pack, spec, unpack
+
+    rng = np.random.default_rng(bits + 4 * top + 8 * (offset + 2))
+    R, n = 37, 96
+    u = rng.integers(0, 2 ** (bits + top) if not table else 16, (R, n)).astype(np.uint8)
+    d = rng.uniform(0.01, 1, (R, n // (16 if halves else 32))).astype(np.float32)
+    if offset == ZERO:
+        m = rng.integers(0, 2 ** (bits + top), (R, n // 32)).astype(np.uint8)
+    elif offset == MINIMUM:
+        m = rng.normal(0, 1, (R, n // 32)).astype(np.float16).astype(np.float32)  # held as float16
+    else:
+        m = None
+    parts = pack(u, d, spec(bits, top, table, offset, halves), m)
+    assert parts[0].shape[0] == 3 and parts[1].dtype == np.float32  # 48 rows held; these d are not float16 values
+    got_u, got_d, got_m = unpack(parts)
+    np.testing.assert_array_equal(got_u, u)
+    np.testing.assert_array_equal(got_d, d)
+    if m is None:
+        assert got_m is None
+    else:
+        assert parts[2].dtype == (np.uint8 if offset == ZERO else np.uint16)
+        np.testing.assert_array_equal(got_m, m)
