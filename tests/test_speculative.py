@@ -65,10 +65,12 @@ def test_greedy_output_is_token_identical(target, kind, adaptive, monkeypatch):
     got = list(speculative_generate(target, prompt, max_new_tokens=40, draft=draft, k=3,
                                     adaptive=adaptive is not None, sampling=GREEDY, stats=stats))
     assert got == plain
-    assert stats.tokens == len(got) and stats.target_forwards == stats.rounds < len(got) + 1
+    assert stats.tokens == len(got) and stats.target_forwards == stats.rounds + 1 <= len(got)  # the prefill: one
     assert 0 <= stats.acceptance_rate <= 1 and stats.draft_seconds >= 0 and stats.verify_seconds > 0
     if adaptive is None:
         assert len(stats.per_position) == 3
+    elif adaptive is FLAT and kind == "short-context model":  # as far as its 8 positions allow after the first
+        assert len(stats.per_position) == 8 - (len(prompt) + 1) + 1  # token, which the prompt's prefill gives
     elif adaptive is FLAT and kind != "n-gram":  # free verification: model drafts go as far as the context allows
         assert len(stats.per_position) > 3
 
@@ -145,7 +147,7 @@ def test_the_layer_draft_reads_the_targets_cache_instead_of_prefilling(target, m
                             real(idx, cache, outputs))
         assert list(speculative_generate(target, prompt, max_new_tokens=16, draft=draft, k=3,
                                          sampling=GREEDY)) == plain
-        assert max(fed) == len(prompt) if fed_prompt else set(fed) == {1}
+        assert max(fed) == len(prompt) + 1 if fed_prompt else set(fed) == {1}  # + the prefill's first token
 
 
 def test_the_n_gram_index_finds_what_a_scan_of_the_context_finds():
@@ -242,3 +244,49 @@ def test_sample_gives_plain_decodings_text_with_every_draft_flag(tmp_path, capsy
     assert main(base + ["--draft-layers", "2"]) == 2
     err = capsys.readouterr().err
     assert "keeps 1..1 of the target's 2 layers" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_verified_token_gets_the_logits_plain_decoding_gives_it_bit_for_bit(int8_activations, monkeypatch):
+    """On the path SmolLM2 takes (float32 weights packed in Q4_0, integer dot products with activations rounded to
+    8 bits, where a difference in a token's last bits can move a code and tip a near tie), with a prompt long enough
+    that its prefill computes attention in BLAS blocks, adaptive rounds and rounds of MAX_ADAPTIVE_K drafts: the
+    target's logits for every context both runs compute are bit for bit the same, so greedy output is
+    token-identical whatever the ties."""
+    from pocketgpt.formats.ggml import quantize_blocks
+    from pocketgpt.model import packed_copy
+
+    config = PRESETS["smollm2-135m"].replace(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_size=96,
+                                             block_size=256, vocab_size=48, init_std=0.3)
+    target = packed_copy(GPT(config, seed=5), lambda w: quantize_blocks(w, "q4_0"))
+    monkeypatch.setitem(VerifyCosts._of, target, VerifyCosts(FLAT))  # free verification: rounds of 16 drafts
+    rng = np.random.default_rng(0)
+    prompt = [int(t) for t in np.tile(rng.integers(0, 48, 30), 5)]  # repeats: n-gram lookup drafts long runs
+    seen: dict[str, dict[tuple, np.ndarray]] = {}  # by the tokens a row of logits follows
+    held: dict[str, list[int]] = {}  # the tokens in the target's cache
+    forward = GPT.forward_cached
+
+    def recorded(model, idx, cache, *args, **kwargs):
+        start = cache.length
+        logits = forward(model, idx, cache, *args, **kwargs)
+        if model is target:
+            held[run] = held[run][:start] + [int(t) for t in idx[0]]
+            first = start + idx.shape[1] - logits.shape[1]
+            for i, row in enumerate(logits[0]):
+                seen[run][tuple(held[run][:first + i + 1])] = row.copy()
+        return logits
+
+    monkeypatch.setattr(GPT, "forward_cached", recorded)
+    outputs, stats = {}, {"n-gram": SpecStats(), "layers": SpecStats()}
+    for run, draft in (("plain", None), ("n-gram", make_draft("ngram")), ("layers", make_draft("layers", target))):
+        seen[run], held[run] = {}, []
+        outputs[run] = list(generate(target, prompt, max_new_tokens=60, sampling=GREEDY) if draft is None else
+                            speculative_generate(target, prompt, max_new_tokens=60, draft=draft,
+                                                 k=MAX_ADAPTIVE_K, adaptive=run == "n-gram", sampling=GREEDY,
+                                                 stats=stats[run]))
+    assert len(stats["layers"].position_drafted) == MAX_ADAPTIVE_K  # rounds of the longest blocks were verified
+    for run in ("n-gram", "layers"):
+        assert outputs[run] == outputs["plain"]
+        shared = seen[run].keys() & seen["plain"].keys()
+        assert len(shared) >= 60
+        for context in sorted(shared, key=len):
+            np.testing.assert_array_equal(seen[run][context], seen["plain"][context], err_msg=f"{run}, {len(context)}")

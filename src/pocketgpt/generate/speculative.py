@@ -7,8 +7,11 @@ when all k are accepted, a bonus token is drawn from p_{k+1}. p and q are the di
 temperature, top-k and top-p, so at temperature 0 both are one-hot and the output is the target's greedy
 output. An n-gram draft (prompt lookup) has no distribution: its q is one-hot on the proposed token.
 
-Caches: the target's cache holds every token of the context but the last; a round feeds that last token
-and the k drafts, and then rolls the cache back to the accepted length (positions past it are overwritten
+Caches: the prompt is prefilled and its first new token drawn exactly as plain decoding does it (a token's keys
+and values may differ in their last bits with the number of tokens a pass takes, so both paths take the same
+passes); from then on the target's cache holds every token of the context but the last, and a round feeds that
+last token and the k drafts in one pass that computes each token as a decode step would (k + 1 at most
+kernels.STEP_UP_TO), then rolls the cache back to the accepted length (positions past it are overwritten
 later). A model draft's cache likewise keeps only tokens that were accepted. Once the context fills the
 target's window, drafting stops: with sliding=True decoding goes on exactly as plain decoding does (each
 step re-reads the last block_size tokens), so the output is plain decoding's for any length.
@@ -36,11 +39,11 @@ from pocketgpt.generate.batching import Scheduler
 from pocketgpt.generate.decode import continue_decoding, decode
 from pocketgpt.generate.remote import RemoteDraft
 from pocketgpt.generate.request import Request, Sequence, check_context, emit_all
-from pocketgpt.generate.sampling import Sampling, draw, probs_from_logits
+from pocketgpt.generate.sampling import Sampling, draw, next_token, probs_from_logits
 from pocketgpt.model import GPT, KVCache, linear_names, packed_copy, param_shapes
 
 KINDS = ("model", "quantized", "layers", "ngram", "remote")
-MAX_ADAPTIVE_K = 16
+MAX_ADAPTIVE_K = 16  # drafts a round: with the token before them, a pass the fused step takes (kernels.STEP_UP_TO)
 PROBE_SHARE = 0.1  # a draft that costs under this share of a target step is still asked when k = 0 (see DraftLength)
 EXPLORE_EVERY = 8  # otherwise, every so many rounds of k = 0 (times its cost in probes) one draft is tried
 
@@ -54,7 +57,7 @@ class SpecStats:
     drafted: int = 0
     accepted: int = 0
     tokens: int = 0
-    target_forwards: int = 0  # verification passes (the prompt's prefill not counted)
+    target_forwards: int = 0  # the prompt's prefill (which gives the first token, as in plain decoding) and rounds
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     position_drafted: list[int] = field(default_factory=list)  # [i]: rounds that drafted an i+1-th token
@@ -96,6 +99,7 @@ class SpecStats:
                 mine[i] += v
 
     def record(self, drafted: int, accepted: int) -> None:
+        """One round's verification pass."""
         self.rounds += 1
         self.target_forwards += 1
         self.drafted += drafted
@@ -418,7 +422,8 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
     k drafts per round; with adaptive=True, each round's k (0 .. MAX_ADAPTIVE_K) is the one DraftLength expects
     to give the most tokens per second (k is then not used). `stats` is filled in as tokens come out.
     """
-    check_settings([(isinstance(k, int) and k >= 1, "k", f"must be >= 1 (got {k})")])
+    check_settings([(isinstance(k, int) and 1 <= k <= MAX_ADAPTIVE_K, "k",
+                     f"must be from 1 to {MAX_ADAPTIVE_K} (got {k})")])
     block = target.config.block_size
     prompt = list(seq.request.prompt)
     check_context(len(prompt), block, sliding)
@@ -431,8 +436,16 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
     length = DraftLength(VerifyCosts.of(target), session.token_seconds()) if adaptive else None
     sampling, rng = seq.request.sampling, seq.rng
     context = prompt
-    if len(context) > 1:
-        target.forward_cached(np.array([context[:-1]]), cache, outputs=1)  # all but the last token; no logits needed
+
+    def emit(tokens: list[int]) -> Iterator[int]:
+        kept_before, predicted = len(seq.tokens), seq.would_keep(tokens)
+        stats.tokens += predicted  # counted before the sequence hears of them: its on_finish sees the full count
+        yield from emit_all(seq, tokens, context)
+        stats.tokens += len(seq.tokens) - kept_before - predicted  # fewer when it was cancelled meanwhile
+
+    logits = target.forward_cached(np.array([context]), cache, outputs=1)[0, -1]  # the prefill plain decoding does
+    stats.target_forwards += 1
+    yield from emit([next_token(logits, sampling, rng)])  # and its first token
     while len(context) <= block and not seq.done:
         left = seq.request.max_new_tokens - len(seq.tokens)
         room = min(MAX_ADAPTIVE_K if adaptive else k, block - len(context), left - 1, session.room(len(context)))
@@ -456,10 +469,7 @@ def speculate(target: GPT, seq: Sequence, draft, k: int = 4, adaptive: bool = Fa
         cache.length = start + 1 + accepted
         session.rollback(len(context) + accepted)
         stats.record(len(fed), accepted)
-        kept_before, predicted = len(seq.tokens), seq.would_keep(fed[:accepted] + [token])
-        stats.tokens += predicted  # counted before the sequence hears of them: its on_finish sees the full count
-        yield from emit_all(seq, fed[:accepted] + [token], context)
-        stats.tokens += len(seq.tokens) - kept_before - predicted  # fewer when it was cancelled meanwhile
+        yield from emit(fed[:accepted] + [token])
     if not seq.done:
         if sliding:
             yield from continue_decoding(target, seq, context, cache, sliding)

@@ -83,7 +83,7 @@ _start_threads()
 if not numba.config.CACHE_DIR:  # read when each cached kernel is defined, below
     numba.config.CACHE_DIR = str(Path.home() / ".cache" / "pocketgpt" / "numba" / _sources_digest())
 
-from pocketgpt.kernels.blocks import BlockWeights, FloatKV, block  # noqa: E402
+from pocketgpt.kernels.blocks import STEP_UP_TO, BlockWeights, FloatKV, block  # noqa: E402
 from pocketgpt.kernels.dispatch import (  # noqa: E402
     ATTENTION_UP_TO,
     ROWS_UP_TO,
@@ -113,12 +113,12 @@ from pocketgpt.kernels.dispatch import (  # noqa: E402
 )
 from pocketgpt.kernels.layouts import int8_dots, layout, set_int8_dots  # noqa: E402
 
-__all__ = ["ATTENTION_UP_TO", "BlockWeights", "FloatKV", "ROWS_UP_TO", "adamw", "attention", "attention_q4",
-           "blas_multiplies", "blas_threads_for", "block", "cross_entropy_backward", "embedding", "gelu", "gelu_train",
-           "gelu_train_backward", "int8_dots", "layernorm", "layernorm_train", "layernorm_train_backward", "layout",
-           "linear", "logsumexp", "machine_threads", "masked_softmax", "rmsnorm", "rmsnorm_train",
-           "rmsnorm_train_backward", "rope", "rounds_activations", "set_int8_dots", "set_threads",
-           "single_threaded_blas", "softmax_backward", "swiglu", "swiglu_train_backward", "threads"]
+__all__ = ["ATTENTION_UP_TO", "BlockWeights", "FloatKV", "ROWS_UP_TO", "STEP_UP_TO", "adamw", "attention",
+           "attention_q4", "blas_multiplies", "blas_threads_for", "block", "cross_entropy_backward", "embedding",
+           "gelu", "gelu_train", "gelu_train_backward", "int8_dots", "layernorm", "layernorm_train",
+           "layernorm_train_backward", "layout", "linear", "logsumexp", "machine_threads", "masked_softmax",
+           "rmsnorm", "rmsnorm_train", "rmsnorm_train_backward", "rope", "rounds_activations", "set_int8_dots",
+           "set_threads", "single_threaded_blas", "softmax_backward", "swiglu", "swiglu_train_backward", "threads"]
 
 
 def threads() -> int:

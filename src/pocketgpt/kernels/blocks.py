@@ -22,8 +22,8 @@ from pocketgpt.kernels.step import step_kernel
 
 F32 = np.dtype(np.float32)
 NONE = np.zeros(0, np.float32)  # the fused step's "no bias"
-STEP_UP_TO = dispatch.ATTENTION_UP_TO  # new tokens of one sequence the fused step takes (a decode step, a
-# speculative block); a longer prompt is composed, its attention computed in blocks by BLAS
+STEP_UP_TO = 32  # new tokens of one sequence the fused step takes (a decode step, a speculative block, a short
+# prompt), each computed as its own decode step would be; a longer prompt is composed, its attention in BLAS blocks
 
 
 @dataclass(frozen=True)
