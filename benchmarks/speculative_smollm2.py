@@ -14,6 +14,9 @@ acceptance and verification cost (pocketgpt.generate.speculative.DraftLength) un
 - the target's own 4-bit copy made from its float weights (RTN, asymmetric groups of 32);
 - two processes: the chosen layer-skipping draft served by a child `pocketgpt serve FILE --role draft
   --draft-layers N` with one thread, the target decoding here on the process's threads.
+With --llama-cpp, llama.cpp's own prompt lookup beside them: `llama-lookup` on the same rendered grounded and open
+prompts at temperature 0, with 8 drafts a round against none (the same program decoding plainly), each reply
+to the end of its turn or --tokens tokens, the ratio of the decoding speeds it prints.
 At temperature 1 the replies run to `--tokens` (past the end of the turn), so that plain and speculative decoding,
 whose sampled replies differ, produce as many tokens. For each draft, prompt set and temperature (0 and 1):
 tokens/s of speculative over plain decoding (a warm-up pass that also fills the statistics, then each prompt plain
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -85,6 +89,26 @@ def run(target, prompts, tokens, sampling, stops, draft=None, stats=None, k=None
         if times is not None:
             times.append(time.perf_counter() - t)
     return outs
+
+
+def llama_lookup(bin_dir: Path, path: Path, texts: list[str], tokens: int) -> tuple[float, float]:
+    """llama.cpp's prompt lookup over the prompts: (its tokens/s over those of plain decoding in the same program,
+    the share of its drafts accepted)."""
+    speeds, drafted, accepted = {}, 0, 0
+    for draft in (0, 8):
+        seconds = decoded = 0.0
+        for text in texts:
+            out = subprocess.run([str(bin_dir / "llama-lookup"), "-m", str(path), "-t", "2", "-n", str(tokens),
+                                  "--temp", "0", "--spec-draft-n-max", str(draft), "-c", "2048", "-p", text],
+                                 capture_output=True, text=True, check=True)
+            log = out.stdout + out.stderr
+            n, t = re.search(r"decoded\s+(\d+) tokens in\s+([0-9.]+) seconds", log).groups()
+            decoded, seconds = decoded + int(n), seconds + float(t)
+            if draft:
+                drafted += int(re.search(r"n_drafted\s+=\s+(\d+)", log).group(1))
+                accepted += int(re.search(r"n_accept\s+=\s+(\d+)", log).group(1))
+        speeds[draft] = decoded / seconds
+    return speeds[8] / speeds[0], accepted / max(drafted, 1)
 
 
 @contextlib.contextmanager
@@ -146,6 +170,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed repeats of each prompt, plain and speculative "
                     "alternately (the least counts)")
     ap.add_argument("--fixed-k", dest="fixed_k", type=int, default=0, help="also n-gram lookup with this fixed k")
+    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp's build/bin folder: its llama-lookup beside ours")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     path = smollm2_path()
@@ -188,6 +213,13 @@ def main() -> None:
         run(target, sets["grounded"][:1], 8, greedy, stops, remote)  # the child compiles its kernels
         drafts[f"first {best_exit} layers in a second process"] = remote
         rows += compare(target, drafts, sets, args, stops)
+    if args.llama_cpp:
+        rows.append("")
+        for set_name, prompts in sets.items():
+            ratio, acceptance = llama_lookup(args.llama_cpp, path, [tok.decode(p) for p in prompts], args.tokens)
+            rows.append(f"llama.cpp's prompt lookup (`llama-lookup`, 8 drafts a round, temperature 0) on the "
+                        f"{set_name} prompts: **{ratio:.2f}x** its own plain decoding, acceptance {acceptance:.2f}.")
+            print(rows[-1], flush=True)
     report("speculative-smollm2", rows, args.write_readme)
 
 
